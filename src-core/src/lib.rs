@@ -1,0 +1,8 @@
+//! vipvisor-core: IPAM for LoadBalancer VIPs (pools, reservations, allocations in SQLite)
+//! and, in later modules, announcements and the Kubernetes controller.
+//!
+//! Layers: [`model`] (validated types) → [`ipam`] (pure decisions) → [`store`] (SQLite,
+//! transactions, audit) → [`config`] (pools files) → the `vipvisor` binary.
+
+pub mod ipam;
+pub mod model;

@@ -1,0 +1,842 @@
+//! Validated domain types. Strings become these at the edge (CLI, YAML, store rows);
+//! everything downstream trusts them. No I/O here.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::str::FromStr;
+
+use ipnetwork::IpNetwork;
+use serde::{Deserialize, Serialize};
+
+/// A value that failed validation: what was given, and what was expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {what} {value:?}{}; expected {expected}", .reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default())]
+pub struct InvalidValue {
+    pub what: &'static str,
+    pub value: String,
+    pub reason: Option<String>,
+    pub expected: String,
+}
+
+impl InvalidValue {
+    pub fn new(what: &'static str, value: impl Into<String>, expected: impl Into<String>) -> Self {
+        Self {
+            what,
+            value: value.into(),
+            reason: None,
+            expected: expected.into(),
+        }
+    }
+    pub fn because(mut self, reason: impl Into<String>) -> Self {
+        self.reason = Some(reason.into());
+        self
+    }
+}
+
+/// IP address family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Family {
+    #[serde(rename = "ipv4")]
+    V4,
+    #[serde(rename = "ipv6")]
+    V6,
+}
+
+impl Family {
+    pub fn of(ip: &IpAddr) -> Family {
+        match ip {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Family::V4 => "ipv4",
+            Family::V6 => "ipv6",
+        }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        })
+    }
+}
+
+/// An address as an integer of its family (IPv4 in the low 32 bits).
+pub fn ip_to_u128(ip: &IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(a) => u128::from(u32::from(*a)),
+        IpAddr::V6(a) => u128::from(*a),
+    }
+}
+
+/// The inverse of [`ip_to_u128`]. IPv4 values above `u32::MAX` are truncated, which
+/// cannot happen for values derived from IPv4 addresses.
+pub fn u128_to_ip(family: Family, v: u128) -> IpAddr {
+    match family {
+        Family::V4 => IpAddr::V4(Ipv4Addr::from(v as u32)),
+        Family::V6 => IpAddr::V6(Ipv6Addr::from(v)),
+    }
+}
+
+/// An inclusive range of addresses of one family, `first <= last`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AddressRange {
+    family: Family,
+    first: u128,
+    last: u128,
+}
+
+impl AddressRange {
+    pub fn new(first: IpAddr, last: IpAddr) -> Result<Self, InvalidValue> {
+        let shown = format!("{first}-{last}");
+        if Family::of(&first) != Family::of(&last) {
+            return Err(InvalidValue::new(
+                "address range",
+                shown,
+                "both ends of the same family (IPv4-IPv4 or IPv6-IPv6)",
+            ));
+        }
+        let (a, b) = (ip_to_u128(&first), ip_to_u128(&last));
+        if a > b {
+            return Err(InvalidValue::new(
+                "address range",
+                shown,
+                format!("the start ({first}) to be lower than or equal to the end ({last})"),
+            ));
+        }
+        Ok(Self {
+            family: Family::of(&first),
+            first: a,
+            last: b,
+        })
+    }
+    pub fn from_raw(family: Family, first: u128, last: u128) -> Self {
+        debug_assert!(first <= last);
+        Self {
+            family,
+            first,
+            last,
+        }
+    }
+    pub fn family(&self) -> Family {
+        self.family
+    }
+    pub fn first(&self) -> IpAddr {
+        u128_to_ip(self.family, self.first)
+    }
+    pub fn last(&self) -> IpAddr {
+        u128_to_ip(self.family, self.last)
+    }
+    pub fn first_raw(&self) -> u128 {
+        self.first
+    }
+    pub fn last_raw(&self) -> u128 {
+        self.last
+    }
+    /// Number of addresses (saturates at `u128::MAX` for `::/0`).
+    pub fn size(&self) -> u128 {
+        (self.last - self.first).saturating_add(1)
+    }
+    pub fn contains(&self, ip: &IpAddr) -> bool {
+        Family::of(ip) == self.family && (self.first..=self.last).contains(&ip_to_u128(ip))
+    }
+    pub fn overlaps(&self, other: &AddressRange) -> bool {
+        self.family == other.family && self.first <= other.last && other.first <= self.last
+    }
+}
+
+/// A block as an operator writes it: a CIDR, an inclusive range or a single address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AddressBlock {
+    Cidr(IpNetwork),
+    Range(AddressRange),
+    Single(IpAddr),
+}
+
+const BLOCK_EXPECTED: &str = "a CIDR such as 192.0.2.0/28 or 2001:db8::/120, an inclusive range such as 198.51.100.10-198.51.100.20, or a single address";
+
+impl AddressBlock {
+    pub fn range(&self) -> AddressRange {
+        match self {
+            AddressBlock::Cidr(n) => {
+                AddressRange::from_raw(Family::of(&n.ip()), ip_to_u128(&n.network()), ip_to_u128(&n.broadcast_or_last()))
+            }
+            AddressBlock::Range(r) => *r,
+            AddressBlock::Single(ip) => AddressRange::from_raw(Family::of(ip), ip_to_u128(ip), ip_to_u128(ip)),
+        }
+    }
+    pub fn family(&self) -> Family {
+        self.range().family()
+    }
+}
+
+trait LastAddr {
+    fn broadcast_or_last(&self) -> IpAddr;
+}
+impl LastAddr for IpNetwork {
+    fn broadcast_or_last(&self) -> IpAddr {
+        match self {
+            IpNetwork::V4(n) => IpAddr::V4(n.broadcast()),
+            IpNetwork::V6(n) => {
+                let host_bits = 128 - u32::from(n.prefix());
+                let mask = if host_bits == 128 { u128::MAX } else { (1u128 << host_bits) - 1 };
+                IpAddr::V6(Ipv6Addr::from(u128::from(n.network()) | mask))
+            }
+        }
+    }
+}
+
+impl FromStr for AddressBlock {
+    type Err = InvalidValue;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = s.trim();
+        let bad = || InvalidValue::new("address block", s, BLOCK_EXPECTED);
+        let not_ip = |x: &str| bad().because(format!("{x:?} is not an IP address"));
+        if t.is_empty() {
+            return Err(bad());
+        }
+        if let Some((a, b)) = t.split_once('-') {
+            let first: IpAddr = a.trim().parse().map_err(|_| not_ip(a.trim()))?;
+            let last: IpAddr = b.trim().parse().map_err(|_| not_ip(b.trim()))?;
+            let r = AddressRange::new(first, last).map_err(|e| InvalidValue::new("address block", s, e.expected))?;
+            return Ok(AddressBlock::Range(r));
+        }
+        if t.contains('/') {
+            let n: IpNetwork = t.parse().map_err(|e: ipnetwork::IpNetworkError| bad().because(e.to_string()))?;
+            if n.ip() != n.network() {
+                return Err(InvalidValue::new(
+                    "address block",
+                    s,
+                    format!("a network address without host bits set, such as {}/{}", n.network(), n.prefix()),
+                )
+                .because("host bits are set"));
+            }
+            return Ok(AddressBlock::Cidr(n));
+        }
+        let ip: IpAddr = t.parse().map_err(|_| bad())?;
+        Ok(AddressBlock::Single(ip))
+    }
+}
+
+impl fmt::Display for AddressBlock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AddressBlock::Cidr(n) => write!(f, "{}/{}", n.network(), n.prefix()),
+            AddressBlock::Range(r) => write!(f, "{}-{}", r.first(), r.last()),
+            AddressBlock::Single(ip) => write!(f, "{ip}"),
+        }
+    }
+}
+
+impl Serialize for AddressBlock {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+impl<'de> Deserialize<'de> for AddressBlock {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+macro_rules! string_newtype {
+    ($name:ident) => {
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+        /// Debug-prints as a quoted string, so error messages can use `{:?}`.
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Debug::fmt(&self.0, f)
+            }
+        }
+        impl $name {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+/// A DNS-1123 label: lowercase alphanumerics and '-', starting and ending alphanumeric, 1..=63.
+fn is_dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+const LABEL_EXPECTED: &str = "1 to 63 lowercase letters, digits or '-', starting and ending with a letter or digit";
+
+/// The unique name of a pool.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PoolName(String);
+string_newtype!(PoolName);
+impl FromStr for PoolName {
+    type Err = InvalidValue;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if is_dns_label(s) {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(InvalidValue::new("pool name", s, LABEL_EXPECTED))
+        }
+    }
+}
+
+/// `namespace/name` of a Kubernetes Service.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceKey {
+    namespace: String,
+    name: String,
+}
+impl ServiceKey {
+    pub fn new(namespace: &str, name: &str) -> Result<Self, InvalidValue> {
+        format!("{namespace}/{name}").parse()
+    }
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+impl FromStr for ServiceKey {
+    type Err = InvalidValue;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let expected = format!("NAMESPACE/NAME, each {LABEL_EXPECTED}");
+        match s.split_once('/') {
+            Some((ns, name)) if is_dns_label(ns) && is_dns_label(name) => Ok(Self {
+                namespace: ns.to_owned(),
+                name: name.to_owned(),
+            }),
+            _ => Err(InvalidValue::new("service", s, expected)),
+        }
+    }
+}
+impl fmt::Display for ServiceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+impl Serialize for ServiceKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+impl<'de> Deserialize<'de> for ServiceKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Services with the same sharing key and disjoint ports may share one address.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SharingKey(String);
+string_newtype!(SharingKey);
+impl FromStr for SharingKey {
+    type Err = InvalidValue;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if !s.is_empty() && s.len() <= 253 && s.chars().all(|c| c.is_ascii_graphic()) {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(InvalidValue::new(
+                "sharing key",
+                s,
+                "1 to 253 printable ASCII characters without spaces",
+            ))
+        }
+    }
+}
+
+/// A Service's UID, recorded so that a stale release of a re-created Service can be refused.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Uid(String);
+string_newtype!(Uid);
+impl FromStr for Uid {
+    type Err = InvalidValue;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if !s.is_empty() && s.len() <= 128 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(InvalidValue::new("uid", s, "1 to 128 letters, digits or '-'"))
+        }
+    }
+}
+
+/// Transport protocol of a service port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+/// A protocol + port pair, written `tcp/80`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Port {
+    pub protocol: Protocol,
+    pub number: u16,
+}
+impl FromStr for Port {
+    type Err = InvalidValue;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || InvalidValue::new("port", s, "PROTOCOL/NUMBER such as tcp/80, udp/53 or sctp/9899, number 1-65535");
+        let (p, n) = s.split_once('/').ok_or_else(bad)?;
+        let protocol = match p.to_ascii_lowercase().as_str() {
+            "tcp" => Protocol::Tcp,
+            "udp" => Protocol::Udp,
+            "sctp" => Protocol::Sctp,
+            _ => return Err(bad()),
+        };
+        let number: u16 = n.parse().map_err(|_| bad())?;
+        if number == 0 {
+            return Err(bad());
+        }
+        Ok(Port { protocol, number })
+    }
+}
+impl fmt::Display for Port {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let p = match self.protocol {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Sctp => "sctp",
+        };
+        write!(f, "{p}/{}", self.number)
+    }
+}
+impl Serialize for Port {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+impl<'de> Deserialize<'de> for Port {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Labels of a namespace or service, or an equality selector over them (`k=v,k2=v2`).
+pub type Labels = BTreeMap<String, String>;
+
+fn is_label_part(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 316 && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+}
+
+/// Parses `k=v[,k=v…]`. The empty string is the empty set.
+pub fn parse_labels(s: &str) -> Result<Labels, InvalidValue> {
+    let mut out = Labels::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.split_once('=') {
+            Some((k, v)) if is_label_part(k) && (v.is_empty() || is_label_part(v)) => {
+                out.insert(k.to_owned(), v.to_owned());
+            }
+            _ => {
+                return Err(InvalidValue::new(
+                    "label",
+                    part,
+                    "KEY=VALUE with letters, digits, '-', '_', '.' or '/'",
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Validates labels that arrived as a map (YAML), with the same rules as [`parse_labels`].
+pub fn check_labels(l: &Labels) -> Result<(), InvalidValue> {
+    for (k, v) in l {
+        if !is_label_part(k) || !(v.is_empty() || is_label_part(v)) {
+            return Err(InvalidValue::new(
+                "label",
+                format!("{k}={v}"),
+                "KEY=VALUE with letters, digits, '-', '_', '.' or '/'",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// True when every `k=v` of `selector` is in `labels`.
+pub fn selector_matches(selector: &Labels, labels: &Labels) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// A pool of addresses with its options. Construct through [`Pool::new`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Pool {
+    pub name: PoolName,
+    pub addresses: Vec<AddressBlock>,
+    pub auto_assign: bool,
+    pub avoid_buggy_ips: bool,
+    pub namespaces: BTreeSet<String>,
+    pub namespace_selector: Labels,
+    pub service_selector: Labels,
+    /// Lower numbers are tried first; pools without a priority come after all that have one.
+    pub priority: Option<u32>,
+}
+
+/// Options of a pool besides its name and blocks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolOptions {
+    pub auto_assign: bool,
+    pub avoid_buggy_ips: bool,
+    pub namespaces: BTreeSet<String>,
+    pub namespace_selector: Labels,
+    pub service_selector: Labels,
+    pub priority: Option<u32>,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        Self {
+            auto_assign: true,
+            avoid_buggy_ips: false,
+            namespaces: BTreeSet::new(),
+            namespace_selector: Labels::new(),
+            service_selector: Labels::new(),
+            priority: None,
+        }
+    }
+}
+
+impl Pool {
+    /// Validates a pool on its own: at least one block, no two blocks overlapping,
+    /// at least one usable address, valid namespaces and selectors.
+    pub fn new(name: PoolName, addresses: Vec<AddressBlock>, opts: PoolOptions) -> Result<Self, InvalidValue> {
+        if addresses.is_empty() {
+            return Err(InvalidValue::new(
+                "pool",
+                name.as_str(),
+                "at least one address block",
+            )
+            .because("the pool is empty"));
+        }
+        for (i, a) in addresses.iter().enumerate() {
+            for b in &addresses[i + 1..] {
+                if a.range().overlaps(&b.range()) {
+                    return Err(InvalidValue::new("pool", name.as_str(), "blocks that do not overlap")
+                        .because(format!("{a} overlaps {b}")));
+                }
+            }
+        }
+        for ns in &opts.namespaces {
+            if !is_dns_label(ns) {
+                return Err(InvalidValue::new("namespace", ns.as_str(), LABEL_EXPECTED));
+            }
+        }
+        check_labels(&opts.namespace_selector)?;
+        check_labels(&opts.service_selector)?;
+        let pool = Self {
+            name,
+            addresses,
+            auto_assign: opts.auto_assign,
+            avoid_buggy_ips: opts.avoid_buggy_ips,
+            namespaces: opts.namespaces,
+            namespace_selector: opts.namespace_selector,
+            service_selector: opts.service_selector,
+            priority: opts.priority,
+        };
+        if pool.addresses.iter().all(|b| crate::ipam::Space::of(&pool, b.family()).dense(&b.range()).is_none()) {
+            return Err(InvalidValue::new(
+                "pool",
+                pool.name.as_str(),
+                "at least one usable address (with avoid_buggy_ips, addresses ending in .0 and .255 are skipped)",
+            )
+            .because("the pool is empty"));
+        }
+        Ok(pool)
+    }
+
+    pub fn has_family(&self, f: Family) -> bool {
+        self.addresses.iter().any(|b| b.family() == f)
+    }
+
+    pub fn contains(&self, ip: &IpAddr) -> bool {
+        self.addresses.iter().any(|b| b.range().contains(ip))
+    }
+
+    /// `(sorted key)`: pools with a priority first by that number, then the others, then by name.
+    pub fn order_key(&self) -> (bool, u32, &PoolName) {
+        (self.priority.is_none(), self.priority.unwrap_or(0), &self.name)
+    }
+
+    pub fn options(&self) -> PoolOptions {
+        PoolOptions {
+            auto_assign: self.auto_assign,
+            avoid_buggy_ips: self.avoid_buggy_ips,
+            namespaces: self.namespaces.clone(),
+            namespace_selector: self.namespace_selector.clone(),
+            service_selector: self.service_selector.clone(),
+            priority: self.priority,
+        }
+    }
+}
+
+/// Addresses that are never handed out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Reservation {
+    pub block: AddressBlock,
+    pub note: String,
+}
+
+/// Requested address families.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FamilyRequest {
+    Ipv4,
+    Ipv6,
+    Dual,
+}
+
+impl FamilyRequest {
+    pub fn families(self) -> &'static [Family] {
+        match self {
+            FamilyRequest::Ipv4 => &[Family::V4],
+            FamilyRequest::Ipv6 => &[Family::V6],
+            FamilyRequest::Dual => &[Family::V4, Family::V6],
+        }
+    }
+}
+
+impl FromStr for FamilyRequest {
+    type Err = InvalidValue;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "ipv4" => Ok(Self::Ipv4),
+            "ipv6" => Ok(Self::Ipv6),
+            "dual" => Ok(Self::Dual),
+            _ => Err(InvalidValue::new("family", s, "one of ipv4, ipv6, dual")),
+        }
+    }
+}
+
+/// What a service asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllocRequest {
+    pub service: ServiceKey,
+    pub uid: Option<Uid>,
+    /// Specific addresses (at most one per family).
+    pub addresses: Vec<IpAddr>,
+    pub pool: Option<PoolName>,
+    /// `None`: the families of `addresses`, or IPv4 when none are given.
+    pub family: Option<FamilyRequest>,
+    pub sharing_key: Option<SharingKey>,
+    pub ports: BTreeSet<Port>,
+    pub namespace_labels: Labels,
+    pub service_labels: Labels,
+}
+
+impl AllocRequest {
+    pub fn new(service: ServiceKey) -> Self {
+        Self {
+            service,
+            uid: None,
+            addresses: Vec::new(),
+            pool: None,
+            family: None,
+            sharing_key: None,
+            ports: BTreeSet::new(),
+            namespace_labels: Labels::new(),
+            service_labels: Labels::new(),
+        }
+    }
+
+    /// The families this request needs, checked against the requested addresses.
+    pub fn families(&self) -> Result<Vec<Family>, InvalidValue> {
+        let mut from_addrs: Vec<Family> = self.addresses.iter().map(Family::of).collect();
+        from_addrs.sort();
+        let shown = || self.addresses.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+        if from_addrs.windows(2).any(|w| w[0] == w[1]) || from_addrs.len() > 2 {
+            return Err(InvalidValue::new(
+                "requested addresses",
+                shown(),
+                "at most one IPv4 and one IPv6 address",
+            ));
+        }
+        match self.family {
+            None if from_addrs.is_empty() => Ok(vec![Family::V4]),
+            None => Ok(from_addrs),
+            Some(f) => {
+                let want = f.families().to_vec();
+                if !from_addrs.is_empty() && from_addrs != want {
+                    return Err(InvalidValue::new(
+                        "requested addresses",
+                        shown(),
+                        format!("one address of each family of --family {}", f.as_str()),
+                    ));
+                }
+                Ok(want)
+            }
+        }
+    }
+}
+
+impl FamilyRequest {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FamilyRequest::Ipv4 => "ipv4",
+            FamilyRequest::Ipv6 => "ipv6",
+            FamilyRequest::Dual => "dual",
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch. Time is passed into decisions, never read by them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Timestamp(pub i64);
+
+impl Timestamp {
+    pub fn now() -> Self {
+        let d = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Timestamp(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    }
+    pub fn plus(self, d: std::time::Duration) -> Self {
+        Timestamp(self.0.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
+    }
+    pub fn rfc3339(self) -> String {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(self.0).unwrap_or(0));
+        humantime::format_rfc3339_millis(t).to_string()
+    }
+}
+
+/// An address held by a service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Allocation {
+    pub service: ServiceKey,
+    pub uid: Option<Uid>,
+    pub pool: PoolName,
+    pub addresses: Vec<IpAddr>,
+    pub sharing_key: Option<SharingKey>,
+    pub ports: BTreeSet<Port>,
+}
+
+/// A released address that only its last holder may take for a while.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Quarantined {
+    pub address: IpAddr,
+    pub service: ServiceKey,
+    pub until: Timestamp,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_parse_and_print_canonically() {
+        let cases = [
+            ("192.0.2.0/28", "192.0.2.0/28", 16u128),
+            ("2001:db8::/120", "2001:db8::/120", 256),
+            ("198.51.100.10-198.51.100.20", "198.51.100.10-198.51.100.20", 11),
+            (" 203.0.113.7 ", "203.0.113.7", 1),
+            ("2001:db8::1 - 2001:db8::3", "2001:db8::1-2001:db8::3", 3),
+        ];
+        for (input, shown, size) in cases {
+            let b: AddressBlock = input.parse().unwrap();
+            assert_eq!(b.to_string(), shown, "{input} should print canonically");
+            assert_eq!(b.range().size(), size, "{input} holds {size} addresses");
+        }
+    }
+
+    #[test]
+    fn bad_blocks_name_the_value_and_what_was_expected() {
+        let cases = [
+            ("192.0.2.5/28", "192.0.2.0/28"),
+            ("192.0.2.0/33", "expected"),
+            ("198.51.100.20-198.51.100.10", "lower than or equal"),
+            ("192.0.2.1-2001:db8::1", "same family"),
+            ("banana", "expected a CIDR"),
+            ("", "expected a CIDR"),
+            ("1.2.3.4-x", "\"x\" is not an IP address"),
+            ("192.0.2.0/28/1", "expected a CIDR"),
+        ];
+        for (input, needle) in cases {
+            let e = input.parse::<AddressBlock>().unwrap_err().to_string();
+            assert!(e.contains(&format!("{input:?}")), "error {e:?} should quote the bad value {input:?}");
+            assert!(e.contains(needle), "error {e:?} should say {needle:?}");
+        }
+    }
+
+    #[test]
+    fn names_keys_ports_and_labels_validate() {
+        assert!("web-1".parse::<PoolName>().is_ok());
+        assert!("Web".parse::<PoolName>().is_err(), "uppercase is not a DNS label");
+        assert!("-x".parse::<PoolName>().is_err());
+        assert_eq!("default/web".parse::<ServiceKey>().unwrap().namespace(), "default");
+        assert!("web".parse::<ServiceKey>().is_err(), "a key needs a namespace");
+        assert!("a/b/c".parse::<ServiceKey>().is_err());
+        assert_eq!("TCP/80".parse::<Port>().unwrap().to_string(), "tcp/80");
+        assert!("tcp/0".parse::<Port>().is_err());
+        assert!("icmp/1".parse::<Port>().is_err());
+        assert!("tcp/65536".parse::<Port>().is_err());
+        assert_eq!(parse_labels("a=b, c=d").unwrap().len(), 2);
+        assert!(parse_labels("a").is_err(), "a selector term needs '='");
+    }
+
+    #[test]
+    fn pool_validation() {
+        let name: PoolName = "p".parse().unwrap();
+        let b = |s: &str| s.parse::<AddressBlock>().unwrap();
+        assert!(Pool::new(name.clone(), vec![], PoolOptions::default())
+            .unwrap_err()
+            .to_string()
+            .contains("at least one address block"));
+        let e = Pool::new(
+            name.clone(),
+            vec![b("192.0.2.0/28"), b("192.0.2.8-192.0.2.20")],
+            PoolOptions::default(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("192.0.2.0/28 overlaps 192.0.2.8-192.0.2.20"), "{e}");
+        let buggy_only = PoolOptions {
+            avoid_buggy_ips: true,
+            ..PoolOptions::default()
+        };
+        assert!(
+            Pool::new(name.clone(), vec![b("192.0.2.255-192.0.3.0")], buggy_only.clone()).is_err(),
+            ".255 and .0 only leave nothing to hand out"
+        );
+        assert!(Pool::new(name, vec![b("192.0.2.0/24"), b("2001:db8::/120")], buggy_only).is_ok());
+    }
+
+    #[test]
+    fn request_families() {
+        let mut r = AllocRequest::new("a/b".parse().unwrap());
+        assert_eq!(r.families().unwrap(), vec![Family::V4], "IPv4 is the default");
+        r.addresses = vec!["2001:db8::1".parse().unwrap()];
+        assert_eq!(r.families().unwrap(), vec![Family::V6]);
+        r.family = Some(FamilyRequest::Dual);
+        assert!(r.families().is_err(), "dual needs one address of each family");
+        r.addresses.push("192.0.2.1".parse().unwrap());
+        assert_eq!(r.families().unwrap(), vec![Family::V4, Family::V6]);
+        r.addresses.push("192.0.2.2".parse().unwrap());
+        assert!(r.families().is_err());
+    }
+}
