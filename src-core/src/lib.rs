@@ -6,3 +6,5 @@
 
 pub mod ipam;
 pub mod model;
+pub mod config;
+pub mod store;
