@@ -8,3 +8,4 @@ pub mod ipam;
 pub mod model;
 pub mod config;
 pub mod store;
+pub mod cli;
