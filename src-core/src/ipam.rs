@@ -1284,4 +1284,114 @@ mod tests {
         check_config(&[a.clone(), c], &[]).unwrap();
         assert!(matches!(check_config(&[a.clone(), a], &[]), Err(ConfigError::DuplicatePool(_))));
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Request { svc: u8, key: Option<u8>, port: u16, family: u8, ip: Option<u8> },
+            Release { svc: u8 },
+            Wait { secs: u8 },
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                5 => (0u8..12, proptest::option::of(0u8..2), 1u16..4, 0u8..3, proptest::option::weighted(0.2, 0u8..20))
+                    .prop_map(|(svc, key, port, family, ip)| Op::Request { svc, key, port, family, ip }),
+                3 => (0u8..12).prop_map(|svc| Op::Release { svc }),
+                1 => (0u8..90).prop_map(|secs| Op::Wait { secs }),
+            ]
+        }
+
+        fn fixture() -> Ipam {
+            Ipam::new(
+                vec![
+                    pool("a", &["192.0.2.0/29", "2001:db8::/125"], |o| o.priority = Some(1)),
+                    pool("b", &["192.0.2.250-192.0.3.5"], |o| o.avoid_buggy_ips = true),
+                ],
+                vec![Reservation { block: "192.0.2.3".parse().unwrap(), note: "gw".into() }],
+            )
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+            /// Across random requests, releases and waits: no address is held by two
+            /// non-sharing services, every address is inside its pool and outside every
+            /// reservation, and no one but its last holder gets a quarantined address.
+            #[test]
+            fn invariants_hold(ops in proptest::collection::vec(op(), 1..80)) {
+                let mut m = fixture();
+                let mut now = T0;
+                let mut held_by_quarantine: HashMap<IpAddr, (ServiceKey, Timestamp)> = HashMap::new();
+                for op in ops {
+                    match op {
+                        Op::Request { svc, key, port, family, ip } => {
+                            let mut r = req(&format!("ns/s{svc}"));
+                            r.sharing_key = key.map(|k| format!("k{k}").parse().unwrap());
+                            r.ports = [format!("tcp/{port}").parse().unwrap()].into();
+                            r.family = Some([FamilyRequest::Ipv4, FamilyRequest::Ipv6, FamilyRequest::Dual][usize::from(family)]);
+                            if let Some(i) = ip {
+                                let a = if i < 10 { format!("192.0.2.{i}") } else { format!("192.0.3.{}", i - 10) };
+                                r.addresses = vec![a.parse().unwrap()];
+                                r.family = None;
+                            }
+                            if let Ok(o) = m.allocate(&r, now, HOLD) {
+                                for a in &o.allocation.addresses {
+                                    if let Some((who, until)) = held_by_quarantine.get(a) {
+                                        prop_assert!(
+                                            who == &r.service || *until <= now,
+                                            "{a} went to {} while quarantined for {who} until {until:?}", r.service
+                                        );
+                                    }
+                                    // Taken back (or expired): the quarantine is over.
+                                    held_by_quarantine.remove(a);
+                                }
+                                for q in &o.quarantined {
+                                    held_by_quarantine.insert(q.address, (q.service.clone(), q.until));
+                                }
+                            }
+                        }
+                        Op::Release { svc } => {
+                            let s: ServiceKey = format!("ns/s{svc}").parse().unwrap();
+                            if let Some(rel) = m.release(&s, None, now, HOLD).unwrap() {
+                                for q in rel.quarantined {
+                                    held_by_quarantine.insert(q.address, (q.service, q.until));
+                                }
+                            }
+                        }
+                        Op::Wait { secs } => now = now.plus(Duration::from_secs(u64::from(secs))),
+                    }
+                    if let Err(e) = m.check_invariants() {
+                        prop_assert!(false, "{}", e);
+                    }
+                }
+            }
+
+            /// The free set agrees with a plain BTreeSet model.
+            #[test]
+            fn free_set_matches_model(ops in proptest::collection::vec((any::<bool>(), 0u128..64, 0u128..8), 1..200)) {
+                let mut s = FreeSet::default();
+                let mut model = BTreeSet::new();
+                for (insert, a, len) in ops {
+                    if insert {
+                        s.insert_range(a, a + len);
+                        model.extend(a..=a + len);
+                    } else {
+                        let removed = s.remove_range(a, a + len);
+                        let before = model.len();
+                        model.retain(|x| !(a..=a + len).contains(x));
+                        prop_assert_eq!(removed as usize, before - model.len());
+                    }
+                    prop_assert_eq!(s.len() as usize, model.len());
+                    prop_assert_eq!(s.first(), model.first().copied());
+                    for x in 0..80u128 {
+                        prop_assert_eq!(s.contains(x), model.contains(&x));
+                    }
+                }
+            }
+        }
+    }
 }
