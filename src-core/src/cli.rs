@@ -18,7 +18,11 @@ use crate::model::{
 use crate::store::{ConfigReport, Store};
 
 #[derive(Debug, Parser)]
-#[command(name = "vipvisor", version, about = "LoadBalancer VIPs for on-prem Kubernetes: IPAM, announcements, hypervisor grants")]
+#[command(
+    name = "vipvisor",
+    version,
+    about = "LoadBalancer VIPs for on-prem Kubernetes: IPAM, announcements, hypervisor grants"
+)]
 pub struct Cli {
     /// Store URL (sqlite://PATH). Default: sqlite:// under $XDG_DATA_HOME/vipvisor/vipvisor.db.
     #[arg(long, global = true, env = "VIPVISOR_STORE")]
@@ -209,9 +213,9 @@ pub fn default_store_url() -> anyhow::Result<String> {
     let base = match std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
         Some(d) => std::path::PathBuf::from(d),
         None => {
-            let home = std::env::var_os("HOME")
-                .filter(|v| !v.is_empty())
-                .ok_or_else(|| anyhow::anyhow!("neither XDG_DATA_HOME nor HOME is set; expected one, or --store URL"))?;
+            let home = std::env::var_os("HOME").filter(|v| !v.is_empty()).ok_or_else(|| {
+                anyhow::anyhow!("neither XDG_DATA_HOME nor HOME is set; expected one, or --store URL")
+            })?;
             std::path::PathBuf::from(home).join(".local/share")
         }
     };
@@ -255,10 +259,7 @@ async fn execute(store: &Store, cli: &Cli) -> anyhow::Result<String> {
             let ipam = store.snapshot().await?;
             let rows: Vec<PoolView> = ipam
                 .pools()
-                .map(|p| PoolView {
-                    pool: p.clone(),
-                    families: ipam.stats(&p.name).unwrap_or_default(),
-                })
+                .map(|p| PoolView { pool: p.clone(), families: ipam.stats(&p.name).unwrap_or_default() })
                 .collect();
             render(fmt, &rows, || {
                 let mut t = vec![row(["NAME", "ADDRESSES", "AUTO", "PRIORITY", "SIZE", "USED", "FREE"])];
@@ -279,13 +280,8 @@ async fn execute(store: &Store, cli: &Cli) -> anyhow::Result<String> {
         }
         Command::Pool(PoolCmd::Show { name }) => {
             let ipam = store.snapshot().await?;
-            let pool = ipam
-                .pool(name)
-                .ok_or_else(|| crate::store::StoreError::UnknownPool(name.clone()))?;
-            let view = PoolView {
-                pool: pool.clone(),
-                families: ipam.stats(name).unwrap_or_default(),
-            };
+            let pool = ipam.pool(name).ok_or_else(|| crate::store::StoreError::UnknownPool(name.clone()))?;
+            let view = PoolView { pool: pool.clone(), families: ipam.stats(name).unwrap_or_default() };
             render(fmt, &view, || {
                 let p = &view.pool;
                 let mut s = format!(
@@ -323,16 +319,7 @@ async fn execute(store: &Store, cli: &Cli) -> anyhow::Result<String> {
             })
         }
         Command::Reserve(ReserveCmd::Add { block, note, force }) => {
-            let report = store
-                .add_reservation(
-                    Reservation {
-                        block: *block,
-                        note: note.clone(),
-                    },
-                    *force,
-                    now,
-                )
-                .await?;
+            let report = store.add_reservation(Reservation { block: *block, note: note.clone() }, *force, now).await?;
             render(fmt, &report, || format!("reserved {block}\n{}", released_text(&report)))
         }
         Command::Reserve(ReserveCmd::List) => {
@@ -376,7 +363,12 @@ async fn execute(store: &Store, cli: &Cli) -> anyhow::Result<String> {
                     crate::ipam::Change::Updated => "updated",
                     crate::ipam::Change::Unchanged => "unchanged",
                 };
-                format!("{} {} from pool {} ({change})\n", o.allocation.service, addrs_text(&o.allocation.addresses), o.allocation.pool)
+                format!(
+                    "{} {} from pool {} ({change})\n",
+                    o.allocation.service,
+                    addrs_text(&o.allocation.addresses),
+                    o.allocation.pool
+                )
             })
         }
         Command::Alloc(AllocCmd::Release { service, uid }) => {
@@ -404,7 +396,11 @@ async fn execute(store: &Store, cli: &Cli) -> anyhow::Result<String> {
                         addrs_text(&a.addresses),
                         a.pool.to_string(),
                         a.sharing_key.as_ref().map_or("-".into(), ToString::to_string),
-                        if a.ports.is_empty() { "-".into() } else { a.ports.iter().map(ToString::to_string).collect::<Vec<_>>().join(",") },
+                        if a.ports.is_empty() {
+                            "-".into()
+                        } else {
+                            a.ports.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+                        },
                         a.uid.as_ref().map_or("-".into(), ToString::to_string),
                     ]);
                 }
@@ -473,9 +469,8 @@ fn row<const N: usize>(cells: [&str; N]) -> Vec<String> {
 
 fn table(rows: &[Vec<String>]) -> String {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..cols)
-        .map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0))
-        .collect();
+    let widths: Vec<usize> =
+        (0..cols).map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0)).collect();
     let mut out = String::new();
     for r in rows {
         let line: Vec<String> = r
@@ -505,8 +500,5 @@ fn labels_text(l: &Labels) -> String {
 }
 
 fn released_text(r: &ConfigReport) -> String {
-    r.released
-        .iter()
-        .map(|a| format!("released {} from {} (forced)\n", addrs_text(&a.addresses), a.service))
-        .collect()
+    r.released.iter().map(|a| format!("released {} from {} (forced)\n", addrs_text(&a.addresses), a.service)).collect()
 }

@@ -64,15 +64,9 @@ struct ReservationV1 {
 /// Parses and validates a pools file's text. `path` is only used in messages.
 pub fn parse_pools_file(path: &str, text: &str) -> Result<Desired, ConfigFileError> {
     let file: FileV1 = if text.trim().is_empty() {
-        FileV1 {
-            pools: vec![],
-            reservations: vec![],
-        }
+        FileV1 { pools: vec![], reservations: vec![] }
     } else {
-        serde_norway::from_str(text).map_err(|source| ConfigFileError::Yaml {
-            path: path.to_owned(),
-            source,
-        })?
+        serde_norway::from_str(text).map_err(|source| ConfigFileError::Yaml { path: path.to_owned(), source })?
     };
     let mut pools = Vec::new();
     for p in file.pools {
@@ -91,27 +85,16 @@ pub fn parse_pools_file(path: &str, text: &str) -> Result<Desired, ConfigFileErr
             source,
         })?);
     }
-    let reservations: Vec<Reservation> = file
-        .reservations
-        .into_iter()
-        .map(|r| Reservation {
-            block: r.block,
-            note: r.note,
-        })
-        .collect();
-    check_config(&pools, &reservations).map_err(|source| ConfigFileError::Config {
-        path: path.to_owned(),
-        source,
-    })?;
+    let reservations: Vec<Reservation> =
+        file.reservations.into_iter().map(|r| Reservation { block: r.block, note: r.note }).collect();
+    check_config(&pools, &reservations).map_err(|source| ConfigFileError::Config { path: path.to_owned(), source })?;
     Ok(Desired { pools, reservations })
 }
 
 /// Reads and parses a pools file.
 pub fn read_pools_file(path: &str) -> Result<Desired, ConfigFileError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
+    let text =
+        std::fs::read_to_string(path).map_err(|source| ConfigFileError::Read { path: path.to_owned(), source })?;
     parse_pools_file(path, &text)
 }
 

@@ -77,9 +77,7 @@ pub struct Space {
 
 impl Space {
     pub fn of(pool: &Pool, family: Family) -> Space {
-        Space {
-            skip_buggy: pool.avoid_buggy_ips && family == Family::V4,
-        }
+        Space { skip_buggy: pool.avoid_buggy_ips && family == Family::V4 }
     }
     pub fn to_dense(self, v: u128) -> Option<u128> {
         if !self.skip_buggy {
@@ -287,10 +285,7 @@ type RangeMap<V> = BTreeMap<(Family, u128), (u128, V)>;
 
 fn range_lookup<'a, V>(m: &'a RangeMap<V>, ip: &IpAddr) -> Option<&'a V> {
     let (f, v) = (Family::of(ip), ip_to_u128(ip));
-    m.range(..=(f, v))
-        .next_back()
-        .filter(|((fam, _), (end, _))| *fam == f && *end >= v)
-        .map(|(_, (_, val))| val)
+    m.range(..=(f, v)).next_back().filter(|((fam, _), (end, _))| *fam == f && *end >= v).map(|(_, (_, val))| val)
 }
 
 /// The in-memory state and the decisions over it.
@@ -323,11 +318,7 @@ impl Ipam {
                 used: 0,
                 quarantined: 0,
             };
-            let mut st = PoolState {
-                v4: mk(Family::V4),
-                v6: mk(Family::V6),
-                pool: pool.clone(),
-            };
+            let mut st = PoolState { v4: mk(Family::V4), v6: mk(Family::V6), pool: pool.clone() };
             for b in &pool.addresses {
                 let r = b.range();
                 me.blocks.insert((r.family(), r.first_raw()), (r.last_raw(), pool.name.clone()));
@@ -451,11 +442,8 @@ impl Ipam {
             });
         };
         if self.satisfies(&ex, req, &families)? {
-            let updated = Allocation {
-                uid: req.uid.clone().or_else(|| ex.uid.clone()),
-                ports: req.ports.clone(),
-                ..ex.clone()
-            };
+            let updated =
+                Allocation { uid: req.uid.clone().or_else(|| ex.uid.clone()), ports: req.ports.clone(), ..ex.clone() };
             if updated == ex {
                 return Ok(Outcome {
                     allocation: ex,
@@ -480,20 +468,10 @@ impl Ipam {
         match self.choose(req, &families) {
             Ok(allocation) => {
                 self.assign(&allocation);
-                let gone: Vec<IpAddr> = ex
-                    .addresses
-                    .iter()
-                    .filter(|a| !allocation.addresses.contains(a))
-                    .copied()
-                    .collect();
+                let gone: Vec<IpAddr> =
+                    ex.addresses.iter().filter(|a| !allocation.addresses.contains(a)).copied().collect();
                 let (quarantined, freed) = self.quarantine_released(&ex.service, &gone, now, hold);
-                Ok(Outcome {
-                    allocation,
-                    change: Change::Updated,
-                    previous: Some(ex),
-                    quarantined,
-                    freed,
-                })
+                Ok(Outcome { allocation, change: Change::Updated, previous: Some(ex), quarantined, freed })
             }
             Err(e) => {
                 self.assign(&ex);
@@ -526,11 +504,7 @@ impl Ipam {
         }
         self.unassign(&ex);
         let (quarantined, freed) = self.quarantine_released(service, &ex.addresses, now, hold);
-        Ok(Some(Released {
-            allocation: ex,
-            quarantined,
-            freed,
-        }))
+        Ok(Some(Released { allocation: ex, quarantined, freed }))
     }
 
     fn quarantine_released(
@@ -550,11 +524,7 @@ impl Ipam {
             if !hold.is_zero() {
                 let until = now.plus(hold);
                 self.hold(*ip, service.clone(), until);
-                q.push(Quarantined {
-                    address: *ip,
-                    service: service.clone(),
-                    until,
-                });
+                q.push(Quarantined { address: *ip, service: service.clone(), until });
             }
         }
         (q, freed)
@@ -654,11 +624,7 @@ impl Ipam {
         let holder = u.holders.iter().next().cloned().unwrap_or_else(|| req.service.clone());
         match (&req.sharing_key, &u.sharing_key) {
             (Some(a), Some(b)) if a == b => self.check_ports(ip, a, &req.ports, Some(&req.service)),
-            _ => Err(IpamError::InUse {
-                address: *ip,
-                holder,
-                holder_key: u.sharing_key.clone(),
-            }),
+            _ => Err(IpamError::InUse { address: *ip, holder, holder_key: u.sharing_key.clone() }),
         }
     }
 
@@ -719,42 +685,26 @@ impl Ipam {
                     _ => pool_name = Some((*ip, p.clone())),
                 }
                 if let Some(r) = self.reservation_of(ip) {
-                    return Err(IpamError::Reserved {
-                        address: *ip,
-                        block: r.block,
-                        note: r.note.clone(),
-                    });
+                    return Err(IpamError::Reserved { address: *ip, block: r.block, note: r.note.clone() });
                 }
                 if st.fam(Family::of(ip)).space.to_dense(ip_to_u128(ip)).is_none() {
-                    return Err(IpamError::Buggy {
-                        address: *ip,
-                        pool: p.clone(),
-                    });
+                    return Err(IpamError::Buggy { address: *ip, pool: p.clone() });
                 }
                 if let Some(q) = self.quarantine.get(ip) {
                     if q.service != req.service {
-                        return Err(IpamError::Quarantined {
-                            address: *ip,
-                            holder: q.service.clone(),
-                            until: q.until,
-                        });
+                        return Err(IpamError::Quarantined { address: *ip, holder: q.service.clone(), until: q.until });
                     }
                 }
                 self.check_shareable(ip, req)?;
             }
-            let (_, p) = pool_name.ok_or_else(|| IpamError::NotInPool {
-                address: req.addresses[0],
-            })?;
+            let (_, p) = pool_name.ok_or_else(|| IpamError::NotInPool { address: req.addresses[0] })?;
             let mut addrs = req.addresses.clone();
             addrs.sort();
             return Ok(make(&p, addrs));
         }
 
         if eligible.is_empty() {
-            return Err(IpamError::NoEligiblePool {
-                service: req.service.clone(),
-                reasons,
-            });
+            return Err(IpamError::NoEligiblePool { service: req.service.clone(), reasons });
         }
         // Order: pools holding this service's quarantined addresses, then pools with an
         // address of its sharing key, then by priority and name.
@@ -763,13 +713,7 @@ impl Ipam {
         let has = |set: Option<&BTreeSet<IpAddr>>, p: &PoolName| {
             set.is_some_and(|s| s.iter().any(|ip| self.pool_of(ip) == Some(p)))
         };
-        eligible.sort_by_key(|st| {
-            (
-                !has(own, &st.pool.name),
-                !has(shared, &st.pool.name),
-                st.pool.order_key(),
-            )
-        });
+        eligible.sort_by_key(|st| (!has(own, &st.pool.name), !has(shared, &st.pool.name), st.pool.order_key()));
         for st in &eligible {
             let name = &st.pool.name;
             let mut picked = Vec::new();
@@ -777,7 +721,9 @@ impl Ipam {
                 let in_pool = |ip: &&IpAddr| Family::of(ip) == f && self.pool_of(ip) == Some(name);
                 if let Some(ip) = own.and_then(|s| s.iter().find(in_pool)) {
                     picked.push(*ip);
-                } else if let Some(ip) = shared.and_then(|s| s.iter().filter(in_pool).find(|ip| self.check_shareable(ip, req).is_ok())) {
+                } else if let Some(ip) =
+                    shared.and_then(|s| s.iter().filter(in_pool).find(|ip| self.check_shareable(ip, req).is_ok()))
+                {
                     picked.push(*ip);
                 } else if let Some(d) = st.fam(f).free.first() {
                     picked.push(u128_to_ip(f, st.fam(f).space.from_dense(d)));
@@ -882,14 +828,7 @@ impl Ipam {
         }
         self.quarantine_of.entry(service.clone()).or_default().insert(ip);
         self.expiry.insert((until, ip));
-        self.quarantine.insert(
-            ip,
-            Quarantined {
-                address: ip,
-                service,
-                until,
-            },
-        );
+        self.quarantine.insert(ip, Quarantined { address: ip, service, until });
     }
 
     /// Ends a quarantine; the address goes back to its pool unless someone holds it.
@@ -964,7 +903,9 @@ fn labels_text(l: &crate::model::Labels) -> String {
 /// A configuration error: overlapping pools or reservations.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
-    #[error("pool {pool:?} block {block} overlaps pool {other:?} block {other_block}; expected pools that do not overlap")]
+    #[error(
+        "pool {pool:?} block {block} overlaps pool {other:?} block {other_block}; expected pools that do not overlap"
+    )]
     PoolOverlap { pool: PoolName, block: AddressBlock, other: PoolName, other_block: AddressBlock },
     #[error("reservation {block} overlaps reservation {other}; expected reservations that do not overlap")]
     ReservationOverlap { block: AddressBlock, other: AddressBlock },
@@ -999,10 +940,7 @@ pub fn check_config(pools: &[Pool], reservations: &[Reservation]) -> Result<(), 
     res.sort_by_key(|r| (r.block.family(), r.block.range().first_raw()));
     for w in res.windows(2) {
         if w[0].block.range().overlaps(&w[1].block.range()) {
-            return Err(ConfigError::ReservationOverlap {
-                block: w[1].block,
-                other: w[0].block,
-            });
+            return Err(ConfigError::ReservationOverlap { block: w[1].block, other: w[0].block });
         }
     }
     Ok(())
@@ -1227,10 +1165,7 @@ mod tests {
 
     #[test]
     fn reservations_and_buggy_addresses_are_never_handed_out() {
-        let res = Reservation {
-            block: "192.0.2.1".parse().unwrap(),
-            note: "gateway".into(),
-        };
+        let res = Reservation { block: "192.0.2.1".parse().unwrap(), note: "gateway".into() };
         let mut m = Ipam::new(vec![pool("a", &["192.0.2.0/24"], |o| o.avoid_buggy_ips = true)], vec![res]);
         let a = m.allocate(&req("ns/a"), T0, HOLD).unwrap().allocation;
         assert_eq!(a.addresses, vec![ip("192.0.2.2")], ".0 is buggy and .1 is reserved");

@@ -4,8 +4,8 @@
 //! Layers: [`model`] (validated types) → [`ipam`] (pure decisions) → [`store`] (SQLite,
 //! transactions, audit) → [`config`] (pools files) → the `vipvisor` binary.
 
+pub mod cli;
+pub mod config;
 pub mod ipam;
 pub mod model;
-pub mod config;
 pub mod store;
-pub mod cli;

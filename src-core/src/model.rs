@@ -21,12 +21,7 @@ pub struct InvalidValue {
 
 impl InvalidValue {
     pub fn new(what: &'static str, value: impl Into<String>, expected: impl Into<String>) -> Self {
-        Self {
-            what,
-            value: value.into(),
-            reason: None,
-            expected: expected.into(),
-        }
+        Self { what, value: value.into(), reason: None, expected: expected.into() }
     }
     pub fn because(mut self, reason: impl Into<String>) -> Self {
         self.reason = Some(reason.into());
@@ -110,19 +105,11 @@ impl AddressRange {
                 format!("the start ({first}) to be lower than or equal to the end ({last})"),
             ));
         }
-        Ok(Self {
-            family: Family::of(&first),
-            first: a,
-            last: b,
-        })
+        Ok(Self { family: Family::of(&first), first: a, last: b })
     }
     pub fn from_raw(family: Family, first: u128, last: u128) -> Self {
         debug_assert!(first <= last);
-        Self {
-            family,
-            first,
-            last,
-        }
+        Self { family, first, last }
     }
     pub fn family(&self) -> Family {
         self.family
@@ -164,9 +151,11 @@ const BLOCK_EXPECTED: &str = "a CIDR such as 192.0.2.0/28 or 2001:db8::/120, an 
 impl AddressBlock {
     pub fn range(&self) -> AddressRange {
         match self {
-            AddressBlock::Cidr(n) => {
-                AddressRange::from_raw(Family::of(&n.ip()), ip_to_u128(&n.network()), ip_to_u128(&n.broadcast_or_last()))
-            }
+            AddressBlock::Cidr(n) => AddressRange::from_raw(
+                Family::of(&n.ip()),
+                ip_to_u128(&n.network()),
+                ip_to_u128(&n.broadcast_or_last()),
+            ),
             AddressBlock::Range(r) => *r,
             AddressBlock::Single(ip) => AddressRange::from_raw(Family::of(ip), ip_to_u128(ip), ip_to_u128(ip)),
         }
@@ -327,10 +316,9 @@ impl FromStr for ServiceKey {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let expected = format!("NAMESPACE/NAME, each {LABEL_EXPECTED}");
         match s.split_once('/') {
-            Some((ns, name)) if is_dns_label(ns) && is_dns_label(name) => Ok(Self {
-                namespace: ns.to_owned(),
-                name: name.to_owned(),
-            }),
+            Some((ns, name)) if is_dns_label(ns) && is_dns_label(name) => {
+                Ok(Self { namespace: ns.to_owned(), name: name.to_owned() })
+            }
             _ => Err(InvalidValue::new("service", s, expected)),
         }
     }
@@ -362,11 +350,7 @@ impl FromStr for SharingKey {
         if !s.is_empty() && s.len() <= 253 && s.chars().all(|c| c.is_ascii_graphic()) {
             Ok(Self(s.to_owned()))
         } else {
-            Err(InvalidValue::new(
-                "sharing key",
-                s,
-                "1 to 253 printable ASCII characters without spaces",
-            ))
+            Err(InvalidValue::new("sharing key", s, "1 to 253 printable ASCII characters without spaces"))
         }
     }
 }
@@ -403,7 +387,8 @@ pub struct Port {
 impl FromStr for Port {
     type Err = InvalidValue;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || InvalidValue::new("port", s, "PROTOCOL/NUMBER such as tcp/80, udp/53 or sctp/9899, number 1-65535");
+        let bad =
+            || InvalidValue::new("port", s, "PROTOCOL/NUMBER such as tcp/80, udp/53 or sctp/9899, number 1-65535");
         let (p, n) = s.split_once('/').ok_or_else(bad)?;
         let protocol = match p.to_ascii_lowercase().as_str() {
             "tcp" => Protocol::Tcp,
@@ -455,13 +440,7 @@ pub fn parse_labels(s: &str) -> Result<Labels, InvalidValue> {
             Some((k, v)) if is_label_part(k) && (v.is_empty() || is_label_part(v)) => {
                 out.insert(k.to_owned(), v.to_owned());
             }
-            _ => {
-                return Err(InvalidValue::new(
-                    "label",
-                    part,
-                    "KEY=VALUE with letters, digits, '-', '_', '.' or '/'",
-                ))
-            }
+            _ => return Err(InvalidValue::new("label", part, "KEY=VALUE with letters, digits, '-', '_', '.' or '/'")),
         }
     }
     Ok(out)
@@ -529,12 +508,9 @@ impl Pool {
     /// at least one usable address, valid namespaces and selectors.
     pub fn new(name: PoolName, addresses: Vec<AddressBlock>, opts: PoolOptions) -> Result<Self, InvalidValue> {
         if addresses.is_empty() {
-            return Err(InvalidValue::new(
-                "pool",
-                name.as_str(),
-                "at least one address block",
-            )
-            .because("the pool is empty"));
+            return Err(
+                InvalidValue::new("pool", name.as_str(), "at least one address block").because("the pool is empty")
+            );
         }
         for (i, a) in addresses.iter().enumerate() {
             for b in &addresses[i + 1..] {
@@ -672,11 +648,7 @@ impl AllocRequest {
         from_addrs.sort();
         let shown = || self.addresses.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
         if from_addrs.windows(2).any(|w| w[0] == w[1]) || from_addrs.len() > 2 {
-            return Err(InvalidValue::new(
-                "requested addresses",
-                shown(),
-                "at most one IPv4 and one IPv6 address",
-            ));
+            return Err(InvalidValue::new("requested addresses", shown(), "at most one IPv4 and one IPv6 address"));
         }
         match self.family {
             None if from_addrs.is_empty() => Ok(vec![Family::V4]),
@@ -712,9 +684,7 @@ pub struct Timestamp(pub i64);
 
 impl Timestamp {
     pub fn now() -> Self {
-        let d = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
+        let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         Timestamp(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
     }
     pub fn plus(self, d: std::time::Duration) -> Self {
@@ -808,17 +778,10 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("at least one address block"));
-        let e = Pool::new(
-            name.clone(),
-            vec![b("192.0.2.0/28"), b("192.0.2.8-192.0.2.20")],
-            PoolOptions::default(),
-        )
-        .unwrap_err();
+        let e = Pool::new(name.clone(), vec![b("192.0.2.0/28"), b("192.0.2.8-192.0.2.20")], PoolOptions::default())
+            .unwrap_err();
         assert!(e.to_string().contains("192.0.2.0/28 overlaps 192.0.2.8-192.0.2.20"), "{e}");
-        let buggy_only = PoolOptions {
-            avoid_buggy_ips: true,
-            ..PoolOptions::default()
-        };
+        let buggy_only = PoolOptions { avoid_buggy_ips: true, ..PoolOptions::default() };
         assert!(
             Pool::new(name.clone(), vec![b("192.0.2.255-192.0.3.0")], buggy_only.clone()).is_err(),
             ".255 and .0 only leave nothing to hand out"

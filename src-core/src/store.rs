@@ -138,12 +138,11 @@ pub fn connect_options(url: &str) -> Result<SqliteConnectOptions> {
         return Err(StoreError::BadUrl(url.to_owned()));
     }
     if let Some(dir) = Path::new(file).parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
-            path: dir.display().to_string(),
-            source,
-        })?;
+        std::fs::create_dir_all(dir)
+            .map_err(|source| StoreError::CreateDir { path: dir.display().to_string(), source })?;
     }
-    let opts = SqliteConnectOptions::from_str(&format!("sqlite://{path}")).map_err(|_| StoreError::BadUrl(url.to_owned()))?;
+    let opts =
+        SqliteConnectOptions::from_str(&format!("sqlite://{path}")).map_err(|_| StoreError::BadUrl(url.to_owned()))?;
     Ok(opts
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
@@ -156,10 +155,7 @@ impl Store {
     /// Opens (creating it on first use) and migrates the store at `url`.
     pub async fn open(url: &str) -> Result<Store> {
         let opts = connect_options(url)?;
-        let pool = SqlitePoolOptions::new()
-            .max_connections(2)
-            .connect_with(opts)
-            .await?;
+        let pool = SqlitePoolOptions::new().max_connections(2).connect_with(opts).await?;
         let store = Store::from_pool(pool);
         store.migrate().await?;
         Ok(store)
@@ -167,11 +163,7 @@ impl Store {
 
     /// Wraps an existing pool (already migrated, or call [`Store::migrate`]).
     pub fn from_pool(pool: SqlitePool) -> Store {
-        Store {
-            pool,
-            actor: "vipvisor".into(),
-            cache: Mutex::new(None),
-        }
+        Store { pool, actor: "vipvisor".into(), cache: Mutex::new(None) }
     }
 
     /// Who the audit log names for changes made through this store.
@@ -207,9 +199,8 @@ impl Store {
     async fn begin(&self) -> Result<(Transaction<'static, Sqlite>, MutexGuard<'_, Option<Cached>>, i64)> {
         let mut guard = self.cache.lock().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let generation: i64 = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'generation'")
-            .fetch_one(&mut *tx)
-            .await?;
+        let generation: i64 =
+            sqlx::query_scalar("SELECT value FROM meta WHERE key = 'generation'").fetch_one(&mut *tx).await?;
         if guard.as_ref().map(|c| c.generation) != Some(generation) {
             let ipam = load(&mut tx).await?;
             *guard = Some(Cached { generation, ipam });
@@ -217,7 +208,11 @@ impl Store {
         Ok((tx, guard, generation))
     }
 
-    async fn commit(tx: Transaction<'static, Sqlite>, guard: &mut MutexGuard<'_, Option<Cached>>, generation: i64) -> Result<()> {
+    async fn commit(
+        tx: Transaction<'static, Sqlite>,
+        guard: &mut MutexGuard<'_, Option<Cached>>,
+        generation: i64,
+    ) -> Result<()> {
         let mut tx = tx;
         let bumped = async {
             sqlx::query("UPDATE meta SET value = ?1 WHERE key = 'generation'")
@@ -302,7 +297,13 @@ impl Store {
     }
 
     /// Releases a service's addresses into quarantine for `hold`. `Ok(None)`: it held none.
-    pub async fn release(&self, service: &ServiceKey, uid: Option<&Uid>, now: Timestamp, hold: Duration) -> Result<Option<Released>> {
+    pub async fn release(
+        &self,
+        service: &ServiceKey,
+        uid: Option<&Uid>,
+        now: Timestamp,
+        hold: Duration,
+    ) -> Result<Option<Released>> {
         let (mut tx, mut guard, generation) = self.begin().await?;
         let res: Result<Option<Released>> = async {
             let ipam = &mut guard.as_mut().ok_or_else(|| StoreError::Corrupt("cache".into()))?.ipam;
@@ -382,7 +383,12 @@ impl Store {
             let mut res = desired.reservations.clone();
             if !prune {
                 pools.extend(cur.pools.iter().filter(|p| !desired.pools.iter().any(|d| d.name == p.name)).cloned());
-                res.extend(cur.reservations.iter().filter(|r| !desired.reservations.iter().any(|d| d.block == r.block)).cloned());
+                res.extend(
+                    cur.reservations
+                        .iter()
+                        .filter(|r| !desired.reservations.iter().any(|d| d.block == r.block))
+                        .cloned(),
+                );
             }
             cur.pools = pools;
             cur.reservations = res;
@@ -411,7 +417,8 @@ impl Store {
             let old = cur.clone();
             let what = edit(&mut cur)?;
             ipam::check_config(&cur.pools, &cur.reservations)?;
-            let stranded: Vec<Allocation> = ipam::stranded(ipam, &cur.pools, &cur.reservations).into_iter().cloned().collect();
+            let stranded: Vec<Allocation> =
+                ipam::stranded(ipam, &cur.pools, &cur.reservations).into_iter().cloned().collect();
             if !stranded.is_empty() && !force {
                 return Err(StoreError::InUse { what, stranded });
             }
@@ -458,7 +465,8 @@ impl Store {
                             .bind(now.0)
                             .execute(&mut *tx)
                             .await?;
-                        self.audit(&mut tx, now, "reservation.added", &name, serde_json::json!({"note": r.note})).await?;
+                        self.audit(&mut tx, now, "reservation.added", &name, serde_json::json!({"note": r.note}))
+                            .await?;
                         report.reservations.push(ItemChange { name, action: "created" });
                     }
                     Some(o) if o != r => {
@@ -467,7 +475,8 @@ impl Store {
                             .bind(&r.note)
                             .execute(&mut *tx)
                             .await?;
-                        self.audit(&mut tx, now, "reservation.updated", &name, serde_json::json!({"note": r.note})).await?;
+                        self.audit(&mut tx, now, "reservation.updated", &name, serde_json::json!({"note": r.note}))
+                            .await?;
                         report.reservations.push(ItemChange { name, action: "updated" });
                     }
                     Some(_) => report.reservations.push(ItemChange { name, action: "unchanged" }),
@@ -483,12 +492,8 @@ impl Store {
             }
             // Quarantine entries of addresses that no pool holds any more mean nothing.
             let next = Ipam::new(cur.pools.clone(), cur.reservations.clone());
-            let orphans: Vec<IpAddr> = ipam
-                .quarantined()
-                .iter()
-                .filter(|q| next.pool_of(&q.address).is_none())
-                .map(|q| q.address)
-                .collect();
+            let orphans: Vec<IpAddr> =
+                ipam.quarantined().iter().filter(|q| next.pool_of(&q.address).is_none()).map(|q| q.address).collect();
             delete_quarantine(&mut tx, &orphans).await?;
             report.changed = !report.released.is_empty()
                 || report.pools.iter().chain(&report.reservations).any(|c| c.action != "unchanged");
@@ -508,7 +513,14 @@ impl Store {
         res
     }
 
-    async fn audit(&self, tx: &mut Transaction<'static, Sqlite>, now: Timestamp, kind: &str, subject: &str, detail: serde_json::Value) -> Result<()> {
+    async fn audit(
+        &self,
+        tx: &mut Transaction<'static, Sqlite>,
+        now: Timestamp,
+        kind: &str,
+        subject: &str,
+        detail: serde_json::Value,
+    ) -> Result<()> {
         sqlx::query("INSERT INTO events (at_ms, actor, kind, subject, detail) VALUES (?1, ?2, ?3, ?4, ?5)")
             .bind(now.0)
             .bind(&self.actor)
@@ -541,7 +553,8 @@ impl Store {
                     actor: r.get("actor"),
                     kind: r.get("kind"),
                     subject: r.get("subject"),
-                    detail: serde_json::from_str(&detail).map_err(|e| StoreError::Corrupt(format!("event detail: {e}")))?,
+                    detail: serde_json::from_str(&detail)
+                        .map_err(|e| StoreError::Corrupt(format!("event detail: {e}")))?,
                 })
             })
             .collect()
@@ -727,7 +740,8 @@ async fn load(tx: &mut Transaction<'static, Sqlite>) -> Result<Ipam> {
             service_selector: parse_json::<Labels>("service selector", r.get("service_selector"))?,
             priority: priority.map(|p| u32::try_from(p).unwrap_or(u32::MAX)),
         };
-        let pool = Pool::new(pname, blocks.remove(&name).unwrap_or_default(), opts).map_err(|e| corrupt(format!("pool {name}"), e))?;
+        let pool = Pool::new(pname, blocks.remove(&name).unwrap_or_default(), opts)
+            .map_err(|e| corrupt(format!("pool {name}"), e))?;
         pools.push(pool);
     }
     let mut reservations = Vec::new();

@@ -25,7 +25,9 @@ const CHILD_COUNT: &str = "VIPVISOR_TEST_CHILD_COUNT";
 #[test]
 #[ignore = "worker process of the durability tests, started by them"]
 fn child_allocator() {
-    let (Ok(db), Ok(prefix), Ok(count)) = (std::env::var(CHILD_DB), std::env::var(CHILD_PREFIX), std::env::var(CHILD_COUNT)) else {
+    let (Ok(db), Ok(prefix), Ok(count)) =
+        (std::env::var(CHILD_DB), std::env::var(CHILD_PREFIX), std::env::var(CHILD_COUNT))
+    else {
         eprintln!("child_allocator: not started by a durability test; nothing to do");
         return;
     };

@@ -13,12 +13,8 @@ const HOLD: Duration = Duration::from_secs(60);
 const T0: Timestamp = Timestamp(1_700_000_000_000);
 
 fn ip_pool(name: &str, blocks: &[&str]) -> Pool {
-    Pool::new(
-        name.parse().unwrap(),
-        blocks.iter().map(|b| b.parse().unwrap()).collect(),
-        PoolOptions::default(),
-    )
-    .unwrap()
+    Pool::new(name.parse().unwrap(), blocks.iter().map(|b| b.parse().unwrap()).collect(), PoolOptions::default())
+        .unwrap()
 }
 fn req(s: &str) -> AllocRequest {
     AllocRequest::new(s.parse().unwrap())
@@ -35,15 +31,28 @@ async fn count(pool: &SqlitePool, table: &str) -> i64 {
 async fn migrations_apply_from_empty_and_are_idempotent(pool: SqlitePool) {
     MIGRATOR.run(&pool).await.unwrap();
     MIGRATOR.run(&pool).await.unwrap();
-    let tables: Vec<String> =
-        sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
-            .fetch_all(&pool)
-            .await
-            .unwrap();
-    for t in ["addresses", "events", "holders", "meta", "pool_blocks", "pools", "ports", "quarantine", "reservations", "services"] {
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    for t in [
+        "addresses",
+        "events",
+        "holders",
+        "meta",
+        "pool_blocks",
+        "pools",
+        "ports",
+        "quarantine",
+        "reservations",
+        "services",
+    ] {
         assert!(tables.iter().any(|x| x == t), "table {t} must exist after migrating from empty, have {tables:?}");
     }
-    let generation: i64 = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'generation'").fetch_one(&pool).await.unwrap();
+    let generation: i64 =
+        sqlx::query_scalar("SELECT value FROM meta WHERE key = 'generation'").fetch_one(&pool).await.unwrap();
     assert_eq!(generation, 0, "a fresh store starts at generation 0");
 }
 
@@ -87,15 +96,17 @@ async fn schema_refuses_double_allocation_even_if_logic_were_wrong(pool: SqliteP
         .execute(&pool)
         .await
         .unwrap();
-    let second_exclusive = sqlx::query("INSERT INTO holders (address, sharing_key, namespace, name) VALUES (?1, '', 'ns', 'evil')")
-        .bind(&addr)
-        .execute(&pool)
-        .await;
+    let second_exclusive =
+        sqlx::query("INSERT INTO holders (address, sharing_key, namespace, name) VALUES (?1, '', 'ns', 'evil')")
+            .bind(&addr)
+            .execute(&pool)
+            .await;
     assert!(second_exclusive.is_err(), "a second exclusive holder of {addr} must violate a constraint");
-    let other_key = sqlx::query("INSERT INTO holders (address, sharing_key, namespace, name) VALUES (?1, 'k', 'ns', 'evil')")
-        .bind(&addr)
-        .execute(&pool)
-        .await;
+    let other_key =
+        sqlx::query("INSERT INTO holders (address, sharing_key, namespace, name) VALUES (?1, 'k', 'ns', 'evil')")
+            .bind(&addr)
+            .execute(&pool)
+            .await;
     assert!(other_key.is_err(), "a holder with another sharing key must violate the foreign key");
 }
 
@@ -132,7 +143,10 @@ async fn quarantine_survives_restart_and_expires(pool: SqlitePool) {
     assert_eq!(r.quarantined.len(), 1);
     let s2 = Store::from_pool(pool.clone());
     let e = s2.allocate(&req("ns/b"), T0.plus(Duration::from_secs(59)), HOLD).await.unwrap_err();
-    assert!(matches!(e, StoreError::Ipam(IpamError::Exhausted { .. })), "the quarantined address is not free for b: {e}");
+    assert!(
+        matches!(e, StoreError::Ipam(IpamError::Exhausted { .. })),
+        "the quarantined address is not free for b: {e}"
+    );
     let back = s2.allocate(&req("ns/a"), T0.plus(Duration::from_secs(30)), HOLD).await.unwrap();
     assert_eq!(back.allocation.addresses, vec![ip("192.0.2.0")], "a returns within the quarantine and gets it back");
     assert_eq!(count(&pool, "quarantine").await, 0);
@@ -209,7 +223,10 @@ async fn overlaps_and_reserved_allocations_are_refused(pool: SqlitePool) {
     let e = s.add_reservation(r.clone(), false, T0).await.unwrap_err();
     assert!(e.to_string().contains("ns/a holds 192.0.2.0"), "{e}");
     s.add_reservation(Reservation { block: "192.0.2.4".parse().unwrap(), note: "gw".into() }, false, T0).await.unwrap();
-    let e = s.add_reservation(Reservation { block: "192.0.2.4-192.0.2.5".parse().unwrap(), note: String::new() }, false, T0).await.unwrap_err();
+    let e = s
+        .add_reservation(Reservation { block: "192.0.2.4-192.0.2.5".parse().unwrap(), note: String::new() }, false, T0)
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("overlaps reservation 192.0.2.4"), "{e}");
     let e = s.remove_reservation(&"192.0.2.7".parse().unwrap(), T0).await.unwrap_err();
     assert!(matches!(e, StoreError::UnknownReservation(_)));
@@ -240,5 +257,9 @@ async fn events_filter_by_time_and_limit(pool: SqlitePool) {
     assert_eq!(since.len(), 1);
     assert_eq!(since[0].subject, "ns/b");
     let last2 = s.events(None, Some(2)).await.unwrap();
-    assert_eq!(last2.iter().map(|e| e.subject.as_str()).collect::<Vec<_>>(), vec!["ns/a", "ns/b"], "the newest two, oldest first");
+    assert_eq!(
+        last2.iter().map(|e| e.subject.as_str()).collect::<Vec<_>>(),
+        vec!["ns/a", "ns/b"],
+        "the newest two, oldest first"
+    );
 }

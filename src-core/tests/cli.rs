@@ -1,0 +1,364 @@
+//! The `vipvisor` binary, end to end: every command, every refusal, and `-o json`.
+//! Each test has its own store file in a temporary directory.
+#![allow(clippy::unwrap_used)]
+
+use assert_cmd::Command;
+use serde_json::Value;
+use tempfile::TempDir;
+
+struct Cli {
+    dir: TempDir,
+}
+
+impl Cli {
+    fn new() -> Self {
+        Cli { dir: tempfile::tempdir().unwrap() }
+    }
+    fn url(&self) -> String {
+        format!("sqlite://{}/store/v.db", self.dir.path().display())
+    }
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::cargo_bin("vipvisor").unwrap();
+        c.env("VIPVISOR_STORE", self.url()).env("USER", "tester").env_remove("VIPVISOR_QUARANTINE").args(args);
+        c
+    }
+    /// Runs a command that must succeed; returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.cmd(args).output().unwrap();
+        assert!(out.status.success(), "vipvisor {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+    fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        serde_json::from_str(&self.ok(&a)).unwrap()
+    }
+    /// Runs a command that must fail with nothing on stdout; returns stderr.
+    fn err(&self, args: &[&str]) -> String {
+        let out = self.cmd(args).output().unwrap();
+        assert!(!out.status.success(), "vipvisor {args:?} should fail");
+        assert!(
+            out.stdout.is_empty(),
+            "vipvisor {args:?} failed but printed to stdout: {:?}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8(out.stderr).unwrap()
+    }
+    /// A refusal must leave the audit log (and so the store) as it was.
+    fn err_unchanged(&self, args: &[&str]) -> String {
+        let before = self.ok(&["events", "-o", "json"]);
+        let e = self.err(args);
+        assert_eq!(self.ok(&["events", "-o", "json"]), before, "vipvisor {args:?} was refused but changed the store");
+        e
+    }
+    fn file(&self, name: &str, text: &str) -> String {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    }
+}
+
+fn assert_mentions(text: &str, needles: &[&str]) {
+    for n in needles {
+        assert!(text.contains(n), "expected {n:?} in: {text}");
+    }
+}
+
+#[test]
+fn pool_add_list_show_rm() {
+    let c = Cli::new();
+    let out = c.ok(&["pool", "add", "web", "--addresses", "192.0.2.0/28,2001:db8::/120", "--priority", "10"]);
+    assert_mentions(&out, &["pool web created", "192.0.2.0/28"]);
+    c.ok(&[
+        "pool",
+        "add",
+        "lab",
+        "--addresses",
+        "198.51.100.10-198.51.100.20",
+        "--no-auto-assign",
+        "--avoid-buggy-ips",
+        "--namespaces",
+        "lab,dev",
+        "--namespace-selector",
+        "team=lab",
+        "--service-selector",
+        "expose=yes",
+    ]);
+    let list = c.json(&["pool", "list"]);
+    let names: Vec<&str> = list.as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["lab", "web"]);
+    let lab = &list[0];
+    assert_eq!(lab["auto_assign"], false);
+    assert_eq!(lab["avoid_buggy_ips"], true);
+    assert_eq!(lab["namespaces"], serde_json::json!(["dev", "lab"]));
+    assert_eq!(lab["namespace_selector"]["team"], "lab");
+    assert_eq!(lab["service_selector"]["expose"], "yes");
+    let table = c.ok(&["pool", "list"]);
+    assert_mentions(&table, &["NAME", "lab", "web", "198.51.100.10-198.51.100.20"]);
+
+    let show = c.json(&["pool", "show", "web"]);
+    assert_eq!(show["priority"], 10);
+    let fams = show["families"].as_array().unwrap();
+    assert_eq!(fams[0]["family"], "ipv4");
+    assert_eq!(fams[0]["size"], 16);
+    assert_eq!(fams[1]["size"], 256);
+    assert_mentions(&c.ok(&["pool", "show", "web"]), &["FAMILY", "QUARANTINED", "IPv6"]);
+
+    assert_mentions(&c.ok(&["pool", "rm", "lab"]), &["pool lab removed"]);
+    let rm = c.json(&["pool", "rm", "web"]);
+    assert_eq!(rm["changed"], true);
+    assert_eq!(c.json(&["pool", "list"]), serde_json::json!([]));
+}
+
+#[test]
+fn pool_validation_errors_name_the_value_and_write_nothing() {
+    let c = Cli::new();
+    c.ok(&["pool", "add", "web", "--addresses", "192.0.2.0/28"]);
+    let cases: &[(&[&str], &[&str])] = &[
+        (
+            &["pool", "add", "other", "--addresses", "192.0.2.8/29"],
+            &["192.0.2.8/29", "overlaps pool \"web\"", "192.0.2.0/28"],
+        ),
+        (&["pool", "add", "web", "--addresses", "203.0.113.0/28"], &["pool \"web\" already exists"]),
+        (&["pool", "add", "x", "--addresses", "192.0.2.300/28"], &["192.0.2.300/28", "expected"]),
+        (&["pool", "add", "x", "--addresses", "203.0.113.5/28"], &["203.0.113.5/28", "host bits", "203.0.113.0/28"]),
+        (
+            &["pool", "add", "x", "--addresses", "203.0.113.20-203.0.113.10"],
+            &["203.0.113.20-203.0.113.10", "lower than or equal"],
+        ),
+        (&["pool", "add", "x", "--addresses", "203.0.113.1-2001:db8::1"], &["203.0.113.1-2001:db8::1", "same family"]),
+        (
+            &["pool", "add", "x", "--addresses", "203.0.113.0/28,203.0.113.8/29"],
+            &["203.0.113.0/28 overlaps 203.0.113.8/29"],
+        ),
+        (&["pool", "add", "x", "--addresses", "203.0.113.255", "--avoid-buggy-ips"], &["pool \"x\"", "empty"]),
+        (&["pool", "add", "x"], &["--addresses"]),
+        (&["pool", "add", "x", "--addresses", "203.0.113.0/28", "--colour", "red"], &["--colour"]),
+        (&["pool", "add", "Bad_Name", "--addresses", "203.0.113.0/28"], &["Bad_Name", "lowercase"]),
+        (
+            &["pool", "add", "x", "--addresses", "203.0.113.0/28", "--namespace-selector", "team"],
+            &["team", "KEY=VALUE"],
+        ),
+        (&["pool", "add", "x", "--addresses", "203.0.113.0/28", "--priority", "-1"], &["-1"]),
+        (&["pool", "show", "nope"], &["unknown pool \"nope\""]),
+        (&["pool", "rm", "nope"], &["unknown pool \"nope\""]),
+    ];
+    for (args, needles) in cases {
+        let e = c.err_unchanged(args);
+        assert_mentions(&e, needles);
+    }
+    assert_eq!(c.json(&["pool", "list"]).as_array().unwrap().len(), 1, "refused adds wrote no pool");
+}
+
+#[test]
+fn removing_a_pool_in_use_needs_force_and_is_recorded() {
+    let c = Cli::new();
+    c.ok(&["pool", "add", "web", "--addresses", "192.0.2.0/28"]);
+    c.ok(&["alloc", "request", "default/a"]);
+    let e = c.err_unchanged(&["pool", "rm", "web"]);
+    assert_mentions(&e, &["default/a holds 192.0.2.0", "--force"]);
+    let out = c.ok(&["pool", "rm", "web", "--force"]);
+    assert_mentions(&out, &["released 192.0.2.0 from default/a (forced)"]);
+    let events = c.json(&["events"]);
+    assert!(
+        events.as_array().unwrap().iter().any(|e| e["kind"] == "address.force_released" && e["subject"] == "default/a"),
+        "the forced release is in the audit log: {events}"
+    );
+    assert_eq!(c.json(&["alloc", "list"]), serde_json::json!([]));
+}
+
+#[test]
+fn reservations() {
+    let c = Cli::new();
+    c.ok(&["pool", "add", "web", "--addresses", "192.0.2.0/29"]);
+    assert_mentions(&c.ok(&["reserve", "add", "192.0.2.0", "--note", "gateway"]), &["reserved 192.0.2.0"]);
+    c.ok(&["reserve", "add", "192.0.2.1-192.0.2.2", "--note", "hosts"]);
+    let list = c.json(&["reserve", "list"]);
+    assert_eq!(list[0]["block"], "192.0.2.0");
+    assert_eq!(list[0]["note"], "gateway");
+    assert_mentions(&c.ok(&["reserve", "list"]), &["BLOCK", "192.0.2.1-192.0.2.2", "hosts"]);
+    let a = c.json(&["alloc", "request", "default/a"]);
+    assert_eq!(a["addresses"][0], "192.0.2.3", "reserved addresses are never handed out");
+    let e = c.err_unchanged(&["alloc", "request", "default/b", "--ip", "192.0.2.1"]);
+    assert_mentions(&e, &["192.0.2.1", "reserved", "hosts"]);
+    assert_mentions(
+        &c.err_unchanged(&["reserve", "add", "192.0.2.2-192.0.2.4"]),
+        &["overlaps reservation 192.0.2.1-192.0.2.2"],
+    );
+    assert_mentions(&c.err_unchanged(&["reserve", "add", "192.0.2.3"]), &["default/a holds 192.0.2.3", "--force"]);
+    assert_mentions(&c.err_unchanged(&["reserve", "rm", "192.0.2.7"]), &["unknown reservation 192.0.2.7"]);
+    assert_mentions(&c.err_unchanged(&["reserve", "add", "nonsense"]), &["nonsense", "expected"]);
+    assert_mentions(&c.ok(&["reserve", "rm", "192.0.2.0"]), &["reservation 192.0.2.0 removed"]);
+    assert_eq!(c.json(&["reserve", "list"]).as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn alloc_request_json_shape_and_idempotence() {
+    let c = Cli::new();
+    c.ok(&["pool", "add", "web", "--addresses", "192.0.2.0/28,2001:db8::/120"]);
+    let a = c.json(&["alloc", "request", "default/web", "--uid", "0b4a-11"]);
+    assert_eq!(a, serde_json::json!({"service": "default/web", "addresses": ["192.0.2.0"], "pool": "web"}));
+    assert_eq!(c.json(&["alloc", "request", "default/web"]), a, "asking again returns the same addresses");
+    assert_mentions(&c.ok(&["alloc", "request", "default/web"]), &["default/web 192.0.2.0 from pool web (unchanged)"]);
+    let d = c.json(&["alloc", "request", "default/dual", "--family", "dual"]);
+    assert_eq!(d["addresses"], serde_json::json!(["192.0.2.1", "2001:db8::"]));
+    let v6 = c.json(&["alloc", "request", "default/v6", "--family", "ipv6"]);
+    assert_eq!(v6["addresses"], serde_json::json!(["2001:db8::1"]));
+    let pick = c.json(&["alloc", "request", "default/pick", "--ip", "192.0.2.9,2001:db8::99"]);
+    assert_eq!(pick["addresses"], serde_json::json!(["192.0.2.9", "2001:db8::99"]));
+    let list = c.json(&["alloc", "list"]);
+    assert_eq!(list.as_array().unwrap().len(), 4);
+    let web = list.as_array().unwrap().iter().find(|a| a["service"] == "default/web").unwrap();
+    assert_eq!(web["uid"], "0b4a-11", "the uid given at creation is recorded");
+    assert_mentions(&c.ok(&["alloc", "list"]), &["SERVICE", "default/web", "192.0.2.0", "0b4a-11"]);
+}
+
+#[test]
+fn sharing_keys_and_ports() {
+    let c = Cli::new();
+    c.ok(&["pool", "add", "web", "--addresses", "192.0.2.0/30"]);
+    let dns = c.json(&["alloc", "request", "default/dns-udp", "--sharing-key", "dns", "--ports", "udp/53"]);
+    let tcp = c.json(&["alloc", "request", "default/dns-tcp", "--sharing-key", "dns", "--ports", "tcp/53"]);
+    assert_eq!(dns["addresses"], tcp["addresses"], "same key, other ports: one address");
+    let e = c.err_unchanged(&[
+        "alloc",
+        "request",
+        "default/clash",
+        "--sharing-key",
+        "dns",
+        "--ports",
+        "udp/53",
+        "--ip",
+        "192.0.2.0",
+    ]);
+    assert_mentions(&e, &["udp/53", "default/dns-udp"]);
+    let e = c.err_unchanged(&["alloc", "request", "default/other", "--sharing-key", "web", "--ip", "192.0.2.0"]);
+    assert_mentions(&e, &["192.0.2.0", "in use by default/dns-", "sharing key \"dns\""]);
+    let e = c.err_unchanged(&["alloc", "request", "default/plain", "--ip", "192.0.2.0"]);
+    assert_mentions(&e, &["in use by"]);
+    assert_mentions(
+        &c.err_unchanged(&["alloc", "request", "default/x", "--ports", "tcp/0"]),
+        &["tcp/0", "PROTOCOL/NUMBER"],
+    );
+}
+
+#[test]
+fn allocation_errors_are_distinct_and_clear() {
+    let c = Cli::new();
+    let e = c.err_unchanged(&["alloc", "request", "default/a"]);
+    assert_mentions(&e, &["no eligible pool", "there are no pools"]);
+    c.ok(&["pool", "add", "tiny", "--addresses", "192.0.2.0/31", "--namespaces", "web"]);
+    c.ok(&["pool", "add", "manual", "--addresses", "198.51.100.0/30", "--no-auto-assign"]);
+    let e = c.err_unchanged(&["alloc", "request", "db/a"]);
+    assert_mentions(
+        &e,
+        &["no eligible pool for db/a", "namespace \"db\" is not one of its namespaces [web]", "auto_assign is off"],
+    );
+    c.ok(&["alloc", "request", "web/a"]);
+    c.ok(&["alloc", "request", "web/b"]);
+    let e = c.err_unchanged(&["alloc", "request", "web/c"]);
+    assert_mentions(&e, &["pool exhausted", "web/c", "\"tiny\""]);
+    assert_mentions(&c.err_unchanged(&["alloc", "request", "web/c", "--pool", "nope"]), &["unknown pool \"nope\""]);
+    assert_mentions(
+        &c.err_unchanged(&["alloc", "request", "web/c", "--ip", "203.0.113.9"]),
+        &["203.0.113.9 is not in any pool"],
+    );
+    assert_mentions(
+        &c.err_unchanged(&["alloc", "request", "web/c", "--family", "ipv6"]),
+        &["no eligible pool", "no IPv6 addresses"],
+    );
+    assert_mentions(
+        &c.err_unchanged(&["alloc", "request", "web/c", "--ip", "192.0.2.0,192.0.2.1"]),
+        &["192.0.2.0,192.0.2.1", "at most one IPv4 and one IPv6"],
+    );
+    assert_mentions(&c.err_unchanged(&["alloc", "request", "noslash"]), &["noslash", "NAMESPACE/NAME"]);
+    assert_mentions(&c.err_unchanged(&["alloc", "request", "a/b", "--family", "ipv5"]), &["ipv5"]);
+    // A pool without auto-assign is used when named.
+    let m = c.json(&["alloc", "request", "db/m", "--pool", "manual"]);
+    assert_eq!(m["pool"], "manual");
+}
+
+#[test]
+fn release_quarantine_and_uid() {
+    let c = Cli::new();
+    c.ok(&["pool", "add", "one", "--addresses", "192.0.2.7/32"]);
+    c.ok(&["alloc", "request", "default/a", "--uid", "u-1"]);
+    assert_mentions(&c.err_unchanged(&["alloc", "release", "default/a", "--uid", "u-2"]), &["uid u-1", "not u-2"]);
+    let r = c.json(&["alloc", "release", "default/a", "--uid", "u-1"]);
+    assert_eq!(r["released"], serde_json::json!(["192.0.2.7"]));
+    assert!(r["quarantined_until"].is_string(), "the default quarantine is 60 s: {r}");
+    assert_mentions(&c.err_unchanged(&["alloc", "request", "default/b"]), &["pool exhausted"]);
+    assert_mentions(
+        &c.err_unchanged(&["alloc", "request", "default/b", "--ip", "192.0.2.7"]),
+        &["quarantined until", "default/a"],
+    );
+    assert_eq!(c.json(&["alloc", "request", "default/a"])["addresses"][0], "192.0.2.7", "the last holder gets it back");
+    assert_mentions(&c.ok(&["alloc", "release", "default/a", "--quarantine", "0s"]), &["default/a released 192.0.2.7"]);
+    assert_eq!(c.json(&["alloc", "request", "default/b"])["addresses"][0], "192.0.2.7", "no quarantine with 0s");
+    assert_mentions(&c.ok(&["alloc", "release", "default/none"]), &["held no addresses"]);
+    assert_mentions(&c.err(&["alloc", "release", "default/a", "--quarantine", "soon"]), &["soon", "duration"]);
+}
+
+#[test]
+fn apply_is_idempotent_prunes_and_refuses_bad_files() {
+    let c = Cli::new();
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/pools.yaml");
+    let first = c.ok(&["apply", "-f", example]);
+    assert_mentions(&first, &["pool web created", "pool lab created", "reservation 192.0.2.1 created"]);
+    let second = c.ok(&["apply", "-f", example]);
+    assert_mentions(&second, &["pool web unchanged", "no changes"]);
+    let j = c.json(&["apply", "-f", example]);
+    assert_eq!(j["changed"], false);
+    c.ok(&["pool", "add", "extra", "--addresses", "203.0.113.0/28"]);
+    c.ok(&["alloc", "request", "default/x", "--pool", "extra"]);
+    assert_mentions(&c.ok(&["apply", "-f", example]), &["no changes"]);
+    assert_mentions(
+        &c.err_unchanged(&["apply", "-f", example, "--prune"]),
+        &["default/x holds 203.0.113.0", "--force"],
+    );
+    let pruned = c.ok(&["apply", "-f", example, "--prune", "--force"]);
+    assert_mentions(&pruned, &["pool extra removed", "released 203.0.113.0 from default/x (forced)"]);
+
+    let bad: &[(&str, &[&str])] = &[
+        ("pools:\n  - name: a\n    addresses: [203.0.113.0/28]\n    colour: red\n", &["unknown field `colour`"]),
+        ("pools:\n  - name: a\n    addresses: []\n", &["pool \"a\"", "empty"]),
+        ("pools:\n  - name: a\n    addresses: [192.0.2.0/30]\n", &["192.0.2.0/30", "overlaps", "\"web\""]),
+        ("pools:\n  - name: a\n    addresses: [203.0.113.9-203.0.113.1]\n", &["203.0.113.9-203.0.113.1"]),
+        ("pools: {", &["pools.yaml"]),
+    ];
+    for (text, needles) in bad {
+        let f = c.file("pools.yaml", text);
+        assert_mentions(&c.err_unchanged(&["apply", "-f", &f]), needles);
+    }
+    assert_mentions(&c.err(&["apply", "-f", "/nonexistent/pools.yaml"]), &["cannot read /nonexistent/pools.yaml"]);
+}
+
+#[test]
+fn events_since_and_limit() {
+    let c = Cli::new();
+    c.ok(&["pool", "add", "web", "--addresses", "192.0.2.0/28"]);
+    c.ok(&["alloc", "request", "default/a"]);
+    c.ok(&["alloc", "release", "default/a"]);
+    let all = c.json(&["events"]);
+    let kinds: Vec<&str> = all.as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, vec!["pool.created", "address.allocated", "address.released"]);
+    assert_eq!(all[1]["actor"], "cli:tester", "the actor is recorded");
+    assert_eq!(c.json(&["events", "--limit", "1"])[0]["kind"], "address.released");
+    assert_eq!(c.json(&["events", "--since", "1h"]).as_array().unwrap().len(), 3);
+    assert_eq!(c.json(&["events", "--since", "2999-01-01T00:00:00Z"]), serde_json::json!([]));
+    assert_mentions(&c.ok(&["events"]), &["KIND", "address.allocated", "cli:tester"]);
+    assert_mentions(&c.err(&["events", "--since", "yesterday"]), &["yesterday", "RFC 3339"]);
+}
+
+#[test]
+fn store_location_default_and_errors() {
+    let c = Cli::new();
+    let xdg = c.dir.path().join("xdg");
+    let mut cmd = Command::cargo_bin("vipvisor").unwrap();
+    cmd.env_remove("VIPVISOR_STORE").env("XDG_DATA_HOME", &xdg).args(["pool", "list"]);
+    cmd.assert().success();
+    assert!(xdg.join("vipvisor/vipvisor.db").exists(), "the default store is created on first use");
+    assert_mentions(&c.err(&["--store", "postgres://db/x", "pool", "list"]), &["postgres://db/x", "sqlite://"]);
+    assert_mentions(&c.err(&["--store", "/tmp/x.db", "pool", "list"]), &["/tmp/x.db", "sqlite://"]);
+    assert_mentions(&c.err(&["pool", "list", "-o", "yaml"]), &["yaml"]);
+}
