@@ -257,6 +257,8 @@ pub struct Outcome {
     pub quarantined: Vec<Quarantined>,
     /// Addresses the service gave up that no one holds any more (quarantined or free).
     pub freed: Vec<IpAddr>,
+    /// Quarantined addresses the service took back.
+    pub reclaimed: Vec<IpAddr>,
 }
 
 /// The result of a release.
@@ -432,6 +434,7 @@ impl Ipam {
         }
         let Some(ex) = self.services.get(&req.service).cloned() else {
             let allocation = self.choose(req, &families)?;
+            let reclaimed = self.reclaimed(&allocation);
             self.assign(&allocation);
             return Ok(Outcome {
                 allocation,
@@ -439,6 +442,7 @@ impl Ipam {
                 previous: None,
                 quarantined: vec![],
                 freed: vec![],
+                reclaimed,
             });
         };
         if self.satisfies(&ex, req, &families)? {
@@ -451,6 +455,7 @@ impl Ipam {
                     previous: None,
                     quarantined: vec![],
                     freed: vec![],
+                    reclaimed: vec![],
                 });
             }
             self.unassign(&ex);
@@ -461,17 +466,19 @@ impl Ipam {
                 previous: Some(ex),
                 quarantined: vec![],
                 freed: vec![],
+                reclaimed: vec![],
             });
         }
         // The request changed in a way the current addresses cannot serve: move.
         self.unassign(&ex);
         match self.choose(req, &families) {
             Ok(allocation) => {
+                let reclaimed = self.reclaimed(&allocation);
                 self.assign(&allocation);
                 let gone: Vec<IpAddr> =
                     ex.addresses.iter().filter(|a| !allocation.addresses.contains(a)).copied().collect();
                 let (quarantined, freed) = self.quarantine_released(&ex.service, &gone, now, hold);
-                Ok(Outcome { allocation, change: Change::Updated, previous: Some(ex), quarantined, freed })
+                Ok(Outcome { allocation, change: Change::Updated, previous: Some(ex), quarantined, freed, reclaimed })
             }
             Err(e) => {
                 self.assign(&ex);
@@ -505,6 +512,10 @@ impl Ipam {
         self.unassign(&ex);
         let (quarantined, freed) = self.quarantine_released(service, &ex.addresses, now, hold);
         Ok(Some(Released { allocation: ex, quarantined, freed }))
+    }
+
+    fn reclaimed(&self, a: &Allocation) -> Vec<IpAddr> {
+        a.addresses.iter().filter(|ip| self.quarantine.contains_key(ip)).copied().collect()
     }
 
     fn quarantine_released(

@@ -196,11 +196,16 @@ impl Store {
         Ok(ipam)
     }
 
+    /// Starts a write: takes SQLite's write lock, bumps `generation` (undone by a
+    /// rollback) and makes sure the cached index reflects the database as it was.
     async fn begin(&self) -> Result<(Transaction<'static, Sqlite>, MutexGuard<'_, Option<Cached>>, i64)> {
         let mut guard = self.cache.lock().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let generation: i64 =
-            sqlx::query_scalar("SELECT value FROM meta WHERE key = 'generation'").fetch_one(&mut *tx).await?;
+        let bumped: i64 =
+            sqlx::query_scalar("UPDATE meta SET value = value + 1 WHERE key = 'generation' RETURNING value")
+                .fetch_one(&mut *tx)
+                .await?;
+        let generation = bumped - 1;
         if guard.as_ref().map(|c| c.generation) != Some(generation) {
             let ipam = load(&mut tx).await?;
             *guard = Some(Cached { generation, ipam });
@@ -208,30 +213,37 @@ impl Store {
         Ok((tx, guard, generation))
     }
 
-    async fn commit(
+    /// Ends a write. `Ok((v, true))` commits; `Ok((v, false))` (nothing written) and errors
+    /// roll back. After an error the in-memory decision may be half applied, so the cache
+    /// is dropped and rebuilt on next use.
+    async fn finish<T>(
+        &self,
         tx: Transaction<'static, Sqlite>,
-        guard: &mut MutexGuard<'_, Option<Cached>>,
+        mut guard: MutexGuard<'_, Option<Cached>>,
         generation: i64,
-    ) -> Result<()> {
-        let mut tx = tx;
-        let bumped = async {
-            sqlx::query("UPDATE meta SET value = ?1 WHERE key = 'generation'")
-                .bind(generation + 1)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await
-        }
-        .await;
-        match bumped {
-            Ok(()) => {
-                if let Some(c) = guard.as_mut() {
-                    c.generation = generation + 1;
+        res: Result<(T, bool)>,
+    ) -> Result<T> {
+        match res {
+            Ok((v, true)) => match tx.commit().await {
+                Ok(()) => {
+                    if let Some(c) = guard.as_mut() {
+                        c.generation = generation + 1;
+                    }
+                    Ok(v)
                 }
-                Ok(())
+                Err(e) => {
+                    *guard = None;
+                    Err(e.into())
+                }
+            },
+            Ok((v, false)) => {
+                tx.rollback().await?;
+                Ok(v)
             }
             Err(e) => {
-                **guard = None;
-                Err(e.into())
+                *guard = None;
+                drop(tx);
+                Err(e)
             }
         }
     }
@@ -240,12 +252,12 @@ impl Store {
     /// addresses the service gives up if the request makes it move.
     pub async fn allocate(&self, req: &AllocRequest, now: Timestamp, hold: Duration) -> Result<Outcome> {
         let (mut tx, mut guard, generation) = self.begin().await?;
-        let res: Result<Outcome> = async {
+        let res: Result<(Outcome, bool)> = async {
             let ipam = &mut guard.as_mut().ok_or_else(|| StoreError::Corrupt("cache".into()))?.ipam;
             let expired = ipam.expire(now);
             let outcome = ipam.allocate(req, now, hold)?;
             if outcome.change == Change::Unchanged && expired.is_empty() {
-                return Ok(outcome);
+                return Ok((outcome, false));
             }
             delete_quarantine(&mut tx, &expired).await?;
             if let Some(prev) = &outcome.previous {
@@ -253,6 +265,7 @@ impl Store {
             }
             if outcome.change != Change::Unchanged {
                 insert_allocation(&mut tx, &outcome.allocation, now).await?;
+                delete_quarantine(&mut tx, &outcome.reclaimed).await?;
                 insert_quarantine(&mut tx, &outcome.quarantined).await?;
                 let kind = match outcome.change {
                     Change::Created => "address.allocated",
@@ -268,32 +281,10 @@ impl Store {
                 });
                 self.audit(&mut tx, now, kind, &outcome.allocation.service.to_string(), detail).await?;
             }
-            Ok(outcome)
+            Ok((outcome, true))
         }
         .await;
         self.finish(tx, guard, generation, res).await
-    }
-
-    async fn finish<T>(
-        &self,
-        tx: Transaction<'static, Sqlite>,
-        mut guard: MutexGuard<'_, Option<Cached>>,
-        generation: i64,
-        res: Result<T>,
-    ) -> Result<T> {
-        match res {
-            Ok(v) => {
-                Self::commit(tx, &mut guard, generation).await?;
-                Ok(v)
-            }
-            Err(e) => {
-                // The in-memory decision may be half applied; the rollback (on drop) undoes
-                // the rows, and the cache is rebuilt on next use.
-                *guard = None;
-                drop(tx);
-                Err(e)
-            }
-        }
     }
 
     /// Releases a service's addresses into quarantine for `hold`. `Ok(None)`: it held none.
@@ -305,7 +296,7 @@ impl Store {
         hold: Duration,
     ) -> Result<Option<Released>> {
         let (mut tx, mut guard, generation) = self.begin().await?;
-        let res: Result<Option<Released>> = async {
+        let res: Result<(Option<Released>, bool)> = async {
             let ipam = &mut guard.as_mut().ok_or_else(|| StoreError::Corrupt("cache".into()))?.ipam;
             let expired = ipam.expire(now);
             let released = ipam.release(service, uid, now, hold)?;
@@ -320,7 +311,8 @@ impl Store {
                 });
                 self.audit(&mut tx, now, "address.released", &service.to_string(), detail).await?;
             }
-            Ok(released)
+            let wrote = released.is_some() || !expired.is_empty();
+            Ok((released, wrote))
         }
         .await;
         self.finish(tx, guard, generation, res).await
@@ -501,16 +493,11 @@ impl Store {
         }
         .await;
         let changed = matches!(&res, Ok(r) if r.changed);
-        if !changed {
-            // Nothing to write: roll back, keep the cache (it was not touched).
-            drop(tx);
-            return res;
+        if changed {
+            // The configuration changed: rebuild the index on next use.
+            *guard = None;
         }
-        // The configuration changed: rebuild the index on next use.
-        *guard = None;
-        let mut unused = guard;
-        Self::commit(tx, &mut unused, generation).await?;
-        res
+        self.finish(tx, guard, generation, res.map(|r| (r, changed))).await
     }
 
     async fn audit(
@@ -668,10 +655,6 @@ async fn insert_allocation(tx: &mut Transaction<'static, Sqlite>, a: &Allocation
                 .await?;
         }
     }
-    sqlx::query("DELETE FROM quarantine WHERE address IN (SELECT value FROM json_each(?1))")
-        .bind(json_vec(&a.addresses))
-        .execute(&mut **tx)
-        .await?;
     Ok(())
 }
 
