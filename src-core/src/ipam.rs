@@ -391,7 +391,11 @@ impl Ipam {
                     FamilyStats {
                         family: f,
                         size: fs.size,
-                        reserved: fs.size - fs.free.len() - fs.used - fs.quarantined,
+                        reserved: fs
+                            .size
+                            .saturating_sub(fs.free.len())
+                            .saturating_sub(fs.used)
+                            .saturating_sub(fs.quarantined),
                         used: fs.used,
                         quarantined: fs.quarantined,
                         free: fs.free.len(),
@@ -807,7 +811,7 @@ impl Ipam {
                     }
                 }
             }
-            self.give_back(&u.pool, ip, |fs| fs.used -= 1);
+            self.give_back(&u.pool, ip, |fs| fs.used = fs.used.saturating_sub(1));
         }
     }
 
@@ -855,10 +859,11 @@ impl Ipam {
         if let Some(pool) = self.pool_of(ip).cloned() {
             if self.addresses.contains_key(ip) {
                 if let Some(st) = self.pools.get_mut(&pool) {
-                    st.fam_mut(Family::of(ip)).quarantined -= 1;
+                    let fs = st.fam_mut(Family::of(ip));
+                    fs.quarantined = fs.quarantined.saturating_sub(1);
                 }
             } else {
-                self.give_back(&pool, ip, |fs| fs.quarantined -= 1);
+                self.give_back(&pool, ip, |fs| fs.quarantined = fs.quarantined.saturating_sub(1));
             }
         }
     }
