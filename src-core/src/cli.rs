@@ -69,6 +69,9 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Announce VIPs with ARP/NDP on interfaces until SIGTERM/SIGINT (static mode, no
+    /// Kubernetes). Exit code 3: an address conflict was found and the VIP not announced.
+    Speaker(SpeakerArgs),
     /// Show the audit log.
     Events {
         /// Only events since this time: a duration ago (1h, 30m) or an RFC 3339 time.
@@ -181,6 +184,38 @@ pub struct AllocRequestArgs {
     pub labels: Option<Labels>,
 }
 
+#[derive(Debug, Args)]
+pub struct SpeakerArgs {
+    /// Interface to answer on (repeat for several); each VIP goes to the first interface
+    /// with a subnet that contains it.
+    #[arg(long = "interface", required = true)]
+    pub interfaces: Vec<String>,
+    /// VIP to announce (IPv4 or IPv6; repeat for several).
+    #[arg(long = "vip", required = true)]
+    pub vips: Vec<IpAddr>,
+    /// Name of this node in logs (default: the host name).
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// Spacing of gratuitous rounds after gaining a VIP.
+    #[arg(long, default_value = "1.1s", value_parser = parse_duration)]
+    pub garp_interval: Duration,
+    /// How long gratuitous rounds go on after gaining a VIP.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub garp_duration: Duration,
+    /// Re-announce every VIP this often once the burst is over (0s: off).
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub refresh_interval: Duration,
+    /// How long to listen for another owner before announcing (0s: no probe).
+    #[arg(long, default_value = "200ms", value_parser = parse_duration)]
+    pub probe_timeout: Duration,
+    /// Announce a VIP even if another host answers the probe.
+    #[arg(long)]
+    pub allow_conflicts: bool,
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9472).
+    #[arg(long)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum FamilyArg {
     Ipv4,
@@ -224,6 +259,10 @@ pub fn default_store_url() -> anyhow::Result<String> {
 
 /// Runs a parsed command; returns the text to print on stdout.
 pub async fn run(cli: Cli) -> anyhow::Result<String> {
+    if let Command::Speaker(a) = &cli.command {
+        run_speaker(a).await?;
+        return Ok(String::new());
+    }
     let url = match &cli.store {
         Some(u) => u.clone(),
         None => default_store_url()?,
@@ -236,6 +275,50 @@ pub async fn run(cli: Cli) -> anyhow::Result<String> {
     let out = execute(&store, &cli).await;
     store.close().await;
     out
+}
+
+async fn run_speaker(a: &SpeakerArgs) -> anyhow::Result<()> {
+    if a.garp_interval < Duration::from_millis(10) && !a.garp_duration.is_zero() {
+        anyhow::bail!(
+            "invalid --garp-interval {:?}; expected at least 10ms (or --garp-duration 0s for a single round)",
+            a.garp_interval
+        );
+    }
+    let node_name = match &a.node_name {
+        Some(n) => n.clone(),
+        None => nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "unknown".into()),
+    };
+    let cfg = crate::announce::StaticConfig {
+        interfaces: a.interfaces.clone(),
+        vips: a.vips.clone(),
+        node_name,
+        timing: crate::announce::engine::Timing {
+            garp_interval: a.garp_interval,
+            garp_duration: a.garp_duration,
+            refresh_interval: (!a.refresh_interval.is_zero()).then_some(a.refresh_interval),
+            probe_timeout: a.probe_timeout,
+            allow_conflicts: a.allow_conflicts,
+        },
+        metrics_addr: a.metrics_addr,
+    };
+    crate::announce::run_static(cfg, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Completes on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
 
 async fn execute(store: &Store, cli: &Cli) -> anyhow::Result<String> {
@@ -425,6 +508,7 @@ async fn execute(store: &Store, cli: &Cli) -> anyhow::Result<String> {
                 s
             })
         }
+        Command::Speaker(_) => anyhow::bail!("the speaker does not use the store"),
         Command::Events { since, limit } => {
             let since = since.map(|s| match s {
                 SinceArg::At(t) => t,

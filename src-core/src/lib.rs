@@ -4,6 +4,7 @@
 //! Layers: [`model`] (validated types) → [`ipam`] (pure decisions) → [`store`] (SQLite,
 //! transactions, audit) → [`config`] (pools files) → the `vipvisor` binary.
 
+pub mod announce;
 pub mod cli;
 pub mod config;
 pub mod ipam;

@@ -1,17 +1,24 @@
 //! The `vipvisor` binary: parse, run, print. Errors go to stderr with exit code 1
-//! (usage errors: 2, from clap); nothing reaches stdout on error.
+//! (usage errors: 2, from clap; a speaker's address conflict: 3); nothing reaches stdout
+//! on error.
 
 use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
-use vipvisor_core::cli::{run, Cli};
+use vipvisor_core::announce::SpeakerError;
+use vipvisor_core::cli::{run, Cli, Command};
+
+/// Exit code of a speaker that found an address conflict.
+const EXIT_CONFLICT: u8 = 3;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Long-running modes log what they do; one-shot commands only warnings.
+    let default = if matches!(cli.command, Command::Speaker(_)) { "info" } else { "warn" };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("VIPVISOR_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("VIPVISOR_LOG").unwrap_or_else(|_| default.into()))
         .init();
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -30,7 +37,10 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            match e.downcast_ref::<SpeakerError>() {
+                Some(SpeakerError::Conflict { .. }) => ExitCode::from(EXIT_CONFLICT),
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }

@@ -1,0 +1,600 @@
+//! The speaker's decisions, as a pure state machine: frames and time in, frames and events
+//! out. No sockets, no clock (every call takes `now`).
+//!
+//! Per VIP: `Probing` (RFC 5227 ARP probes / DAD-style NS; anyone else claiming the address
+//! is a conflict) → `Announcing` (gratuitous burst: ARP request *and* reply, or unsolicited
+//! NA with Override, at once and then every `garp_interval` for `garp_duration`) → `Owned`
+//! (answers requests; optional periodic refresh). A conflict during probing leaves the VIP
+//! unannounced unless `allow_conflicts`. Removing a VIP stops answering at once, silently.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::{Duration, Instant};
+
+use super::metrics::{Metrics, Proto};
+use super::wire::{self, ArpOp, Drop, Incoming, Mac};
+
+/// Timing and policy of announcements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// Spacing of gratuitous rounds (Linux ignores neighbour updates within ~1 s of the last).
+    pub garp_interval: Duration,
+    /// How long the burst lasts after gaining a VIP.
+    pub garp_duration: Duration,
+    /// Periodic re-announcement once the burst is over (off by default).
+    pub refresh_interval: Option<Duration>,
+    /// How long to listen for another owner before the first announcement.
+    pub probe_timeout: Duration,
+    /// Announce even when another host answers the probe.
+    pub allow_conflicts: bool,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            garp_interval: Duration::from_millis(1100),
+            garp_duration: Duration::from_secs(5),
+            refresh_interval: None,
+            probe_timeout: Duration::from_millis(200),
+            allow_conflicts: false,
+        }
+    }
+}
+
+/// One interface the speaker answers on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Iface {
+    pub name: String,
+    pub mac: Mac,
+}
+
+/// Something worth telling the operator (logs) or the caller (static mode exits on conflict).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Another host uses the VIP. `announced`: the VIP was (or will be) announced anyway.
+    Conflict { vip: IpAddr, iface: usize, other: Mac, announced: bool },
+    /// Probing found nobody; the VIP is now announced.
+    Announced { vip: IpAddr, iface: usize },
+}
+
+/// What the caller must do.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Output {
+    /// Frames to send, with the interface index.
+    pub frames: Vec<(usize, Vec<u8>)>,
+    pub events: Vec<Event>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Probing { second_probe: Option<Instant>, deadline: Instant },
+    Conflict,
+    Announcing { next: Instant, rounds_left: u32 },
+    Owned { next_refresh: Option<Instant>, last_defend: Option<Instant> },
+}
+
+#[derive(Debug, Clone)]
+struct Vip {
+    iface: usize,
+    state: State,
+}
+
+/// The speaker state machine.
+#[derive(Debug)]
+pub struct Engine {
+    ifaces: Vec<Iface>,
+    timing: Timing,
+    vips: HashMap<IpAddr, Vip>,
+    metrics: Metrics,
+}
+
+/// RFC 5227 DEFEND_INTERVAL: at most one defence per VIP per 10 s.
+const DEFEND_INTERVAL: Duration = Duration::from_secs(10);
+
+impl Engine {
+    pub fn new(ifaces: Vec<Iface>, timing: Timing, metrics: Metrics) -> Self {
+        Engine { ifaces, timing, vips: HashMap::new(), metrics }
+    }
+
+    pub fn iface(&self, i: usize) -> &Iface {
+        &self.ifaces[i]
+    }
+    pub fn ifaces(&self) -> &[Iface] {
+        &self.ifaces
+    }
+
+    /// VIPs currently answered for (announcing or owned).
+    pub fn owned(&self) -> impl Iterator<Item = (IpAddr, usize)> + '_ {
+        self.vips
+            .iter()
+            .filter(|(_, v)| matches!(v.state, State::Announcing { .. } | State::Owned { .. }))
+            .map(|(ip, v)| (*ip, v.iface))
+    }
+
+    fn rounds(&self) -> u32 {
+        let (d, i) = (self.timing.garp_duration.as_nanos(), self.timing.garp_interval.as_nanos().max(1));
+        u32::try_from(d.div_ceil(i).max(1)).unwrap_or(u32::MAX)
+    }
+
+    /// Starts announcing `vip` on interface `iface`. `takeover`: the VIP was owned by a
+    /// member of our group that is gone, so announce at once without probing.
+    pub fn add_vip(&mut self, vip: IpAddr, iface: usize, now: Instant, takeover: bool) -> Output {
+        let mut out = Output::default();
+        if self.vips.contains_key(&vip) {
+            return out;
+        }
+        let state = if takeover || self.timing.probe_timeout.is_zero() {
+            self.vips.insert(vip, Vip { iface, state: State::Owned { next_refresh: None, last_defend: None } });
+            self.start_burst(vip, now, &mut out);
+            return out;
+        } else {
+            self.probe(vip, iface, &mut out);
+            State::Probing {
+                second_probe: Some(now + self.timing.probe_timeout / 2),
+                deadline: now + self.timing.probe_timeout,
+            }
+        };
+        self.vips.insert(vip, Vip { iface, state });
+        out
+    }
+
+    /// Stops answering for `vip` at once; no goodbye traffic.
+    pub fn remove_vip(&mut self, vip: &IpAddr) -> bool {
+        self.vips.remove(vip).is_some()
+    }
+
+    fn probe(&self, vip: IpAddr, iface: usize, out: &mut Output) {
+        let mac = self.ifaces[iface].mac;
+        let name = &self.ifaces[iface].name;
+        match vip {
+            IpAddr::V4(v) => {
+                out.frames.push((iface, wire::arp_probe(mac, v)));
+                self.metrics.probe(name, Proto::Arp);
+            }
+            IpAddr::V6(v) => {
+                out.frames.push((iface, wire::dad_probe(mac, v)));
+                self.metrics.probe(name, Proto::Ndp);
+            }
+        }
+    }
+
+    fn start_burst(&mut self, vip: IpAddr, now: Instant, out: &mut Output) {
+        let rounds = self.rounds();
+        let Some(v) = self.vips.get(&vip) else { return };
+        let iface = v.iface;
+        self.garp(vip, iface, out);
+        let state = if rounds > 1 {
+            State::Announcing { next: now + self.timing.garp_interval, rounds_left: rounds - 1 }
+        } else {
+            State::Owned { next_refresh: self.timing.refresh_interval.map(|r| now + r), last_defend: None }
+        };
+        if let Some(v) = self.vips.get_mut(&vip) {
+            v.state = state;
+        }
+    }
+
+    fn garp(&self, vip: IpAddr, iface: usize, out: &mut Output) {
+        let mac = self.ifaces[iface].mac;
+        let name = &self.ifaces[iface].name;
+        match vip {
+            IpAddr::V4(v) => {
+                out.frames.push((iface, wire::garp_request(mac, v)));
+                out.frames.push((iface, wire::garp_reply(mac, v)));
+                self.metrics.gratuitous(name, Proto::Arp, 2);
+            }
+            IpAddr::V6(v) => {
+                out.frames.push((iface, wire::neighbor_advert(mac, v, None)));
+                self.metrics.gratuitous(name, Proto::Ndp, 1);
+            }
+        }
+    }
+
+    /// The earliest time `on_tick` has work to do.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.vips
+            .values()
+            .filter_map(|v| match v.state {
+                State::Probing { second_probe, deadline } => Some(second_probe.map_or(deadline, |s| s.min(deadline))),
+                State::Announcing { next, .. } => Some(next),
+                State::Owned { next_refresh, .. } => next_refresh,
+                State::Conflict => None,
+            })
+            .min()
+    }
+
+    /// Advances timers: second probes, end of probing, burst rounds, refreshes.
+    pub fn on_tick(&mut self, now: Instant) -> Output {
+        let mut out = Output::default();
+        let due: Vec<IpAddr> = self
+            .vips
+            .iter()
+            .filter(|(_, v)| match v.state {
+                State::Probing { second_probe, deadline } => second_probe.is_some_and(|s| s <= now) || deadline <= now,
+                State::Announcing { next, .. } => next <= now,
+                State::Owned { next_refresh, .. } => next_refresh.is_some_and(|r| r <= now),
+                State::Conflict => false,
+            })
+            .map(|(ip, _)| *ip)
+            .collect();
+        for vip in due {
+            let Some(v) = self.vips.get(&vip).cloned() else { continue };
+            match v.state {
+                State::Probing { deadline, .. } if deadline <= now => {
+                    out.events.push(Event::Announced { vip, iface: v.iface });
+                    self.start_burst(vip, now, &mut out);
+                }
+                State::Probing { deadline, .. } => {
+                    self.probe(vip, v.iface, &mut out);
+                    self.set(vip, State::Probing { second_probe: None, deadline });
+                }
+                State::Announcing { rounds_left, .. } => {
+                    self.garp(vip, v.iface, &mut out);
+                    let next = if rounds_left > 1 {
+                        State::Announcing { next: now + self.timing.garp_interval, rounds_left: rounds_left - 1 }
+                    } else {
+                        State::Owned { next_refresh: self.timing.refresh_interval.map(|r| now + r), last_defend: None }
+                    };
+                    self.set(vip, next);
+                }
+                State::Owned { last_defend, .. } => {
+                    self.garp(vip, v.iface, &mut out);
+                    let next_refresh = self.timing.refresh_interval.map(|r| now + r);
+                    self.set(vip, State::Owned { next_refresh, last_defend });
+                }
+                State::Conflict => {}
+            }
+        }
+        out
+    }
+
+    fn set(&mut self, vip: IpAddr, state: State) {
+        if let Some(v) = self.vips.get_mut(&vip) {
+            v.state = state;
+        }
+    }
+
+    fn is_ours(&self, mac: Mac) -> bool {
+        self.ifaces.iter().any(|i| i.mac == mac)
+    }
+
+    /// Handles a received frame on interface `iface`.
+    pub fn on_frame(&mut self, iface: usize, frame: &[u8], now: Instant) -> Output {
+        let mut out = Output::default();
+        let name = self.ifaces[iface].name.clone();
+        let incoming = match wire::parse(frame) {
+            Ok(i) => i,
+            Err(reason) => {
+                self.metrics.drop(&name, reason);
+                return out;
+            }
+        };
+        let eth_src = match &incoming {
+            Incoming::Arp { eth_src, .. }
+            | Incoming::NeighborSolicit { eth_src, .. }
+            | Incoming::NeighborAdvert { eth_src, .. } => *eth_src,
+        };
+        if self.is_ours(eth_src) {
+            self.metrics.drop(&name, Drop::OwnFrame);
+            return out;
+        }
+        let result = match incoming {
+            Incoming::Arp { op, sender_mac, sender_ip, target_ip, .. } => {
+                self.on_arp(iface, op, sender_mac, sender_ip, target_ip, now, &mut out)
+            }
+            Incoming::NeighborSolicit { eth_src, src, target, source_lladdr, .. } => {
+                self.on_ns(iface, eth_src, src, target, source_lladdr, now, &mut out)
+            }
+            Incoming::NeighborAdvert { eth_src, target, target_lladdr, .. } => {
+                let other = target_lladdr.unwrap_or(eth_src);
+                self.claimed_by_other(IpAddr::V6(target), iface, other, now, Proto::Ndp, &mut out);
+                Err(Drop::NotARequest)
+            }
+        };
+        if let Err(reason) = result {
+            self.metrics.drop(&name, reason);
+        }
+        out
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_arp(
+        &mut self,
+        iface: usize,
+        op: ArpOp,
+        sender_mac: Mac,
+        sender_ip: Ipv4Addr,
+        target_ip: Ipv4Addr,
+        now: Instant,
+        out: &mut Output,
+    ) -> Result<(), Drop> {
+        // Anyone sending as one of our VIPs, or probing for one we are probing, conflicts.
+        if !sender_ip.is_unspecified() {
+            self.claimed_by_other(IpAddr::V4(sender_ip), iface, sender_mac, now, Proto::Arp, out);
+        } else if op == ArpOp::Request {
+            let vip = IpAddr::V4(target_ip);
+            if matches!(self.vips.get(&vip), Some(Vip { state: State::Probing { .. }, iface: i }) if *i == iface) {
+                self.conflict(vip, iface, sender_mac, Proto::Arp, out);
+            }
+        }
+        if op != ArpOp::Request {
+            return Err(Drop::NotARequest);
+        }
+        let name = &self.ifaces[iface].name;
+        self.metrics.request(name, Proto::Arp);
+        let vip = IpAddr::V4(target_ip);
+        self.answerable(vip, iface)?;
+        let mac = self.ifaces[iface].mac;
+        out.frames.push((iface, wire::arp_reply(mac, target_ip, sender_mac, sender_ip)));
+        self.metrics.reply(name, Proto::Arp);
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_ns(
+        &mut self,
+        iface: usize,
+        eth_src: Mac,
+        src: Ipv6Addr,
+        target: Ipv6Addr,
+        source_lladdr: Option<Mac>,
+        now: Instant,
+        out: &mut Output,
+    ) -> Result<(), Drop> {
+        let vip = IpAddr::V6(target);
+        let _ = now;
+        if src.is_unspecified() {
+            // Someone else's DAD for an address we are probing: both want it.
+            if matches!(self.vips.get(&vip), Some(Vip { state: State::Probing { .. }, iface: i }) if *i == iface) {
+                self.conflict(vip, iface, eth_src, Proto::Ndp, out);
+            }
+        }
+        let name = &self.ifaces[iface].name;
+        self.metrics.request(name, Proto::Ndp);
+        self.answerable(vip, iface)?;
+        let mac = self.ifaces[iface].mac;
+        let to = if src.is_unspecified() { None } else { Some((src, source_lladdr.unwrap_or(eth_src))) };
+        out.frames.push((iface, wire::neighbor_advert(mac, target, to)));
+        self.metrics.reply(name, Proto::Ndp);
+        Ok(())
+    }
+
+    fn answerable(&self, vip: IpAddr, iface: usize) -> Result<(), Drop> {
+        match self.vips.get(&vip) {
+            None => Err(Drop::NotForUs),
+            Some(v) if v.iface != iface => Err(Drop::WrongInterface),
+            Some(Vip { state: State::Announcing { .. } | State::Owned { .. }, .. }) => Ok(()),
+            Some(_) => Err(Drop::NotOwnedYet),
+        }
+    }
+
+    /// Another host (`other`) sent as `vip`: a conflict while probing; while owning, a
+    /// defence (one gratuitous round, at most every 10 s) and a report.
+    fn claimed_by_other(
+        &mut self,
+        vip: IpAddr,
+        iface: usize,
+        other: Mac,
+        now: Instant,
+        proto: Proto,
+        out: &mut Output,
+    ) {
+        let Some(v) = self.vips.get(&vip).cloned() else { return };
+        if v.iface != iface {
+            return;
+        }
+        match v.state {
+            State::Probing { .. } => self.conflict(vip, iface, other, proto, out),
+            State::Owned { next_refresh, last_defend } => {
+                self.metrics.conflict(&self.ifaces[iface].name, proto);
+                out.events.push(Event::Conflict { vip, iface, other, announced: true });
+                if last_defend.is_none_or(|t| now.duration_since(t) >= DEFEND_INTERVAL) {
+                    self.garp(vip, iface, out);
+                    self.set(vip, State::Owned { next_refresh, last_defend: Some(now) });
+                }
+            }
+            State::Announcing { .. } => {
+                self.metrics.conflict(&self.ifaces[iface].name, proto);
+                out.events.push(Event::Conflict { vip, iface, other, announced: true });
+            }
+            State::Conflict => {}
+        }
+    }
+
+    fn conflict(&mut self, vip: IpAddr, iface: usize, other: Mac, proto: Proto, out: &mut Output) {
+        self.metrics.conflict(&self.ifaces[iface].name, proto);
+        let announced = self.timing.allow_conflicts;
+        out.events.push(Event::Conflict { vip, iface, other, announced });
+        if !announced {
+            self.set(vip, State::Conflict);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NODE: Mac = Mac([2, 0, 0x5e, 0, 0, 0x11]);
+    const OTHER: Mac = Mac([2, 0, 0x5e, 0, 0, 0x22]);
+    const CLIENT: Mac = Mac([0x3a, 0x1c, 0x52, 0x7e, 0x90, 1]);
+
+    fn v4(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+    fn v6(s: &str) -> Ipv6Addr {
+        s.parse().unwrap()
+    }
+    fn engine(timing: Timing) -> (Engine, Metrics) {
+        let m = Metrics::new();
+        let e = Engine::new(
+            vec![
+                Iface { name: "eth0".into(), mac: NODE },
+                Iface { name: "eth1".into(), mac: Mac([2, 0, 0, 0, 0, 0x33]) },
+            ],
+            timing,
+            m.clone(),
+        );
+        (e, m)
+    }
+    fn parsed(out: &Output) -> Vec<Incoming> {
+        out.frames.iter().map(|(_, f)| wire::parse(f).unwrap()).collect()
+    }
+
+    #[test]
+    fn probes_then_bursts_then_answers() {
+        let (mut e, m) = engine(Timing::default());
+        let t0 = Instant::now();
+        let vip = IpAddr::V4(v4("192.0.2.100"));
+        let out = e.add_vip(vip, 0, t0, false);
+        assert!(
+            matches!(parsed(&out)[..], [Incoming::Arp { sender_ip, .. }] if sender_ip.is_unspecified()),
+            "first a probe"
+        );
+        let req = wire::arp(Mac::BROADCAST, ArpOp::Request, CLIENT, v4("192.0.2.1"), Mac::ZERO, v4("192.0.2.100"));
+        assert!(e.on_frame(0, &req, t0).frames.is_empty(), "no answers while probing");
+        assert_eq!(m.drops("eth0", Drop::NotOwnedYet), 1);
+        let mid = e.on_tick(t0 + Duration::from_millis(100));
+        assert_eq!(mid.frames.len(), 1, "a second probe half-way through the window");
+        let out = e.on_tick(t0 + Duration::from_millis(200));
+        assert_eq!(out.events, vec![Event::Announced { vip, iface: 0 }]);
+        let ops: Vec<ArpOp> = parsed(&out)
+            .into_iter()
+            .map(|i| match i {
+                Incoming::Arp { op, .. } => op,
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(ops, vec![ArpOp::Request, ArpOp::Reply], "the burst sends a gratuitous request and reply");
+        let ans = e.on_frame(0, &req, t0 + Duration::from_millis(201));
+        assert_eq!(
+            parsed(&ans),
+            vec![Incoming::Arp {
+                eth_src: NODE,
+                op: ArpOp::Reply,
+                sender_mac: NODE,
+                sender_ip: v4("192.0.2.100"),
+                target_mac: CLIENT,
+                target_ip: v4("192.0.2.1")
+            }]
+        );
+        // The burst: rounds at 0, 1.1, 2.2, 3.3, 4.4 s after announcing, then quiet.
+        let start = t0 + Duration::from_millis(200);
+        let mut rounds = 1;
+        let mut t = start;
+        while let Some(d) = e.next_deadline() {
+            t = d;
+            if !e.on_tick(t).frames.is_empty() {
+                rounds += 1;
+            }
+        }
+        assert_eq!(rounds, 5, "5 s at 1.1 s spacing is 5 rounds");
+        assert_eq!(t - start, Duration::from_millis(4400));
+        assert_eq!(m.gratuitous_count("eth0", Proto::Arp), 10);
+    }
+
+    #[test]
+    fn requests_elsewhere_are_dropped_with_reasons() {
+        let (mut e, m) = engine(Timing { probe_timeout: Duration::ZERO, ..Timing::default() });
+        let t0 = Instant::now();
+        e.add_vip(IpAddr::V4(v4("192.0.2.100")), 0, t0, false);
+        let other = wire::arp(Mac::BROADCAST, ArpOp::Request, CLIENT, v4("192.0.2.1"), Mac::ZERO, v4("192.0.2.200"));
+        assert!(e.on_frame(0, &other, t0).frames.is_empty());
+        assert_eq!(m.drops("eth0", Drop::NotForUs), 1);
+        let ours = wire::arp(Mac::BROADCAST, ArpOp::Request, CLIENT, v4("192.0.2.1"), Mac::ZERO, v4("192.0.2.100"));
+        assert!(e.on_frame(1, &ours, t0).frames.is_empty(), "the VIP lives on eth0, not eth1");
+        assert_eq!(m.drops("eth1", Drop::WrongInterface), 1);
+        let reply = wire::arp(NODE, ArpOp::Reply, CLIENT, v4("192.0.2.1"), NODE, v4("192.0.2.100"));
+        assert!(e.on_frame(0, &reply, t0).frames.is_empty());
+        assert_eq!(m.drops("eth0", Drop::NotARequest), 1);
+        let own = wire::garp_request(NODE, v4("192.0.2.100"));
+        assert!(e.on_frame(0, &own, t0).frames.is_empty());
+        assert_eq!(m.drops("eth0", Drop::OwnFrame), 1);
+        assert!(e.on_frame(0, &[1, 2, 3], t0).frames.is_empty());
+        assert_eq!(m.drops("eth0", Drop::Malformed), 1);
+        e.remove_vip(&IpAddr::V4(v4("192.0.2.100")));
+        assert!(e.on_frame(0, &ours, t0).frames.is_empty(), "a removed VIP is not answered, at once");
+        assert_eq!(e.next_deadline(), None, "and nothing more is sent for it");
+    }
+
+    #[test]
+    fn ndp_answers_unicast_and_dad() {
+        let (mut e, _) = engine(Timing { probe_timeout: Duration::ZERO, ..Timing::default() });
+        let t0 = Instant::now();
+        let vip = v6("2001:db8::100");
+        let burst = e.add_vip(IpAddr::V6(vip), 0, t0, false);
+        assert!(matches!(parsed(&burst)[..], [Incoming::NeighborAdvert { solicited: false, override_flag: true, .. }]));
+        let ns = wire::neighbor_solicit(CLIENT, v6("2001:db8::1"), vip);
+        let out = e.on_frame(0, &ns, t0);
+        assert_eq!(&out.frames[0].1[0..6], &CLIENT.0, "a solicited NA is unicast to the asker");
+        assert!(matches!(
+            parsed(&out)[..],
+            [Incoming::NeighborAdvert { solicited: true, override_flag: true, target_lladdr: Some(NODE), .. }]
+        ));
+        let dad = wire::dad_probe(CLIENT, vip);
+        let out = e.on_frame(0, &dad, t0);
+        assert!(
+            matches!(parsed(&out)[..], [Incoming::NeighborAdvert { solicited: false, .. }]),
+            "a DAD probe is answered to all-nodes"
+        );
+    }
+
+    #[test]
+    fn conflicts_while_probing_stop_the_announcement() {
+        let (mut e, m) = engine(Timing::default());
+        let t0 = Instant::now();
+        let a = IpAddr::V4(v4("192.0.2.100"));
+        e.add_vip(a, 0, t0, false);
+        let answer = wire::arp(NODE, ArpOp::Reply, OTHER, v4("192.0.2.100"), NODE, Ipv4Addr::UNSPECIFIED);
+        let out = e.on_frame(0, &answer, t0 + Duration::from_millis(5));
+        assert_eq!(out.events, vec![Event::Conflict { vip: a, iface: 0, other: OTHER, announced: false }]);
+        let later = e.on_tick(t0 + Duration::from_secs(1));
+        assert!(later.frames.is_empty() && later.events.is_empty(), "a conflicting VIP is never announced");
+        assert_eq!(m.conflicts("eth0", Proto::Arp), 1);
+        // IPv6: an NA for the target during DAD.
+        let b = IpAddr::V6(v6("2001:db8::100"));
+        e.add_vip(b, 0, t0, false);
+        let na = wire::neighbor_advert(OTHER, v6("2001:db8::100"), None);
+        let out = e.on_frame(0, &na, t0);
+        assert!(matches!(out.events[..], [Event::Conflict { other: OTHER, .. }]));
+        // Simultaneous probes: someone else's ARP probe for the same VIP.
+        let c = IpAddr::V4(v4("192.0.2.101"));
+        e.add_vip(c, 0, t0, false);
+        let out = e.on_frame(0, &wire::arp_probe(OTHER, v4("192.0.2.101")), t0);
+        assert!(matches!(out.events[..], [Event::Conflict { other: OTHER, .. }]));
+    }
+
+    #[test]
+    fn allow_conflicts_announces_anyway_and_owners_defend() {
+        let (mut e, _) = engine(Timing { allow_conflicts: true, ..Timing::default() });
+        let t0 = Instant::now();
+        let a = IpAddr::V4(v4("192.0.2.100"));
+        e.add_vip(a, 0, t0, false);
+        let answer = wire::garp_reply(OTHER, v4("192.0.2.100"));
+        let out = e.on_frame(0, &answer, t0);
+        assert!(matches!(out.events[..], [Event::Conflict { announced: true, .. }]));
+        let out = e.on_tick(t0 + Duration::from_millis(200));
+        assert!(!out.frames.is_empty(), "announced despite the conflict");
+        let (mut e, _) =
+            engine(Timing { probe_timeout: Duration::ZERO, garp_duration: Duration::ZERO, ..Timing::default() });
+        e.add_vip(a, 0, t0, false);
+        let out = e.on_frame(0, &answer, t0);
+        assert_eq!(out.frames.len(), 2, "an owner defends with one gratuitous round");
+        let out = e.on_frame(0, &answer, t0 + Duration::from_secs(1));
+        assert!(out.frames.is_empty(), "but not more than once per 10 s");
+    }
+
+    #[test]
+    fn takeover_skips_the_probe_and_refresh_repeats() {
+        let t = Timing {
+            refresh_interval: Some(Duration::from_secs(30)),
+            garp_duration: Duration::ZERO,
+            ..Timing::default()
+        };
+        let (mut e, _) = engine(t);
+        let t0 = Instant::now();
+        let out = e.add_vip(IpAddr::V4(v4("192.0.2.100")), 0, t0, true);
+        assert_eq!(out.frames.len(), 2, "a takeover announces at once");
+        assert_eq!(e.next_deadline(), Some(t0 + Duration::from_secs(30)));
+        assert_eq!(e.on_tick(t0 + Duration::from_secs(30)).frames.len(), 2, "periodic refresh");
+    }
+}

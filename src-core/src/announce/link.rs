@@ -1,0 +1,76 @@
+//! Facts about a network interface: index, MAC, and the subnets configured on it.
+
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+
+use super::wire::Mac;
+
+/// One interface as the speaker needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkInfo {
+    pub name: String,
+    pub index: u32,
+    pub mac: Mac,
+    pub subnets: Vec<IpNetwork>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("no network interface named {name:?}; expected one of: {available}")]
+    NoSuchInterface { name: String, available: String },
+    #[error("interface {name:?} has no Ethernet MAC address; expected an Ethernet-like interface")]
+    NotEthernet { name: String },
+    #[error("cannot list network interfaces: {0}")]
+    List(#[source] nix::Error),
+}
+
+impl LinkInfo {
+    /// The first subnet of this interface that contains `ip`.
+    pub fn subnet_of(&self, ip: &IpAddr) -> Option<&IpNetwork> {
+        self.subnets.iter().find(|n| n.contains(*ip))
+    }
+}
+
+fn prefix(mask: &IpAddr) -> u8 {
+    let ones = match mask {
+        IpAddr::V4(m) => u32::from(*m).count_ones(),
+        IpAddr::V6(m) => u128::from(*m).count_ones(),
+    };
+    u8::try_from(ones).unwrap_or(0)
+}
+
+/// Looks up an interface by name.
+pub fn lookup(name: &str) -> Result<LinkInfo, LinkError> {
+    let addrs: Vec<_> = nix::ifaddrs::getifaddrs().map_err(LinkError::List)?.collect();
+    let mut names: Vec<&str> = addrs.iter().map(|a| a.interface_name.as_str()).collect();
+    names.sort();
+    names.dedup();
+    if !names.contains(&name) {
+        return Err(LinkError::NoSuchInterface { name: name.to_owned(), available: names.join(", ") });
+    }
+    let index = nix::net::if_::if_nametoindex(name).map_err(LinkError::List)?;
+    let mut mac = None;
+    let mut subnets = Vec::new();
+    for a in addrs.iter().filter(|a| a.interface_name == name) {
+        let Some(addr) = &a.address else { continue };
+        if let Some(link) = addr.as_link_addr() {
+            mac = link.addr().map(Mac).filter(|m| *m != Mac::ZERO);
+            continue;
+        }
+        let ip = addr
+            .as_sockaddr_in()
+            .map(|s| IpAddr::V4(s.ip()))
+            .or_else(|| addr.as_sockaddr_in6().map(|s| IpAddr::V6(s.ip())));
+        let mask = a.netmask.as_ref().and_then(|m| {
+            m.as_sockaddr_in().map(|s| IpAddr::V4(s.ip())).or_else(|| m.as_sockaddr_in6().map(|s| IpAddr::V6(s.ip())))
+        });
+        if let (Some(ip), Some(mask)) = (ip, mask) {
+            if let Ok(net) = IpNetwork::new(ip, prefix(&mask)) {
+                subnets.push(net);
+            }
+        }
+    }
+    let mac = mac.ok_or_else(|| LinkError::NotEthernet { name: name.to_owned() })?;
+    Ok(LinkInfo { name: name.to_owned(), index, mac, subnets })
+}

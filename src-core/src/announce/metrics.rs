@@ -1,0 +1,133 @@
+//! Speaker metrics (prometheus-client), all labelled by interface: requests received,
+//! replies sent, gratuitous frames sent, probes sent, conflicts, and drops by reason.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use super::wire::Drop;
+
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum Proto {
+    Arp,
+    Ndp,
+}
+
+impl EncodeLabelValue for Proto {
+    fn encode(&self, e: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        e.write_str(match self {
+            Proto::Arp => "arp",
+            Proto::Ndp => "ndp",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IfProto {
+    interface: String,
+    protocol: Proto,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IfReason {
+    interface: String,
+    reason: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IfOnly {
+    interface: String,
+}
+
+/// Cheap to clone: every field shares its counters.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    requests: Family<IfProto, Counter>,
+    replies: Family<IfProto, Counter>,
+    gratuitous: Family<IfProto, Counter>,
+    probes: Family<IfProto, Counter>,
+    conflicts: Family<IfProto, Counter>,
+    drops: Family<IfReason, Counter>,
+    announced: Family<IfOnly, Gauge>,
+    registry: Arc<Registry>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut r = Registry::with_prefix("vipvisor_speaker");
+        let requests = Family::<IfProto, Counter>::default();
+        let replies = Family::<IfProto, Counter>::default();
+        let gratuitous = Family::<IfProto, Counter>::default();
+        let probes = Family::<IfProto, Counter>::default();
+        let conflicts = Family::<IfProto, Counter>::default();
+        let drops = Family::<IfReason, Counter>::default();
+        let announced = Family::<IfOnly, Gauge>::default();
+        r.register("requests_received", "ARP requests and neighbor solicitations received", requests.clone());
+        r.register("replies_sent", "ARP replies and solicited neighbor advertisements sent", replies.clone());
+        r.register("gratuitous_sent", "Gratuitous ARP and unsolicited NA frames sent", gratuitous.clone());
+        r.register("probes_sent", "ARP probes and DAD-style solicitations sent", probes.clone());
+        r.register("conflicts", "Other hosts seen using an announced or probed VIP", conflicts.clone());
+        r.register("drops", "Received frames not answered, by reason", drops.clone());
+        r.register("announced_vips", "VIPs currently announced", announced.clone());
+        Metrics { requests, replies, gratuitous, probes, conflicts, drops, announced, registry: Arc::new(r) }
+    }
+
+    fn ip(interface: &str, protocol: Proto) -> IfProto {
+        IfProto { interface: interface.to_owned(), protocol }
+    }
+
+    pub fn request(&self, i: &str, p: Proto) {
+        self.requests.get_or_create(&Self::ip(i, p)).inc();
+    }
+    pub fn reply(&self, i: &str, p: Proto) {
+        self.replies.get_or_create(&Self::ip(i, p)).inc();
+    }
+    pub fn gratuitous(&self, i: &str, p: Proto, n: u64) {
+        self.gratuitous.get_or_create(&Self::ip(i, p)).inc_by(n);
+    }
+    pub fn probe(&self, i: &str, p: Proto) {
+        self.probes.get_or_create(&Self::ip(i, p)).inc();
+    }
+    pub fn conflict(&self, i: &str, p: Proto) {
+        self.conflicts.get_or_create(&Self::ip(i, p)).inc();
+    }
+    pub fn drop(&self, i: &str, reason: Drop) {
+        self.drops.get_or_create(&IfReason { interface: i.to_owned(), reason: reason.as_str().to_owned() }).inc();
+    }
+    pub fn set_announced(&self, i: &str, n: i64) {
+        self.announced.get_or_create(&IfOnly { interface: i.to_owned() }).set(n);
+    }
+
+    pub fn drops(&self, i: &str, reason: Drop) -> u64 {
+        self.drops.get_or_create(&IfReason { interface: i.to_owned(), reason: reason.as_str().to_owned() }).get()
+    }
+    pub fn gratuitous_count(&self, i: &str, p: Proto) -> u64 {
+        self.gratuitous.get_or_create(&Self::ip(i, p)).get()
+    }
+    pub fn conflicts(&self, i: &str, p: Proto) -> u64 {
+        self.conflicts.get_or_create(&Self::ip(i, p)).get()
+    }
+    pub fn replies(&self, i: &str, p: Proto) -> u64 {
+        self.replies.get_or_create(&Self::ip(i, p)).get()
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut s = String::new();
+        if prometheus_client::encoding::text::encode(&mut s, &self.registry).is_err() {
+            s.clear();
+        }
+        s
+    }
+}

@@ -1,0 +1,357 @@
+//! L2 announcements: the speaker answers ARP and NDP for its VIPs with the interface's own
+//! MAC, from user space, without adding the VIPs to any interface.
+//!
+//! - [`wire`]: frames (smoltcp codecs), classification, builders;
+//! - [`engine`]: the pure state machine (probe → burst → owned; answers; conflicts);
+//! - [`sys`]: AF_PACKET sockets with a BPF filter, multicast joins (the only `unsafe`);
+//! - [`link`]: interface facts; [`metrics`]: Prometheus counters;
+//! - this module: the runner that wires them together, and static mode.
+
+pub mod engine;
+pub mod link;
+pub mod metrics;
+pub mod sys;
+pub mod wire;
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::sync::{mpsc, Notify};
+use tracing::{debug, info, warn};
+
+use engine::{Engine, Event, Iface, Output, Timing};
+use link::{LinkError, LinkInfo};
+use metrics::Metrics;
+use sys::{Link, Multicast, PacketSocket};
+use wire::Mac;
+
+/// Static mode: fixed interfaces and VIPs, no Kubernetes.
+#[derive(Debug, Clone)]
+pub struct StaticConfig {
+    pub interfaces: Vec<String>,
+    pub vips: Vec<IpAddr>,
+    pub node_name: String,
+    pub timing: Timing,
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpeakerError {
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    #[error("VIP {vip} is not in any subnet of {interfaces}; expected an address inside one of: {subnets}")]
+    VipNotInSubnet { vip: IpAddr, interfaces: String, subnets: String },
+    #[error("VIP {0} is given twice")]
+    DuplicateVip(IpAddr),
+    #[error("no VIPs given; expected at least one --vip")]
+    NoVips,
+    #[error("cannot open a raw socket on {iface}: {source}; the speaker needs CAP_NET_RAW (run it as root, or `setcap cap_net_raw+ep` on the binary)")]
+    NoCapability { iface: String, source: std::io::Error },
+    #[error("cannot open a raw socket on {iface}: {source}")]
+    Socket { iface: String, source: std::io::Error },
+    #[error("cannot join the solicited-node group of {vip} on {iface}: {source}")]
+    Multicast { vip: IpAddr, iface: String, source: std::io::Error },
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Metrics { addr: SocketAddr, source: std::io::Error },
+    #[error("address conflict: {vip} is already in use by {other} on {iface}; not announcing it (pass --allow-conflicts to announce anyway)")]
+    Conflict { vip: IpAddr, iface: String, other: Mac },
+}
+
+/// Assigns each VIP to the first interface with a subnet containing it.
+pub fn place_vips(links: &[LinkInfo], vips: &[IpAddr]) -> Result<Vec<(IpAddr, usize)>, SpeakerError> {
+    if vips.is_empty() {
+        return Err(SpeakerError::NoVips);
+    }
+    let mut out: Vec<(IpAddr, usize)> = Vec::new();
+    for vip in vips {
+        if out.iter().any(|(v, _)| v == vip) {
+            return Err(SpeakerError::DuplicateVip(*vip));
+        }
+        match links.iter().position(|l| l.subnet_of(vip).is_some()) {
+            Some(i) => out.push((*vip, i)),
+            None => {
+                let subnets: Vec<String> =
+                    links.iter().flat_map(|l| l.subnets.iter().map(move |s| format!("{s} ({})", l.name))).collect();
+                return Err(SpeakerError::VipNotInSubnet {
+                    vip: *vip,
+                    interfaces: links.iter().map(|l| l.name.as_str()).collect::<Vec<_>>().join(", "),
+                    subnets: if subnets.is_empty() { "(no addresses configured)".into() } else { subnets.join(", ") },
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Runs a static speaker until `shutdown` completes (Ok) or a conflict stops it (Err).
+pub async fn run_static(cfg: StaticConfig, shutdown: impl Future<Output = ()>) -> Result<(), SpeakerError> {
+    let links: Vec<LinkInfo> = cfg.interfaces.iter().map(|n| link::lookup(n)).collect::<Result<_, _>>()?;
+    let placed = place_vips(&links, &cfg.vips)?;
+    let mut sockets = Vec::new();
+    let mut groups = Vec::new();
+    for l in &links {
+        let sock = PacketSocket::open(l.index).map_err(|source| match source.raw_os_error() {
+            Some(libc::EPERM) | Some(libc::EACCES) => SpeakerError::NoCapability { iface: l.name.clone(), source },
+            _ => SpeakerError::Socket { iface: l.name.clone(), source },
+        })?;
+        sockets.push(sock);
+        groups.push(Multicast::new(l.index).map_err(|source| SpeakerError::Socket { iface: l.name.clone(), source })?);
+    }
+    for (vip, i) in &placed {
+        if let IpAddr::V6(v6) = vip {
+            groups[*i].join(wire::solicited_node(*v6)).map_err(|source| SpeakerError::Multicast {
+                vip: *vip,
+                iface: links[*i].name.clone(),
+                source,
+            })?;
+        }
+    }
+    let metrics = Metrics::new();
+    if let Some(addr) = cfg.metrics_addr {
+        serve_metrics(addr, metrics.clone()).await?;
+    }
+    info!(node = %cfg.node_name, interfaces = ?cfg.interfaces, vips = placed.len(), "speaker starting");
+    let ifaces = links.iter().map(|l| Iface { name: l.name.clone(), mac: l.mac }).collect();
+    let speaker = Speaker::new(ifaces, sockets, cfg.timing, metrics);
+    let result = speaker.run(placed.clone(), shutdown).await;
+    for (vip, i) in &placed {
+        if let IpAddr::V6(v6) = vip {
+            let _ = groups[*i].leave(wire::solicited_node(*v6));
+        }
+    }
+    info!("speaker stopped");
+    result
+}
+
+async fn serve_metrics(addr: SocketAddr, metrics: Metrics) -> Result<(), SpeakerError> {
+    use axum::routing::get;
+    let listener =
+        tokio::net::TcpListener::bind(addr).await.map_err(|source| SpeakerError::Metrics { addr, source })?;
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let m = metrics.clone();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        m.encode(),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }));
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            warn!(error = %e, "metrics server stopped");
+        }
+    });
+    Ok(())
+}
+
+/// The runner: one reader task per interface, one timer task, all sharing the engine.
+#[derive(Debug)]
+pub struct Speaker<L: Link> {
+    engine: Arc<Mutex<Engine>>,
+    links: Arc<Vec<L>>,
+    wake: Arc<Notify>,
+    metrics: Metrics,
+}
+
+fn lock(e: &Mutex<Engine>) -> std::sync::MutexGuard<'_, Engine> {
+    e.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+async fn dispatch<L: Link>(links: &[L], out: Output, events: &mpsc::UnboundedSender<Event>) {
+    let n = out.frames.len();
+    let started = Instant::now();
+    for (i, frame) in out.frames {
+        if let Some(link) = links.get(i) {
+            if let Err(e) = link.send(&frame).await {
+                warn!(error = %e, "send failed");
+            }
+        }
+    }
+    if n >= 100 {
+        info!(frames = n, elapsed_us = started.elapsed().as_micros() as u64, "sent a round of frames");
+    }
+    for ev in out.events {
+        let _ = events.send(ev);
+    }
+}
+
+impl<L: Link> Speaker<L> {
+    pub fn new(ifaces: Vec<Iface>, links: Vec<L>, timing: Timing, metrics: Metrics) -> Self {
+        Speaker {
+            engine: Arc::new(Mutex::new(Engine::new(ifaces, timing, metrics.clone()))),
+            links: Arc::new(links),
+            wake: Arc::new(Notify::new()),
+            metrics,
+        }
+    }
+
+    pub fn links(&self) -> &[L] {
+        &self.links
+    }
+
+    /// Announces `vips` and answers for them until `shutdown`, or until a conflict that
+    /// is not allowed stops it.
+    pub async fn run(
+        &self,
+        vips: Vec<(IpAddr, usize)>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), SpeakerError> {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
+        let mut tasks = Vec::new();
+        for i in 0..self.links.len() {
+            let (engine, links, tx) = (self.engine.clone(), self.links.clone(), tx.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                loop {
+                    let n = match links[i].recv(&mut buf).await {
+                        Ok(n) => n,
+                        Err(e) => {
+                            warn!(error = %e, "receive failed");
+                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    };
+                    let out = lock(&engine).on_frame(i, &buf[..n], Instant::now());
+                    if !out.frames.is_empty() || !out.events.is_empty() {
+                        dispatch(&links, out, &tx).await;
+                    }
+                }
+            }));
+        }
+        {
+            let (engine, links, tx, wake) = (self.engine.clone(), self.links.clone(), tx.clone(), self.wake.clone());
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let next = lock(&engine).next_deadline();
+                    match next {
+                        Some(t) => {
+                            tokio::select! {
+                                _ = tokio::time::sleep_until(t.into()) => {}
+                                _ = wake.notified() => continue,
+                            }
+                        }
+                        None => {
+                            wake.notified().await;
+                            continue;
+                        }
+                    }
+                    let out = lock(&engine).on_tick(Instant::now());
+                    dispatch(&links, out, &tx).await;
+                }
+            }));
+        }
+        let now = Instant::now();
+        let mut first = Output::default();
+        {
+            let mut e = lock(&self.engine);
+            for (vip, i) in &vips {
+                let o = e.add_vip(*vip, *i, now, false);
+                first.frames.extend(o.frames);
+                first.events.extend(o.events);
+            }
+        }
+        self.wake.notify_one();
+        dispatch(&self.links, first, &tx).await;
+        tokio::pin!(shutdown);
+        let result = loop {
+            tokio::select! {
+                () = &mut shutdown => break Ok(()),
+                ev = rx.recv() => {
+                    let Some(ev) = ev else { break Ok(()) };
+                    if let Some(err) = self.on_event(ev) {
+                        break Err(err);
+                    }
+                }
+            }
+        };
+        for t in tasks {
+            t.abort();
+        }
+        result
+    }
+
+    fn on_event(&self, ev: Event) -> Option<SpeakerError> {
+        let e = lock(&self.engine);
+        match ev {
+            Event::Announced { vip, iface } => {
+                let name = e.iface(iface).name.clone();
+                let n = e.owned().filter(|(_, i)| *i == iface).count();
+                self.metrics.set_announced(&name, i64::try_from(n).unwrap_or(i64::MAX));
+                debug!(%vip, interface = %name, "announced");
+                None
+            }
+            Event::Conflict { vip, iface, other, announced } => {
+                let name = e.iface(iface).name.clone();
+                warn!(%vip, interface = %name, other_mac = %other, announced, "address conflict: another host uses the VIP");
+                (!announced).then_some(SpeakerError::Conflict { vip, iface: name, other })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use sys::MemLink;
+    use wire::{ArpOp, Incoming};
+
+    const NODE: Mac = Mac([2, 0, 0x5e, 0, 0, 0x11]);
+    const CLIENT: Mac = Mac([0x3a, 0x1c, 0x52, 0x7e, 0x90, 1]);
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn runner_answers_over_the_in_memory_link() {
+        let timing = Timing { probe_timeout: Duration::from_millis(200), ..Timing::default() };
+        let sp = Arc::new(Speaker::new(
+            vec![Iface { name: "mem0".into(), mac: NODE }],
+            vec![MemLink::default()],
+            timing,
+            Metrics::new(),
+        ));
+        let vip: std::net::Ipv4Addr = "192.0.2.100".parse().unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let run = {
+            let sp = sp.clone();
+            tokio::spawn(async move {
+                sp.run(vec![(IpAddr::V4(vip), 0)], async {
+                    let _ = stop_rx.await;
+                })
+                .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let req = wire::arp(Mac::BROADCAST, ArpOp::Request, CLIENT, "192.0.2.1".parse().unwrap(), Mac::ZERO, vip);
+        sp.links()[0].inject(req);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let sent: Vec<Incoming> = sp.links()[0].sent().iter().map(|f| wire::parse(f).unwrap()).collect();
+        assert!(matches!(sent[0], Incoming::Arp { ref sender_ip, .. } if sender_ip.is_unspecified()), "a probe first");
+        assert!(
+            sent.iter()
+                .any(|f| matches!(f, Incoming::Arp { op: ArpOp::Reply, target_mac, .. } if *target_mac == CLIENT)),
+            "the request was answered: {sent:?}"
+        );
+        stop_tx.send(()).unwrap();
+        assert!(run.await.unwrap().is_ok());
+    }
+
+    #[test]
+    fn vips_must_be_in_a_subnet() {
+        let l = LinkInfo { name: "eth0".into(), index: 2, mac: NODE, subnets: vec!["192.0.2.0/24".parse().unwrap()] };
+        let e = place_vips(std::slice::from_ref(&l), &["198.51.100.1".parse().unwrap()]).unwrap_err();
+        assert!(e.to_string().contains("198.51.100.1 is not in any subnet of eth0"), "{e}");
+        assert!(e.to_string().contains("192.0.2.0/24 (eth0)"), "{e}");
+        assert!(matches!(place_vips(std::slice::from_ref(&l), &[]), Err(SpeakerError::NoVips)));
+        let dup = ["192.0.2.9".parse().unwrap(), "192.0.2.9".parse().unwrap()];
+        assert!(matches!(place_vips(&[l], &dup), Err(SpeakerError::DuplicateVip(_))));
+    }
+}
