@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio::sync::{mpsc, Notify};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use engine::{Engine, Event, Iface, Output, Timing};
 use link::{LinkError, LinkInfo};
@@ -287,7 +287,7 @@ impl<L: Link> Speaker<L> {
                 let name = e.iface(iface).name.clone();
                 let n = e.owned().filter(|(_, i)| *i == iface).count();
                 self.metrics.set_announced(&name, i64::try_from(n).unwrap_or(i64::MAX));
-                debug!(%vip, interface = %name, "announced");
+                info!(%vip, interface = %name, "announced");
                 None
             }
             Event::Conflict { vip, iface, other, announced } => {

@@ -2,7 +2,7 @@
 //! (usage errors: 2, from clap; a speaker's address conflict: 3); nothing reaches stdout
 //! on error.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -18,6 +18,7 @@ fn main() -> ExitCode {
     let default = if matches!(cli.command, Command::Speaker(_)) { "info" } else { "warn" };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("VIPVISOR_LOG").unwrap_or_else(|_| default.into()))
         .init();
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
