@@ -151,26 +151,50 @@ impl Link for PacketSocket {
 }
 
 /// Membership of IPv6 multicast groups on one interface (MLD reports are sent by the
-/// kernel, so MLD-snooping switches forward solicitations for our VIPs to us).
+/// kernel, so MLD-snooping switches forward solicitations for our VIPs to us). A socket's
+/// memberships are bounded by `net.core.optmem_max`, so groups are spread over as many
+/// sockets as needed, [`GROUPS_PER_SOCKET`] each.
 #[derive(Debug)]
 pub struct Multicast {
-    sock: socket2::Socket,
     ifindex: u32,
+    sockets: Vec<(socket2::Socket, std::collections::BTreeSet<Ipv6Addr>)>,
 }
+
+pub const GROUPS_PER_SOCKET: usize = 100;
 
 impl Multicast {
     pub fn new(ifindex: u32) -> io::Result<Self> {
-        let sock = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::DGRAM, None)?;
-        Ok(Multicast { sock, ifindex })
+        Ok(Multicast { ifindex, sockets: Vec::new() })
     }
-    pub fn join(&self, group: Ipv6Addr) -> io::Result<()> {
-        match self.sock.join_multicast_v6(&group, self.ifindex) {
-            Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => Ok(()),
-            other => other,
+    pub fn join(&mut self, group: Ipv6Addr) -> io::Result<()> {
+        if self.sockets.iter().any(|(_, g)| g.contains(&group)) {
+            return Ok(());
         }
+        if !self.sockets.iter().any(|(_, g)| g.len() < GROUPS_PER_SOCKET) {
+            let s = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::DGRAM, None)?;
+            self.sockets.push((s, std::collections::BTreeSet::new()));
+        }
+        let ifindex = self.ifindex;
+        if let Some((s, g)) = self.sockets.iter_mut().find(|(_, g)| g.len() < GROUPS_PER_SOCKET) {
+            s.join_multicast_v6(&group, ifindex)?;
+            g.insert(group);
+        }
+        Ok(())
     }
-    pub fn leave(&self, group: Ipv6Addr) -> io::Result<()> {
-        self.sock.leave_multicast_v6(&group, self.ifindex)
+    pub fn leave(&mut self, group: Ipv6Addr) -> io::Result<()> {
+        let ifindex = self.ifindex;
+        if let Some((s, g)) = self.sockets.iter_mut().find(|(_, g)| g.contains(&group)) {
+            g.remove(&group);
+            s.leave_multicast_v6(&group, ifindex)?;
+        }
+        Ok(())
+    }
+    /// Number of groups joined.
+    pub fn len(&self) -> usize {
+        self.sockets.iter().map(|(_, g)| g.len()).sum()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
