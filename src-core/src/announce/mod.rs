@@ -101,8 +101,7 @@ pub async fn run_static(cfg: StaticConfig, shutdown: impl Future<Output = ()>) -
     }
     for (vip, i) in &placed {
         if let IpAddr::V6(v6) = vip {
-            groups[*i]
-                .join(wire::solicited_node(*v6)).map_err(|source| SpeakerError::Multicast {
+            groups[*i].join(wire::solicited_node(*v6)).map_err(|source| SpeakerError::Multicast {
                 vip: *vip,
                 iface: links[*i].name.clone(),
                 source,
