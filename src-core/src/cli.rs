@@ -3,6 +3,7 @@
 //! nothing on stdout.
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -72,6 +73,8 @@ pub enum Command {
     /// Announce VIPs with ARP/NDP on interfaces until SIGTERM/SIGINT (static mode, no
     /// Kubernetes). Exit code 3: an address conflict was found and the VIP not announced.
     Speaker(SpeakerArgs),
+    /// Run the Kubernetes LoadBalancer controller (with leader election) until SIGTERM.
+    Controller(ControllerArgs),
     /// Show the audit log.
     Events {
         /// Only events since this time: a duration ago (1h, 30m) or an RFC 3339 time.
@@ -216,6 +219,39 @@ pub struct SpeakerArgs {
     pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
+#[derive(Debug, Args)]
+pub struct ControllerArgs {
+    /// Kubeconfig file (default: $KUBECONFIG, ~/.kube/config, or the in-cluster config).
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Pools file (same YAML as `vipvisor apply`), applied with prune at start and on change.
+    #[arg(long)]
+    pub pools: Option<PathBuf>,
+    /// The loadBalancerClass this controller serves.
+    #[arg(long, default_value = "vipvisor.io/lb")]
+    pub class: String,
+    /// Do not serve LoadBalancer Services that have no loadBalancerClass.
+    #[arg(long)]
+    pub only_class: bool,
+    /// Namespace and name of the leader-election Lease.
+    #[arg(long, default_value = "vipvisor-system")]
+    pub lease_namespace: String,
+    #[arg(long, default_value = "vipvisor-controller")]
+    pub lease_name: String,
+    /// This replica's identity in the Lease (default: $POD_NAME, else the host name and pid).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// How long a Lease stays valid without renewal.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
+    /// How often the holder renews (and standbys retry).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub lease_renew: Duration,
+    /// Serve /metrics, /healthz and /readyz on this address.
+    #[arg(long)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum FamilyArg {
     Ipv4,
@@ -261,6 +297,14 @@ pub fn default_store_url() -> anyhow::Result<String> {
 pub async fn run(cli: Cli) -> anyhow::Result<String> {
     if let Command::Speaker(a) = &cli.command {
         run_speaker(a).await?;
+        return Ok(String::new());
+    }
+    if let Command::Controller(a) = &cli.command {
+        let url = match &cli.store {
+            Some(u) => u.clone(),
+            None => "sqlite:///var/lib/vipvisor/vipvisor.db".to_string(),
+        };
+        run_controller(a, url, cli.quarantine).await?;
         return Ok(String::new());
     }
     let url = match &cli.store {
@@ -319,6 +363,47 @@ pub async fn shutdown_signal() {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
+}
+
+async fn run_controller(a: &ControllerArgs, store_url: String, quarantine: Duration) -> anyhow::Result<()> {
+    if a.lease_renew >= a.lease_duration {
+        anyhow::bail!(
+            "invalid --lease-renew {:?}; expected less than --lease-duration {:?}",
+            a.lease_renew,
+            a.lease_duration
+        );
+    }
+    let client = match &a.kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| anyhow::anyhow!("cannot read kubeconfig {}: {e}", path.display()))?;
+            let config = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| anyhow::anyhow!("invalid kubeconfig {}: {e}", path.display()))?;
+            kube::Client::try_from(config)?
+        }
+        None => kube::Client::try_default().await.map_err(|e| anyhow::anyhow!("no Kubernetes configuration: {e}"))?,
+    };
+    let identity = a.identity.clone().unwrap_or_else(|| {
+        let host =
+            nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "unknown".into());
+        format!("{host}-{}", std::process::id())
+    });
+    let cfg = crate::cluster::ControllerConfig {
+        store_url,
+        pools_file: a.pools.clone(),
+        policy: crate::cluster::decide::ClassPolicy { class: a.class.clone(), serve_unclassed: !a.only_class },
+        lease: crate::cluster::lease::LeaseConfig {
+            namespace: a.lease_namespace.clone(),
+            name: a.lease_name.clone(),
+            identity,
+            duration: a.lease_duration,
+            renew_every: a.lease_renew,
+        },
+        metrics_addr: a.metrics_addr,
+        quarantine,
+    };
+    crate::cluster::run(client, cfg, shutdown_signal()).await
 }
 
 async fn execute(store: &Store, cli: &Cli) -> anyhow::Result<String> {
@@ -508,7 +593,7 @@ async fn execute(store: &Store, cli: &Cli) -> anyhow::Result<String> {
                 s
             })
         }
-        Command::Speaker(_) => anyhow::bail!("the speaker does not use the store"),
+        Command::Speaker(_) | Command::Controller(_) => anyhow::bail!("long-running modes are started by run()"),
         Command::Events { since, limit } => {
             let since = since.map(|s| match s {
                 SinceArg::At(t) => t,

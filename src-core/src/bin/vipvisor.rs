@@ -15,7 +15,7 @@ const EXIT_CONFLICT: u8 = 3;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Long-running modes log what they do; one-shot commands only warnings.
-    let default = if matches!(cli.command, Command::Speaker(_)) { "info" } else { "warn" };
+    let default = if matches!(cli.command, Command::Speaker(_) | Command::Controller(_)) { "info" } else { "warn" };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())

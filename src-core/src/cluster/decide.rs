@@ -1,0 +1,307 @@
+//! Pure decisions about one Service: is it ours, and what does it ask for? No I/O; the
+//! Kubernetes types are plain data here.
+//!
+//! Requested addresses come from `vipvisor.io/addresses`, then MetalLB's
+//! `metallb.universe.tf/loadBalancerIPs` / `metallb.io/loadBalancerIPs`, then
+//! `spec.loadBalancerIP`; the pool from `vipvisor.io/pool` or MetalLB's `address-pool`; the
+//! sharing key from `vipvisor.io/sharing-key` or MetalLB's `allow-shared-ip`. A malformed or
+//! unknown annotation becomes a [`Warning`] and is ignored; the Service is served anyway.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::Service;
+
+use crate::model::{AllocRequest, FamilyRequest, Labels, PoolName, Port, ServiceKey, SharingKey, Uid};
+
+pub const ANN_ADDRESSES: &str = "vipvisor.io/addresses";
+pub const ANN_POOL: &str = "vipvisor.io/pool";
+pub const ANN_SHARING: &str = "vipvisor.io/sharing-key";
+/// Written by the speakers (issue #5); known here so it is not reported as unknown.
+pub const ANN_ANNOUNCING: &str = "vipvisor.io/announcing";
+const METALLB_PREFIXES: [&str; 2] = ["metallb.universe.tf/", "metallb.io/"];
+
+/// Which Services this controller serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClassPolicy {
+    /// Our `spec.loadBalancerClass`.
+    pub class: String,
+    /// Also serve LoadBalancer Services without a class (the default, like MetalLB).
+    pub serve_unclassed: bool,
+}
+
+impl Default for ClassPolicy {
+    fn default() -> Self {
+        Self { class: "vipvisor.io/lb".into(), serve_unclassed: true }
+    }
+}
+
+/// A problem with one annotation (or field), reported as a Warning Event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    pub key: String,
+    pub value: String,
+    pub expected: String,
+}
+
+impl std::fmt::Display for Warning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ignoring {}={:?}: expected {}", self.key, self.value, self.expected)
+    }
+}
+
+/// What to do with a Service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Not a LoadBalancer, or another class: release whatever we hold for it.
+    /// `clear_status`: the Service stopped being a LoadBalancer of ours, so our ingress
+    /// addresses in its status must go too.
+    Release { service: ServiceKey, uid: Option<Uid>, clear_status: bool },
+    /// Serve it. `status_addresses`: what its status already shows (adopted, never renumbered).
+    Allocate { request: AllocRequest, status_addresses: Vec<IpAddr>, warnings: Vec<Warning> },
+    /// Its name cannot be a key (cannot happen for names the apiserver accepted).
+    Invalid(String),
+}
+
+fn parse_ips(key: &str, v: &str, warnings: &mut Vec<Warning>) -> Option<Vec<IpAddr>> {
+    let parsed: Result<Vec<IpAddr>, _> =
+        v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::parse::<IpAddr>).collect();
+    match parsed {
+        Ok(ips) if !ips.is_empty() && ips.len() <= 2 => Some(ips),
+        _ => {
+            warnings.push(Warning {
+                key: key.into(),
+                value: v.into(),
+                expected: "one or two IP addresses (one per family), comma-separated".into(),
+            });
+            None
+        }
+    }
+}
+
+fn ann<'a>(a: &'a BTreeMap<String, String>, vipvisor: &str, metallb_suffix: Option<&str>) -> Option<(String, &'a str)> {
+    if let Some(v) = a.get(vipvisor) {
+        return Some((vipvisor.to_owned(), v.as_str()));
+    }
+    let suffix = metallb_suffix?;
+    METALLB_PREFIXES.iter().find_map(|p| {
+        let k = format!("{p}{suffix}");
+        a.get(&k).map(|v| (k, v.as_str()))
+    })
+}
+
+/// The ingress addresses a Service's status shows.
+pub fn status_addresses(svc: &Service) -> Vec<IpAddr> {
+    svc.status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .map(|ing| ing.iter().filter_map(|i| i.ip.as_deref()).filter_map(|ip| ip.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// Decides what `svc` needs. `ns_labels`: the labels of its namespace.
+pub fn decide(svc: &Service, ns_labels: &Labels, policy: &ClassPolicy) -> Decision {
+    let meta = &svc.metadata;
+    let (Some(ns), Some(name)) = (meta.namespace.as_deref(), meta.name.as_deref()) else {
+        return Decision::Invalid("a Service without namespace or name".into());
+    };
+    let service = match ServiceKey::new(ns, name) {
+        Ok(k) => k,
+        Err(e) => return Decision::Invalid(e.to_string()),
+    };
+    let uid = meta.uid.as_deref().and_then(|u| u.parse::<Uid>().ok());
+    let spec = svc.spec.clone().unwrap_or_default();
+    let is_lb = spec.type_.as_deref() == Some("LoadBalancer");
+    let ours = match spec.load_balancer_class.as_deref() {
+        None => policy.serve_unclassed,
+        Some(c) => c == policy.class,
+    };
+    if !is_lb || !ours {
+        // A Service of another class keeps whatever status its own controller wrote.
+        return Decision::Release { service, uid, clear_status: !is_lb };
+    }
+    let empty = BTreeMap::new();
+    let annotations = meta.annotations.as_ref().unwrap_or(&empty);
+    let mut warnings = Vec::new();
+    let mut request = AllocRequest::new(service);
+    request.uid = uid;
+
+    if let Some((k, v)) = ann(annotations, ANN_ADDRESSES, Some("loadBalancerIPs")) {
+        if let Some(ips) = parse_ips(&k, v, &mut warnings) {
+            request.addresses = ips;
+        }
+    } else if let Some(ip) = spec.load_balancer_ip.as_deref().filter(|s| !s.is_empty()) {
+        if let Some(ips) = parse_ips("spec.loadBalancerIP", ip, &mut warnings) {
+            request.addresses = ips;
+        }
+    }
+    if let Some((k, v)) = ann(annotations, ANN_POOL, Some("address-pool")) {
+        match v.parse::<PoolName>() {
+            Ok(p) => request.pool = Some(p),
+            Err(e) => warnings.push(Warning { key: k, value: v.into(), expected: e.expected }),
+        }
+    }
+    if let Some((k, v)) = ann(annotations, ANN_SHARING, Some("allow-shared-ip")) {
+        match v.parse::<SharingKey>() {
+            Ok(s) => request.sharing_key = Some(s),
+            Err(e) => warnings.push(Warning { key: k, value: v.into(), expected: e.expected }),
+        }
+    }
+    for k in annotations.keys() {
+        let known = [ANN_ADDRESSES, ANN_POOL, ANN_SHARING, ANN_ANNOUNCING];
+        if k.starts_with("vipvisor.io/") && !known.contains(&k.as_str()) {
+            warnings.push(Warning {
+                key: k.clone(),
+                value: annotations[k].clone(),
+                expected: format!("a known annotation ({})", known.join(", ")),
+            });
+        }
+    }
+    // Dual-stack when asked for and possible; otherwise the first family.
+    let families = spec.ip_families.clone().unwrap_or_default();
+    let policy_dual = matches!(spec.ip_family_policy.as_deref(), Some("RequireDualStack" | "PreferDualStack"));
+    if request.addresses.is_empty() {
+        request.family = match (policy_dual && families.len() > 1, families.first().map(String::as_str)) {
+            (true, _) => Some(FamilyRequest::Dual),
+            (false, Some("IPv6")) => Some(FamilyRequest::Ipv6),
+            (false, Some("IPv4")) => Some(FamilyRequest::Ipv4),
+            _ => None,
+        };
+    }
+    request.ports = spec
+        .ports
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|p| format!("{}/{}", p.protocol.as_deref().unwrap_or("TCP"), p.port).parse::<Port>().ok())
+        .collect();
+    request.service_labels = meta.labels.clone().unwrap_or_default();
+    request.namespace_labels = ns_labels.clone();
+    let status = status_addresses(svc);
+    // Adopt what the status shows when nothing else is asked for: never renumber.
+    if request.addresses.is_empty() && !status.is_empty() {
+        request.addresses = status.clone();
+        request.family = None;
+    }
+    Decision::Allocate { request, status_addresses: status, warnings }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc(v: serde_json::Value) -> Service {
+        serde_json::from_value(v).unwrap()
+    }
+    fn allocate(d: Decision) -> (AllocRequest, Vec<Warning>) {
+        match d {
+            Decision::Allocate { request, warnings, .. } => (request, warnings),
+            other => panic!("expected Allocate, got {other:?}"),
+        }
+    }
+    fn lb(extra_meta: serde_json::Value, extra_spec: serde_json::Value) -> Service {
+        let mut meta = serde_json::json!({"namespace": "default", "name": "web", "uid": "0b4a-11"});
+        meta.as_object_mut().unwrap().extend(extra_meta.as_object().unwrap().clone());
+        let mut spec = serde_json::json!({"type": "LoadBalancer", "ports": [{"port": 80, "protocol": "TCP"}]});
+        spec.as_object_mut().unwrap().extend(extra_spec.as_object().unwrap().clone());
+        svc(serde_json::json!({"metadata": meta, "spec": spec}))
+    }
+    const P: fn() -> ClassPolicy = ClassPolicy::default;
+
+    #[test]
+    fn plain_load_balancer_is_served() {
+        let (r, w) = allocate(decide(&lb(serde_json::json!({}), serde_json::json!({})), &Labels::new(), &P()));
+        assert!(w.is_empty());
+        assert_eq!(r.service.to_string(), "default/web");
+        assert_eq!(r.uid.unwrap().as_str(), "0b4a-11");
+        assert_eq!(r.ports.iter().map(ToString::to_string).collect::<Vec<_>>(), vec!["tcp/80"]);
+        assert!(r.addresses.is_empty() && r.family.is_none(), "no request: the pools decide");
+    }
+
+    #[test]
+    fn classes_are_filtered() {
+        let ours = lb(serde_json::json!({}), serde_json::json!({"loadBalancerClass": "vipvisor.io/lb"}));
+        assert!(matches!(decide(&ours, &Labels::new(), &P()), Decision::Allocate { .. }));
+        let theirs = lb(serde_json::json!({}), serde_json::json!({"loadBalancerClass": "other.io/lb"}));
+        assert!(
+            matches!(decide(&theirs, &Labels::new(), &P()), Decision::Release { clear_status: false, .. }),
+            "another class is not ours, and its status is not ours to clear"
+        );
+        let strict = ClassPolicy { serve_unclassed: false, ..P() };
+        let unclassed = lb(serde_json::json!({}), serde_json::json!({}));
+        assert!(matches!(decide(&unclassed, &Labels::new(), &strict), Decision::Release { .. }));
+        let cluster_ip =
+            svc(serde_json::json!({"metadata": {"namespace": "a", "name": "b"}, "spec": {"type": "ClusterIP"}}));
+        assert!(matches!(decide(&cluster_ip, &Labels::new(), &P()), Decision::Release { clear_status: true, .. }));
+    }
+
+    #[test]
+    fn metallb_annotations_are_honoured() {
+        let s = lb(
+            serde_json::json!({"annotations": {
+                "metallb.universe.tf/loadBalancerIPs": "192.0.2.10,2001:db8::10",
+                "metallb.universe.tf/address-pool": "web",
+                "metallb.universe.tf/allow-shared-ip": "dns"
+            }}),
+            serde_json::json!({}),
+        );
+        let (r, w) = allocate(decide(&s, &Labels::new(), &P()));
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(r.addresses, vec!["192.0.2.10".parse::<IpAddr>().unwrap(), "2001:db8::10".parse().unwrap()]);
+        assert_eq!(r.pool.unwrap().as_str(), "web");
+        assert_eq!(r.sharing_key.unwrap().as_str(), "dns");
+        let s = lb(
+            serde_json::json!({"annotations": {"metallb.io/loadBalancerIPs": "198.51.100.7", "metallb.io/address-pool": "lab"}}),
+            serde_json::json!({}),
+        );
+        let (r, _) = allocate(decide(&s, &Labels::new(), &P()));
+        assert_eq!(r.addresses, vec!["198.51.100.7".parse::<IpAddr>().unwrap()]);
+        assert_eq!(r.pool.unwrap().as_str(), "lab");
+        let (r, _) = allocate(decide(
+            &lb(serde_json::json!({}), serde_json::json!({"loadBalancerIP": "192.0.2.5"})),
+            &Labels::new(),
+            &P(),
+        ));
+        assert_eq!(r.addresses, vec!["192.0.2.5".parse::<IpAddr>().unwrap()], "spec.loadBalancerIP is a request too");
+    }
+
+    #[test]
+    fn bad_annotations_warn_and_are_ignored() {
+        let s = lb(
+            serde_json::json!({"annotations": {
+                "vipvisor.io/addresses": "192.0.2.999",
+                "vipvisor.io/pool": "Bad_Pool",
+                "vipvisor.io/adresses": "typo"
+            }}),
+            serde_json::json!({}),
+        );
+        let (r, w) = allocate(decide(&s, &Labels::new(), &P()));
+        assert!(r.addresses.is_empty() && r.pool.is_none(), "bad values are ignored; the service is still served");
+        let keys: Vec<&str> = w.iter().map(|w| w.key.as_str()).collect();
+        assert_eq!(keys, vec!["vipvisor.io/addresses", "vipvisor.io/pool", "vipvisor.io/adresses"]);
+        assert!(w[0].to_string().contains("192.0.2.999"), "{}", w[0]);
+    }
+
+    #[test]
+    fn status_is_adopted_and_families_follow_the_spec() {
+        let s = svc(serde_json::json!({
+            "metadata": {"namespace": "default", "name": "old"},
+            "spec": {"type": "LoadBalancer"},
+            "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.9"}]}}
+        }));
+        match decide(&s, &Labels::new(), &P()) {
+            Decision::Allocate { request, status_addresses, .. } => {
+                assert_eq!(request.addresses, status_addresses, "an address in the status is kept, never renumbered");
+            }
+            other => panic!("{other:?}"),
+        }
+        let dual = lb(
+            serde_json::json!({}),
+            serde_json::json!({"ipFamilies": ["IPv4", "IPv6"], "ipFamilyPolicy": "RequireDualStack"}),
+        );
+        assert_eq!(allocate(decide(&dual, &Labels::new(), &P())).0.family, Some(FamilyRequest::Dual));
+        let v6 =
+            lb(serde_json::json!({}), serde_json::json!({"ipFamilies": ["IPv6"], "ipFamilyPolicy": "SingleStack"}));
+        assert_eq!(allocate(decide(&v6, &Labels::new(), &P())).0.family, Some(FamilyRequest::Ipv6));
+    }
+}
