@@ -1,0 +1,449 @@
+//! The controller against a real kube-apiserver (v1.20.2 built from Debian's source package
+//! by tests/testbed/kube.sh) and etcd. Each test starts its own apiserver and stops it on
+//! drop. In CI a missing testbed fails the tests; elsewhere they are skipped, loudly.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::Client;
+use vipvisor_core::store::Store;
+
+const VIPVISOR: &str = env!("CARGO_BIN_EXE_vipvisor");
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/testbed/kube.sh")
+}
+
+fn missing() -> Option<String> {
+    let cached = Command::new("sh")
+        .args(["-c", "ls /var/tmp/vipvisor-kube/*/kube-apiserver && command -v etcd && command -v kubectl && command -v openssl && command -v curl"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    (!cached)
+        .then(|| "the kube testbed is not built (run `tests/testbed/kube.sh build`, as tests/run does)".to_string())
+}
+
+struct Testbed {
+    dir: tempfile::TempDir,
+    client: Client,
+    controllers: Vec<Child>,
+    _serial: std::sync::MutexGuard<'static, ()>,
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        for c in &mut self.controllers {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = Command::new(script()).arg("stop").arg(self.dir.path()).status();
+    }
+}
+
+async fn testbed(tag: &str) -> Option<Testbed> {
+    if let Some(why) = missing() {
+        if std::env::var_os("CI").is_some() {
+            panic!("controller test {tag} cannot run in CI: {why}");
+        }
+        eprintln!("SKIPPED controller test {tag}: {why}");
+        return None;
+    }
+    let serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let dir = tempfile::tempdir().unwrap();
+    let st = Command::new(script()).arg("start").arg(dir.path()).status().unwrap();
+    assert!(st.success(), "the testbed did not start");
+    let kc = kube::config::Kubeconfig::read_from(dir.path().join("kubeconfig")).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
+    let client = Client::try_from(config).unwrap();
+    let tb = Testbed { dir, client, controllers: Vec::new(), _serial: serial };
+    tb.namespace("vipvisor-system", &[]).await;
+    Some(tb)
+}
+
+const POOLS: &str = r#"
+pools:
+  - name: web
+    addresses: [192.0.2.0/26]
+  - name: lab
+    addresses: [198.51.100.0/28]
+    auto_assign: false
+  - name: tiny
+    addresses: [203.0.113.0/31]
+    namespaces: [tiny]
+    priority: 1
+"#;
+
+impl Testbed {
+    fn path(&self, f: &str) -> PathBuf {
+        self.dir.path().join(f)
+    }
+    fn store_url(&self) -> String {
+        format!("sqlite://{}", self.path("store.db").display())
+    }
+    fn kubeconfig(&self) -> PathBuf {
+        self.path("kubeconfig")
+    }
+    async fn namespace(&self, name: &str, labels: &[(&str, &str)]) {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let labels: BTreeMap<String, String> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let ns: Namespace =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": name, "labels": labels}})).unwrap();
+        let _ = api.create(&PostParams::default(), &ns).await;
+    }
+    /// Starts a controller; `extra` are more controller flags.
+    fn controller(&mut self, identity: &str, kubeconfig: &Path, extra: &[&str]) -> usize {
+        std::fs::write(self.path("pools.yaml"), POOLS).unwrap();
+        let log = std::fs::File::create(self.path(&format!("{identity}.log"))).unwrap();
+        let mut args = vec![
+            "--store".to_string(),
+            self.store_url(),
+            "controller".into(),
+            "--kubeconfig".into(),
+            kubeconfig.display().to_string(),
+            "--pools".into(),
+            self.path("pools.yaml").display().to_string(),
+            "--identity".into(),
+            identity.into(),
+            "--lease-duration".into(),
+            "3s".into(),
+            "--lease-renew".into(),
+            "500ms".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let child = Command::new(VIPVISOR)
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .env("VIPVISOR_LOG", "info")
+            .spawn()
+            .unwrap();
+        self.controllers.push(child);
+        self.controllers.len() - 1
+    }
+    fn log(&self, identity: &str) -> String {
+        std::fs::read_to_string(self.path(&format!("{identity}.log"))).unwrap_or_default()
+    }
+    fn kill(&mut self, i: usize) {
+        let _ = self.controllers[i].kill(); // SIGKILL
+        let _ = self.controllers[i].wait();
+    }
+    async fn wait_leading(&self, identity: &str) {
+        wait(
+            Duration::from_secs(20),
+            || self.log(identity).contains("initial pass done"),
+            &format!("{identity} to lead"),
+        )
+        .await;
+    }
+    fn services(&self, ns: &str) -> Api<Service> {
+        Api::namespaced(self.client.clone(), ns)
+    }
+    async fn create(&self, ns: &str, name: &str, annotations: serde_json::Value, spec: serde_json::Value) {
+        let mut s = serde_json::json!({"type": "LoadBalancer", "ports": [{"port": 80, "protocol": "TCP"}]});
+        s.as_object_mut().unwrap().extend(spec.as_object().unwrap().clone());
+        let svc: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": ns, "annotations": annotations},
+            "spec": s
+        }))
+        .unwrap();
+        self.services(ns).create(&PostParams::default(), &svc).await.unwrap();
+    }
+    async fn ips(&self, ns: &str, name: &str) -> Vec<String> {
+        let s = self.services(ns).get(name).await.unwrap();
+        s.status
+            .and_then(|s| s.load_balancer)
+            .and_then(|lb| lb.ingress)
+            .map(|i| i.into_iter().filter_map(|i| i.ip).collect())
+            .unwrap_or_default()
+    }
+    async fn wait_ips(&self, ns: &str, name: &str) -> Vec<String> {
+        let start = Instant::now();
+        loop {
+            let ips = self.ips(ns, name).await;
+            if !ips.is_empty() {
+                return ips;
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "{ns}/{name} got no address");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    async fn events(&self, ns: &str, name: &str) -> Vec<(String, String, String)> {
+        let api: Api<Event> = Api::namespaced(self.client.clone(), ns);
+        let mut out: Vec<(String, String, String)> = api
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .map(|e| (e.reason.unwrap_or_default(), e.type_.unwrap_or_default(), e.note.unwrap_or_default()))
+            .collect();
+        out.sort();
+        out
+    }
+    async fn wait_event(&self, ns: &str, name: &str, reason: &str) -> String {
+        let start = Instant::now();
+        loop {
+            if let Some((_, _, note)) = self.events(ns, name).await.into_iter().find(|e| e.0 == reason) {
+                return note;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{ns}/{name} got no {reason} event: {:?}",
+                self.events(ns, name).await
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    async fn allocations(&self) -> BTreeMap<String, Vec<String>> {
+        let store = Store::open(&self.store_url()).await.unwrap();
+        let ipam = store.snapshot().await.unwrap();
+        let out = ipam
+            .allocations()
+            .into_iter()
+            .map(|a| (a.service.to_string(), a.addresses.iter().map(ToString::to_string).collect()))
+            .collect();
+        store.close().await;
+        out
+    }
+}
+
+async fn wait(limit: Duration, mut f: impl FnMut() -> bool, what: &str) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn services_get_addresses_events_and_are_released() {
+    let Some(mut tb) = testbed("a").await else { return };
+    tb.namespace("tiny", &[]).await;
+    let kc = tb.kubeconfig();
+    tb.controller("c1", &kc, &[]);
+    tb.wait_leading("c1").await;
+    let none = serde_json::json!({});
+
+    tb.create("default", "plain", none.clone(), none.clone()).await;
+    let ip = tb.wait_ips("default", "plain").await;
+    assert!(ip[0].starts_with("192.0.2."), "auto-assigned from web: {ip:?}");
+    assert!(tb.wait_event("default", "plain", "IPAllocated").await.contains(&ip[0]));
+
+    // MetalLB users keep their annotations.
+    tb.create(
+        "default",
+        "pinned",
+        serde_json::json!({"metallb.universe.tf/loadBalancerIPs": "192.0.2.40"}),
+        none.clone(),
+    )
+    .await;
+    assert_eq!(tb.wait_ips("default", "pinned").await, vec!["192.0.2.40"]);
+    tb.create("default", "labbed", serde_json::json!({"metallb.io/address-pool": "lab"}), none.clone()).await;
+    assert!(tb.wait_ips("default", "labbed").await[0].starts_with("198.51.100."), "address-pool picks the manual pool");
+    tb.create("default", "spec-ip", none.clone(), serde_json::json!({"loadBalancerIP": "192.0.2.41"})).await;
+    assert_eq!(tb.wait_ips("default", "spec-ip").await, vec!["192.0.2.41"]);
+
+    // Sharing, and its refusal naming the other service.
+    let udp = serde_json::json!({"ports": [{"port": 53, "protocol": "UDP"}]});
+    let tcp = serde_json::json!({"ports": [{"port": 53, "protocol": "TCP"}]});
+    tb.create("default", "dns-udp", serde_json::json!({"metallb.universe.tf/allow-shared-ip": "dns"}), udp.clone())
+        .await;
+    tb.create("default", "dns-tcp", serde_json::json!({"vipvisor.io/sharing-key": "dns"}), tcp).await;
+    let a = tb.wait_ips("default", "dns-udp").await;
+    assert_eq!(tb.wait_ips("default", "dns-tcp").await, a, "same key, other ports: one address");
+    tb.create(
+        "default",
+        "dns-clash",
+        serde_json::json!({"vipvisor.io/sharing-key": "dns", "vipvisor.io/addresses": a[0].as_str()}),
+        udp,
+    )
+    .await;
+    let note = tb.wait_event("default", "dns-clash", "AllocationFailed").await;
+    assert!(note.contains("udp/53") && note.contains("default/dns-udp"), "{note}");
+
+    // Exhaustion: an Event, not a crash loop. (Naming the pool makes it the only choice;
+    // otherwise the next eligible pool would serve.)
+    for n in ["t1", "t2", "t3"] {
+        tb.create("tiny", n, serde_json::json!({"vipvisor.io/pool": "tiny"}), none.clone()).await;
+    }
+    let note = tb.wait_event("tiny", "t3", "AllocationFailed").await;
+    assert!(note.contains("pool exhausted"), "{note}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let failures = tb.events("tiny", "t3").await.into_iter().filter(|e| e.0 == "AllocationFailed").count();
+    assert_eq!(failures, 1, "the failure is reported once, not in a loop");
+    assert!(tb.controllers[0].try_wait().unwrap().is_none(), "the controller is still running");
+
+    // A malformed annotation warns, naming it; the Service is served anyway.
+    tb.create("default", "typo", serde_json::json!({"vipvisor.io/addresses": "192.0.2.999"}), none.clone()).await;
+    assert!(!tb.wait_ips("default", "typo").await.is_empty());
+    let note = tb.wait_event("default", "typo", "InvalidAnnotation").await;
+    assert!(note.contains("vipvisor.io/addresses") && note.contains("192.0.2.999"), "{note}");
+
+    // Deletion and type change release.
+    let allocs = tb.allocations().await;
+    assert_eq!(allocs["default/plain"], ip);
+    tb.services("default").delete("plain", &DeleteParams::default()).await.unwrap();
+    let patch = serde_json::json!({"spec": {"type": "ClusterIP", "ports": [{"port": 80, "protocol": "TCP", "nodePort": null}]}});
+    tb.services("default").patch("pinned", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    tb.wait_event("default", "pinned", "IPReleased").await;
+    let start = Instant::now();
+    loop {
+        let allocs = tb.allocations().await;
+        if !allocs.contains_key("default/plain") && !allocs.contains_key("default/pinned") {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "deleted/changed services keep addresses: {allocs:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        tb.ips("default", "pinned").await.is_empty(),
+        "a Service that is no longer a LoadBalancer loses its status"
+    );
+    // t3 is served as soon as an address frees up.
+    tb.services("tiny").delete("t1", &DeleteParams::default()).await.unwrap();
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn restart_with_sigkill_renumbers_nothing() {
+    let Some(mut tb) = testbed("b").await else { return };
+    let kc = tb.kubeconfig();
+    let c = tb.controller("c1", &kc, &[]);
+    tb.wait_leading("c1").await;
+    for i in 0..50 {
+        tb.create("default", &format!("s{i}"), serde_json::json!({}), serde_json::json!({})).await;
+    }
+    let mut before = BTreeMap::new();
+    for i in 0..50 {
+        before.insert(i, tb.wait_ips("default", &format!("s{i}")).await);
+    }
+    tb.kill(c);
+    // The store is lost too in the worst case: a fresh store must adopt from the statuses.
+    std::fs::remove_file(tb.path("store.db")).unwrap();
+    let _ = std::fs::remove_file(tb.path("store.db-wal"));
+    let _ = std::fs::remove_file(tb.path("store.db-shm"));
+    // A service created while no controller runs is served after the restart, but never
+    // with an address the others had.
+    tb.create("default", "late", serde_json::json!({}), serde_json::json!({})).await;
+    tb.controller("c2", &kc, &[]);
+    tb.wait_leading("c2").await;
+    let late = tb.wait_ips("default", "late").await;
+    for i in 0..50 {
+        let now = tb.ips("default", &format!("s{i}")).await;
+        assert_eq!(now, before[&i], "s{i} must keep its address across a SIGKILL restart");
+        assert_ne!(now, late, "the late service must not get s{i}'s address");
+    }
+    assert_eq!(tb.allocations().await.len(), 51, "all 50 were adopted into the new store, plus the late one");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn standby_takes_over_and_no_address_is_given_twice() {
+    let Some(mut tb) = testbed("c").await else { return };
+    let kc = tb.kubeconfig();
+    let first = tb.controller("c1", &kc, &[]);
+    tb.wait_leading("c1").await;
+    tb.controller("c2", &kc, &[]);
+    wait(Duration::from_secs(10), || tb.log("c2").contains("caches synced"), "the standby to sync").await;
+    let mut killed_at = None;
+    for i in 0..40 {
+        if i == 15 {
+            tb.kill(first);
+            killed_at = Some(Instant::now());
+        }
+        tb.create("default", &format!("h{i}"), serde_json::json!({}), serde_json::json!({})).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut seen = BTreeMap::new();
+    for i in 0..40 {
+        let ip = tb.wait_ips("default", &format!("h{i}")).await;
+        if let Some(prev) = seen.insert(ip.clone(), i) {
+            panic!("h{prev} and h{i} both got {ip:?}");
+        }
+    }
+    let took = killed_at.unwrap().elapsed();
+    assert!(tb.log("c2").contains("initial pass done"), "the standby took over");
+    let lease: Api<Lease> = Api::namespaced(tb.client.clone(), "vipvisor-system");
+    let l = lease.get("vipvisor-controller").await.unwrap();
+    assert_eq!(l.spec.unwrap().holder_identity.as_deref(), Some("c2"));
+    eprintln!("standby served everything {took:?} after the holder was killed");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn manifests_apply_and_rbac_is_least_privilege() {
+    let Some(mut tb) = testbed("d").await else { return };
+    let kc = tb.kubeconfig();
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    for f in ["namespace.yaml", "rbac.yaml", "controller.yaml"] {
+        let out = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&kc)
+            .args(["apply", "-f"])
+            .arg(deploy.join(f))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "kubectl apply {f}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let sa = "system:serviceaccount:vipvisor-system:vipvisor-controller";
+    let can = |args: &[&str]| -> bool {
+        let out = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&kc)
+            .args(["auth", "can-i", "--as", sa])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim() == "yes"
+    };
+    for allowed in [
+        &["watch", "services", "--all-namespaces"][..],
+        &["list", "services", "--all-namespaces"],
+        &["patch", "services", "--subresource=status", "-n", "default"],
+        &["list", "namespaces"],
+        &["create", "events.events.k8s.io", "-n", "default"],
+        &["create", "leases.coordination.k8s.io", "-n", "vipvisor-system"],
+        &["update", "leases.coordination.k8s.io/vipvisor-controller", "-n", "vipvisor-system"],
+    ] {
+        assert!(can(allowed), "the controller must be allowed to {allowed:?}");
+    }
+    for denied in [
+        &["get", "secrets", "--all-namespaces"][..],
+        &["get", "secrets", "-n", "vipvisor-system"],
+        &["delete", "services", "-n", "default"],
+        &["update", "services", "-n", "default"],
+        &["patch", "services", "-n", "default"],
+        &["create", "services", "-n", "default"],
+        &["update", "leases.coordination.k8s.io/other", "-n", "vipvisor-system"],
+        &["create", "leases.coordination.k8s.io", "-n", "kube-system"],
+        &["create", "pods", "-n", "default"],
+    ] {
+        assert!(!can(denied), "the controller must not be allowed to {denied:?}");
+    }
+    // And the RBAC is enough: run the controller as the service account (impersonated).
+    let mut text = std::fs::read_to_string(&kc).unwrap();
+    text = text.replace(
+        "    token:",
+        &format!(
+            "    as: {sa}\n    as-groups: [system:serviceaccounts, system:serviceaccounts:vipvisor-system, system:authenticated]\n    token:"
+        ),
+    );
+    let sa_kc = tb.path("sa-kubeconfig");
+    std::fs::write(&sa_kc, text).unwrap();
+    tb.controller("sa", &sa_kc, &[]);
+    tb.wait_leading("sa").await;
+    tb.create("default", "rbac", serde_json::json!({}), serde_json::json!({})).await;
+    assert!(!tb.wait_ips("default", "rbac").await.is_empty(), "the service account can do the whole job");
+    tb.wait_event("default", "rbac", "IPAllocated").await;
+    assert!(!tb.log("sa").contains("403"), "no forbidden calls: {}", tb.log("sa"));
+}
