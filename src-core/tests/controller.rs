@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
@@ -17,7 +16,8 @@ use kube::Client;
 use vipvisor_core::store::Store;
 
 const VIPVISOR: &str = env!("CARGO_BIN_EXE_vipvisor");
-static SERIAL: Mutex<()> = Mutex::new(());
+/// One apiserver at a time (each test has its own runtime; tokio's mutex works across them).
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/testbed/kube.sh")
@@ -39,7 +39,7 @@ struct Testbed {
     dir: tempfile::TempDir,
     client: Client,
     controllers: Vec<Child>,
-    _serial: std::sync::MutexGuard<'static, ()>,
+    _serial: tokio::sync::MutexGuard<'static, ()>,
 }
 
 impl Drop for Testbed {
@@ -60,7 +60,7 @@ async fn testbed(tag: &str) -> Option<Testbed> {
         eprintln!("SKIPPED controller test {tag}: {why}");
         return None;
     }
-    let serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let st = Command::new(script()).arg("start").arg(dir.path()).status().unwrap();
     assert!(st.success(), "the testbed did not start");
