@@ -251,37 +251,59 @@ impl Store {
     /// Allocates addresses for a service (idempotent). `hold` is the quarantine applied to
     /// addresses the service gives up if the request makes it move.
     pub async fn allocate(&self, req: &AllocRequest, now: Timestamp, hold: Duration) -> Result<Outcome> {
+        let mut out = self.allocate_many(std::slice::from_ref(req), now, hold).await?;
+        Ok(out.pop().ok_or_else(|| StoreError::Corrupt("no outcome".into()))??)
+    }
+
+    /// Allocates for many services in one transaction (one commit): the controller adopts
+    /// thousands of Services at start this way. Each request gets its own outcome; a refused
+    /// request does not affect the others. Database errors fail the whole batch.
+    pub async fn allocate_many(
+        &self,
+        reqs: &[AllocRequest],
+        now: Timestamp,
+        hold: Duration,
+    ) -> Result<Vec<Result<Outcome, IpamError>>> {
         let (mut tx, mut guard, generation) = self.begin().await?;
-        let res: Result<(Outcome, bool)> = async {
+        let res: Result<(Vec<Result<Outcome, IpamError>>, bool)> = async {
             let ipam = &mut guard.as_mut().ok_or_else(|| StoreError::Corrupt("cache".into()))?.ipam;
             let expired = ipam.expire(now);
-            let outcome = ipam.allocate(req, now, hold)?;
-            if outcome.change == Change::Unchanged && expired.is_empty() {
-                return Ok((outcome, false));
-            }
+            let mut wrote = !expired.is_empty();
             delete_quarantine(&mut tx, &expired).await?;
-            if let Some(prev) = &outcome.previous {
-                delete_allocation(&mut tx, prev).await?;
-            }
-            if outcome.change != Change::Unchanged {
-                insert_allocation(&mut tx, &outcome.allocation, now).await?;
-                delete_quarantine(&mut tx, &outcome.reclaimed).await?;
-                insert_quarantine(&mut tx, &outcome.quarantined).await?;
-                let kind = match outcome.change {
-                    Change::Created => "address.allocated",
-                    _ => "address.updated",
+            let mut results = Vec::with_capacity(reqs.len());
+            for req in reqs {
+                let outcome = match ipam.allocate(req, now, hold) {
+                    Ok(o) => o,
+                    Err(e) => {
+                        results.push(Err(e));
+                        continue;
+                    }
                 };
-                let detail = serde_json::json!({
-                    "addresses": outcome.allocation.addresses,
-                    "pool": outcome.allocation.pool,
-                    "previous": outcome.previous.as_ref().map(|p| &p.addresses),
-                    "sharing_key": outcome.allocation.sharing_key,
-                    "ports": outcome.allocation.ports,
-                    "uid": outcome.allocation.uid,
-                });
-                self.audit(&mut tx, now, kind, &outcome.allocation.service.to_string(), detail).await?;
+                if outcome.change != Change::Unchanged {
+                    wrote = true;
+                    if let Some(prev) = &outcome.previous {
+                        delete_allocation(&mut tx, prev).await?;
+                    }
+                    insert_allocation(&mut tx, &outcome.allocation, now).await?;
+                    delete_quarantine(&mut tx, &outcome.reclaimed).await?;
+                    insert_quarantine(&mut tx, &outcome.quarantined).await?;
+                    let kind = match outcome.change {
+                        Change::Created => "address.allocated",
+                        _ => "address.updated",
+                    };
+                    let detail = serde_json::json!({
+                        "addresses": outcome.allocation.addresses,
+                        "pool": outcome.allocation.pool,
+                        "previous": outcome.previous.as_ref().map(|p| &p.addresses),
+                        "sharing_key": outcome.allocation.sharing_key,
+                        "ports": outcome.allocation.ports,
+                        "uid": outcome.allocation.uid,
+                    });
+                    self.audit(&mut tx, now, kind, &outcome.allocation.service.to_string(), detail).await?;
+                }
+                results.push(Ok(outcome));
             }
-            Ok((outcome, true))
+            Ok((results, wrote))
         }
         .await;
         self.finish(tx, guard, generation, res).await

@@ -100,6 +100,13 @@ pub fn status_addresses(svc: &Service) -> Vec<IpAddr> {
         .unwrap_or_default()
 }
 
+/// `status.loadBalancer.ingress` for our addresses. `ipMode: VIP`: traffic to the VIP is
+/// delivered to the node as-is (L2 mode), so kube-proxy may short-circuit it in-cluster
+/// (Kubernetes >= 1.29 reads it; older servers drop the field).
+pub fn ingress(addrs: &[IpAddr]) -> Vec<serde_json::Value> {
+    addrs.iter().map(|a| serde_json::json!({"ip": a.to_string(), "ipMode": "VIP"})).collect()
+}
+
 /// Decides what `svc` needs. `ns_labels`: the labels of its namespace.
 pub fn decide(svc: &Service, ns_labels: &Labels, policy: &ClassPolicy) -> Decision {
     let meta = &svc.metadata;
@@ -207,6 +214,15 @@ mod tests {
         svc(serde_json::json!({"metadata": meta, "spec": spec}))
     }
     const P: fn() -> ClassPolicy = ClassPolicy::default;
+
+    #[test]
+    fn ingress_carries_ip_mode_vip() {
+        let v = ingress(&["192.0.2.1".parse().unwrap(), "2001:db8::1".parse().unwrap()]);
+        assert_eq!(
+            serde_json::Value::Array(v),
+            serde_json::json!([{"ip": "192.0.2.1", "ipMode": "VIP"}, {"ip": "2001:db8::1", "ipMode": "VIP"}])
+        );
+    }
 
     #[test]
     fn plain_load_balancer_is_served() {

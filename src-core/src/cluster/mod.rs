@@ -147,8 +147,7 @@ impl Ctx {
             return Ok(());
         };
         let api: Api<Service> = Api::namespaced(self.client.clone(), ns);
-        let ingress: Vec<serde_json::Value> = addrs.iter().map(|a| serde_json::json!({"ip": a.to_string()})).collect();
-        let patch = serde_json::json!({"status": {"loadBalancer": {"ingress": ingress}}});
+        let patch = serde_json::json!({"status": {"loadBalancer": {"ingress": decide::ingress(addrs)}}});
         api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
         Ok(())
     }
@@ -185,47 +184,62 @@ impl Ctx {
                 Ok(())
             }
             Decision::Allocate { request, status_addresses, warnings } => {
-                let note: Vec<String> = warnings.iter().map(ToString::to_string).collect();
-                if !note.is_empty() {
-                    self.once(svc, "warn", EventType::Warning, "InvalidAnnotation", note.join("; ")).await;
-                }
                 let started = Instant::now();
                 let res = self.store.allocate(&request, Timestamp::now(), self.quarantine).await;
                 self.metrics.allocation_seconds.observe(started.elapsed().as_secs_f64());
-                match res {
-                    Ok(o) => {
-                        let mut have = status_addresses.clone();
-                        have.sort();
-                        if have != o.allocation.addresses {
-                            self.set_status(svc, &o.allocation.addresses).await?;
-                        }
-                        if o.change != Change::Unchanged {
-                            let addrs: Vec<String> = o.allocation.addresses.iter().map(ToString::to_string).collect();
-                            info!(service = %request.service, addresses = ?addrs, pool = %o.allocation.pool, "allocated");
-                            self.event(
-                                svc,
-                                EventType::Normal,
-                                "IPAllocated",
-                                format!("Assigned {} from pool {}", addrs.join(", "), o.allocation.pool),
-                            )
-                            .await;
-                        }
-                        Ok(())
-                    }
-                    Err(StoreError::Ipam(e)) => {
-                        // Exhaustion, conflicts, addresses outside every pool: an Event,
-                        // not an error loop. A status address is kept, not renumbered.
-                        self.metrics.fail("allocation");
-                        let note = if status_addresses.is_empty() {
-                            e.to_string()
-                        } else {
-                            format!("{e}; keeping the address in the status unmanaged")
-                        };
-                        self.once(svc, "fail", EventType::Warning, "AllocationFailed", note).await;
-                        Ok(())
-                    }
-                    Err(e) => Err(ReconcileError::Store(e)),
+                let res = match res {
+                    Ok(o) => Ok(o),
+                    Err(StoreError::Ipam(e)) => Err(e),
+                    Err(e) => return Err(ReconcileError::Store(e)),
+                };
+                self.apply_outcome(svc, &status_addresses, &warnings, res).await
+            }
+        }
+    }
+
+    /// Writes what an allocation means for the Service: status, Events, warnings.
+    async fn apply_outcome(
+        &self,
+        svc: &Service,
+        status_addresses: &[IpAddr],
+        warnings: &[decide::Warning],
+        res: Result<crate::ipam::Outcome, crate::ipam::IpamError>,
+    ) -> Result<(), ReconcileError> {
+        let note: Vec<String> = warnings.iter().map(ToString::to_string).collect();
+        if !note.is_empty() {
+            self.once(svc, "warn", EventType::Warning, "InvalidAnnotation", note.join("; ")).await;
+        }
+        match res {
+            Ok(o) => {
+                let mut have = status_addresses.to_vec();
+                have.sort();
+                if have != o.allocation.addresses {
+                    self.set_status(svc, &o.allocation.addresses).await?;
                 }
+                if o.change != Change::Unchanged {
+                    let addrs: Vec<String> = o.allocation.addresses.iter().map(ToString::to_string).collect();
+                    info!(service = %o.allocation.service, addresses = ?addrs, pool = %o.allocation.pool, "allocated");
+                    self.event(
+                        svc,
+                        EventType::Normal,
+                        "IPAllocated",
+                        format!("Assigned {} from pool {}", addrs.join(", "), o.allocation.pool),
+                    )
+                    .await;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                // Exhaustion, conflicts, addresses outside every pool: an Event, not an
+                // error loop. A status address is kept, not renumbered.
+                self.metrics.fail("allocation");
+                let note = if status_addresses.is_empty() {
+                    e.to_string()
+                } else {
+                    format!("{e}; keeping the address in the status unmanaged")
+                };
+                self.once(svc, "fail", EventType::Warning, "AllocationFailed", note).await;
+                Ok(())
             }
         }
     }
@@ -428,13 +442,50 @@ async fn handle(ctx: &Ctx, w: &Work) -> Result<(), ReconcileError> {
 }
 
 /// Adopts Services whose status shows addresses, then serves the others, then releases
-/// allocations whose Service no longer exists. Returns how many Services were seen.
+/// allocations whose Service no longer exists. All allocations of the pass go through the
+/// store in one transaction. Returns how many Services were seen.
 async fn full_pass(ctx: &Ctx) -> usize {
     let all = ctx.services.state();
     let (with_status, without): (Vec<_>, Vec<_>) = all.iter().partition(|s| !decide::status_addresses(s).is_empty());
-    for svc in with_status.iter().chain(without.iter()) {
-        if let Err(e) = ctx.reconcile(svc).await {
-            warn!(service = ?key_of(svc), error = %e, "reconcile failed during the initial pass");
+    let mut batch = Vec::new();
+    for svc in with_status.into_iter().chain(without) {
+        let ns_labels = svc
+            .metadata
+            .namespace
+            .as_deref()
+            .and_then(|ns| ctx.namespaces.get(&ObjectRef::new(ns)))
+            .and_then(|n| n.metadata.labels.clone())
+            .unwrap_or_default();
+        match decide(svc, &ns_labels, &ctx.policy) {
+            Decision::Allocate { request, status_addresses, warnings } => {
+                batch.push((svc, request, status_addresses, warnings))
+            }
+            _ => {
+                if let Err(e) = ctx.reconcile(svc).await {
+                    warn!(service = ?key_of(svc), error = %e, "reconcile failed during the initial pass");
+                }
+            }
+        }
+    }
+    let requests: Vec<_> = batch.iter().map(|(_, r, _, _)| r.clone()).collect();
+    let started = Instant::now();
+    match ctx.store.allocate_many(&requests, Timestamp::now(), ctx.quarantine).await {
+        Ok(results) => {
+            ctx.metrics.allocation_seconds.observe(started.elapsed().as_secs_f64());
+            for ((svc, _, status, warnings), res) in batch.iter().zip(results) {
+                ctx.metrics.reconciles.inc();
+                if let Err(e) = ctx.apply_outcome(svc, status, warnings, res).await {
+                    warn!(service = ?key_of(svc), error = %e, "could not write the outcome during the initial pass");
+                }
+            }
+        }
+        Err(e) => {
+            warn!(error = %e, "the batched initial pass failed; reconciling services one by one");
+            for (svc, _, _, _) in &batch {
+                if let Err(e) = ctx.reconcile(svc).await {
+                    warn!(service = ?key_of(svc), error = %e, "reconcile failed during the initial pass");
+                }
+            }
         }
     }
     let existing: HashSet<ServiceKey> = all.iter().filter_map(|s| key_of(s)).collect();
