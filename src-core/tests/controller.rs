@@ -233,9 +233,11 @@ async fn services_get_addresses_events_and_are_released() {
     let Some(mut tb) = testbed("a").await else { return };
     tb.namespace("tiny", &[]).await;
     let kc = tb.kubeconfig();
-    tb.controller("c1", &kc, &[]);
+    tb.controller("c1", &kc, &["--metrics-addr", "127.0.0.1:19481"]);
     tb.wait_leading("c1").await;
     let none = serde_json::json!({});
+    assert_eq!(http("127.0.0.1:19481", "/readyz"), "leading\n");
+    assert_eq!(http("127.0.0.1:19481", "/healthz"), "ok\n");
 
     tb.create("default", "plain", none.clone(), none.clone()).await;
     let ip = tb.wait_ips("default", "plain").await;
@@ -287,10 +289,25 @@ async fn services_get_addresses_events_and_are_released() {
     assert!(tb.controllers[0].try_wait().unwrap().is_none(), "the controller is still running");
 
     // A malformed annotation warns, naming it; the Service is served anyway.
-    tb.create("default", "typo", serde_json::json!({"vipvisor.io/addresses": "192.0.2.999"}), none.clone()).await;
+    tb.create(
+        "default",
+        "typo",
+        serde_json::json!({"vipvisor.io/addresses": "192.0.2.999", "vipvisor.io/colour": "red"}),
+        none.clone(),
+    )
+    .await;
     assert!(!tb.wait_ips("default", "typo").await.is_empty());
     let note = tb.wait_event("default", "typo", "InvalidAnnotation").await;
-    assert!(note.contains("vipvisor.io/addresses") && note.contains("192.0.2.999"), "{note}");
+    assert!(
+        note.contains("vipvisor.io/addresses") && note.contains("192.0.2.999"),
+        "the malformed value is named: {note}"
+    );
+    assert!(note.contains("vipvisor.io/colour"), "the unknown annotation is named: {note}");
+
+    // A changed pools file is applied and waiting Services are served.
+    std::fs::write(tb.path("pools.yaml"), POOLS.replace("203.0.113.0/31", "203.0.113.0/30")).unwrap();
+    let t3 = tb.wait_ips("tiny", "t3").await;
+    assert!(t3[0].starts_with("203.0.113."), "t3 is served from the grown pool: {t3:?}");
 
     // Deletion and type change release.
     let allocs = tb.allocations().await;
@@ -312,8 +329,27 @@ async fn services_get_addresses_events_and_are_released() {
         tb.ips("default", "pinned").await.is_empty(),
         "a Service that is no longer a LoadBalancer loses its status"
     );
-    // t3 is served as soon as an address frees up.
-    tb.services("tiny").delete("t1", &DeleteParams::default()).await.unwrap();
+
+    let metrics = http("127.0.0.1:19481", "/metrics");
+    for m in [
+        "vipvisor_controller_reconciles_total",
+        "vipvisor_controller_reconcile_failures_total{reason=\"allocation\"}",
+        "vipvisor_controller_allocation_duration_seconds_bucket",
+        "vipvisor_controller_pool_addresses{pool=\"web\",family=\"ipv4\",state=\"used\"}",
+        "vipvisor_controller_leader 1",
+    ] {
+        assert!(metrics.contains(m), "/metrics must have {m}:\n{metrics}");
+    }
+}
+
+/// A plain HTTP GET (the controller's metrics endpoint), body only.
+fn http(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
 }
 
 #[tokio::test(flavor = "current_thread")]

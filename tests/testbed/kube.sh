@@ -80,6 +80,7 @@ start() {
     --service-account-issuer https://kubernetes.default.svc --service-account-key-file "$dir/sa.key" \
     --service-account-signing-key-file "$dir/sa.key" --service-cluster-ip-range 10.96.0.0/16 \
     --disable-admission-plugins ServiceAccount --allow-privileged=false --profiling=false \
+    --service-node-port-range 30000-62767 --max-requests-inflight 800 --max-mutating-requests-inflight 400 \
     >"$dir/apiserver.log" 2>&1 &
   echo $! >"$dir/apiserver.pid"
   local server="https://$addr:$api_port"
