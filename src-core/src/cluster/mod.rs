@@ -213,10 +213,12 @@ impl Ctx {
             Ok(o) => {
                 let mut have = status_addresses.to_vec();
                 have.sort();
-                if have != o.allocation.addresses {
+                let status_changes = have != o.allocation.addresses;
+                if status_changes {
                     self.set_status(svc, &o.allocation.addresses).await?;
                 }
-                if o.change != Change::Unchanged {
+                // Adopting what the status already shows is not news: no Event for it.
+                if o.change != Change::Unchanged && status_changes {
                     let addrs: Vec<String> = o.allocation.addresses.iter().map(ToString::to_string).collect();
                     info!(service = %o.allocation.service, addresses = ?addrs, pool = %o.allocation.pool, "allocated");
                     self.event(
