@@ -68,6 +68,12 @@ fn wait_ready(c: &Ctl, since: Instant) -> Duration {
     }
 }
 
+/// SIGTERM, as a Deployment's rolling restart does: the controller vacates its Lease.
+fn stop(c: &mut Ctl) {
+    let _ = Command::new("kill").args(["-TERM", &c.child.id().to_string()]).status();
+    let _ = c.child.wait();
+}
+
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
@@ -153,8 +159,7 @@ async fn run(d: &Path, n: usize) {
         pct(&lat, 0.99),
         lat[lat.len() - 1]
     );
-    let _ = c1.child.kill();
-    let _ = c1.child.wait();
+    stop(&mut c1);
 
     // 2. n Services that already have addresses (written here, as a previous controller would).
     let big: Api<Service> = Api::namespaced(client.clone(), "big");
@@ -193,8 +198,7 @@ async fn run(d: &Path, n: usize) {
             "startup with {n} Services, {label}: ready and idle in {ready:.2?} (target < 5 s); RSS {:.1} MiB; log grew {grew} bytes in the next 3 s",
             rss as f64 / 1024.0
         );
-        let _ = c.child.kill();
-        let _ = c.child.wait();
+        stop(&mut c);
     }
     // Nothing was renumbered.
     let list = big.list(&Default::default()).await.unwrap();

@@ -316,7 +316,11 @@ pub async fn run(
     let mut tasks = Vec::new();
     {
         let tx = work_tx.clone();
-        let stream = watcher(svc_api, watcher::Config::default()).default_backoff().reflect(svc_writer);
+        // managedFields are most of a cached Service and never read here: drop them.
+        let stream = watcher(svc_api, watcher::Config::default())
+            .default_backoff()
+            .modify(|s: &mut Service| s.metadata.managed_fields = None)
+            .reflect(svc_writer);
         tasks.push(tokio::spawn(async move {
             futures::pin_mut!(stream);
             while let Some(ev) = stream.next().await {
@@ -339,7 +343,10 @@ pub async fn run(
         }));
     }
     {
-        let stream = watcher(ns_api, watcher::Config::default()).default_backoff().reflect(ns_writer);
+        let stream = watcher(ns_api, watcher::Config::default())
+            .default_backoff()
+            .modify(|n: &mut Namespace| n.metadata.managed_fields = None)
+            .reflect(ns_writer);
         tasks.push(tokio::spawn(async move {
             futures::pin_mut!(stream);
             while let Some(ev) = stream.next().await {
