@@ -8,6 +8,7 @@ pub mod announce;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod election;
 pub mod ipam;
 pub mod model;
 pub mod store;
