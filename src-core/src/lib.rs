@@ -11,4 +11,5 @@ pub mod config;
 pub mod election;
 pub mod ipam;
 pub mod model;
+pub mod server;
 pub mod store;

@@ -126,32 +126,8 @@ pub async fn run_static(cfg: StaticConfig, shutdown: impl Future<Output = ()>) -
 }
 
 async fn serve_metrics(addr: SocketAddr, metrics: Metrics) -> Result<(), SpeakerError> {
-    use axum::routing::get;
-    let listener =
-        tokio::net::TcpListener::bind(addr).await.map_err(|source| SpeakerError::Metrics { addr, source })?;
-    let app = axum::Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let m = metrics.clone();
-                async move {
-                    (
-                        [(
-                            axum::http::header::CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        m.encode(),
-                    )
-                }
-            }),
-        )
-        .route("/healthz", get(|| async { "ok\n" }));
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            warn!(error = %e, "metrics server stopped");
-        }
-    });
-    Ok(())
+    let router = crate::server::metrics_router(move || metrics.encode());
+    crate::server::spawn(addr, router).await.map_err(|source| SpeakerError::Metrics { addr, source })
 }
 
 /// The runner: one reader task per interface, one timer task, all sharing the engine.

@@ -142,6 +142,16 @@ impl Ctx {
         self.event(svc, type_, reason, note).await;
     }
 
+    /// The labels of the Service's namespace, from the Namespace cache.
+    fn namespace_labels(&self, svc: &Service) -> crate::model::Labels {
+        svc.metadata
+            .namespace
+            .as_deref()
+            .and_then(|ns| self.namespaces.get(&ObjectRef::new(ns)))
+            .and_then(|n| n.metadata.labels.clone())
+            .unwrap_or_default()
+    }
+
     async fn set_status(&self, svc: &Service, addrs: &[IpAddr]) -> Result<(), kube::Error> {
         let (Some(ns), Some(name)) = (svc.metadata.namespace.as_deref(), svc.metadata.name.as_deref()) else {
             return Ok(());
@@ -154,14 +164,7 @@ impl Ctx {
 
     async fn reconcile(&self, svc: &Service) -> Result<(), ReconcileError> {
         self.metrics.reconciles.inc();
-        let ns_labels = svc
-            .metadata
-            .namespace
-            .as_deref()
-            .and_then(|ns| self.namespaces.get(&ObjectRef::new(ns)))
-            .and_then(|n| n.metadata.labels.clone())
-            .unwrap_or_default();
-        match decide(svc, &ns_labels, &self.policy) {
+        match decide(svc, &self.namespace_labels(svc), &self.policy) {
             Decision::Invalid(why) => {
                 warn!(%why, "skipping a Service");
                 Ok(())
@@ -458,14 +461,7 @@ async fn full_pass(ctx: &Ctx) -> usize {
     let (with_status, without): (Vec<_>, Vec<_>) = all.iter().partition(|s| !decide::status_addresses(s).is_empty());
     let mut batch = Vec::new();
     for svc in with_status.into_iter().chain(without) {
-        let ns_labels = svc
-            .metadata
-            .namespace
-            .as_deref()
-            .and_then(|ns| ctx.namespaces.get(&ObjectRef::new(ns)))
-            .and_then(|n| n.metadata.labels.clone())
-            .unwrap_or_default();
-        match decide(svc, &ns_labels, &ctx.policy) {
+        match decide(svc, &ctx.namespace_labels(svc), &ctx.policy) {
             Decision::Allocate { request, status_addresses, warnings } => {
                 batch.push((svc, request, status_addresses, warnings))
             }
@@ -558,45 +554,20 @@ async fn watch_pools_file(
 
 async fn serve(addr: SocketAddr, metrics: Metrics, phase: watch::Receiver<Phase>) -> anyhow::Result<()> {
     use axum::http::StatusCode;
-    use axum::routing::get;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr}: {e}"))?;
-    let app = axum::Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let m = metrics.clone();
-                async move {
-                    (
-                        [(
-                            axum::http::header::CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        m.encode(),
-                    )
+    let router = crate::server::metrics_router(move || metrics.encode()).route(
+        "/readyz",
+        axum::routing::get(move || {
+            let p = *phase.borrow();
+            async move {
+                match p {
+                    Phase::Starting => (StatusCode::SERVICE_UNAVAILABLE, "starting\n"),
+                    Phase::Standby => (StatusCode::OK, "standby\n"),
+                    Phase::Leading => (StatusCode::OK, "leading\n"),
                 }
-            }),
-        )
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route(
-            "/readyz",
-            get(move || {
-                let p = *phase.borrow();
-                async move {
-                    match p {
-                        Phase::Starting => (StatusCode::SERVICE_UNAVAILABLE, "starting\n"),
-                        Phase::Standby => (StatusCode::OK, "standby\n"),
-                        Phase::Leading => (StatusCode::OK, "leading\n"),
-                    }
-                }
-            }),
-        );
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            warn!(error = %e, "metrics server stopped");
-        }
-    });
+            }
+        }),
+    );
+    crate::server::spawn(addr, router).await.map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr}: {e}"))?;
     debug!(%addr, "serving metrics");
     Ok(())
 }
