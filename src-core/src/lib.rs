@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod config;
 pub mod election;
 pub mod ipam;
+pub mod membership;
 pub mod model;
 pub mod server;
 pub mod store;
