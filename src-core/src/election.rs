@@ -65,6 +65,15 @@ pub fn owner(vip: &VipFacts, nodes: &[NodeFacts]) -> Option<String> {
     rank(vip, nodes).first().map(|n| n.name.clone())
 }
 
+/// The owner when some candidates are still within their hold time after (re)joining:
+/// the best-ranked *settled* candidate, or the best-ranked candidate if none is settled.
+/// `settled` must be computed from facts every member shares (e.g. each member's start
+/// time), so that every speaker picks the same owner.
+pub fn owner_with_hold(vip: &VipFacts, nodes: &[NodeFacts], settled: impl Fn(&NodeFacts) -> bool) -> Option<String> {
+    let ranked = rank(vip, nodes);
+    ranked.iter().find(|n| settled(n)).or(ranked.first()).map(|n| n.name.clone())
+}
+
 /// Owners with memory, so ownership moves only when facts change, and a returning node
 /// takes its VIPs back only after `hold`.
 #[derive(Debug, Clone, Default)]
@@ -144,6 +153,17 @@ mod tests {
             *count.entry(owner(&vip(&format!("2001:db8::{i:x}")), &nodes).unwrap()).or_default() += 1;
         }
         assert!(count.values().all(|c| *c > 60), "300 VIPs over 3 nodes should spread: {count:?}");
+    }
+
+    #[test]
+    fn settled_nodes_are_preferred() {
+        let nodes = vec![node("a"), node("b"), node("c")];
+        let v = vip("192.0.2.7");
+        let best = owner(&v, &nodes).unwrap();
+        assert_eq!(owner_with_hold(&v, &nodes, |_| false), Some(best.clone()), "nobody settled: plain ranking");
+        let other = owner_with_hold(&v, &nodes, |n| n.name != best).unwrap();
+        assert_ne!(other, best, "a node within its hold time does not take the VIP from settled ones");
+        assert_eq!(owner_with_hold(&v, &nodes, |_| true), Some(best));
     }
 
     #[test]

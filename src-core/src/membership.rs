@@ -5,7 +5,6 @@
 //! foca does no I/O: this module owns the socket and the timers and feeds foca datagrams
 //! and timer events; foca's member up/down notifications become a `watch` of live names.
 
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::Arc;
@@ -26,6 +25,8 @@ pub struct NodeId {
     pub name: String,
     pub addr: SocketAddr,
     pub generation: u64,
+    /// When this member started (Unix ms): lets every member agree on who is "settled".
+    pub started_ms: i64,
 }
 
 impl foca::Identity for NodeId {
@@ -118,10 +119,13 @@ fn config(t: GossipTiming) -> foca::Config {
     c
 }
 
-/// A running member: `live()` is the set of live member names, ourselves included.
+/// Live members: name → start time (Unix ms), ourselves included.
+pub type Live = std::collections::BTreeMap<String, i64>;
+
+/// A running member: `live()` is the set of live members, ourselves included.
 #[derive(Debug)]
 pub struct Membership {
-    live: watch::Receiver<BTreeSet<String>>,
+    live: watch::Receiver<Live>,
     /// `true`: leave gracefully; `false`: stop dead, as a crash would.
     stop: mpsc::UnboundedSender<bool>,
     pub local: SocketAddr,
@@ -138,13 +142,14 @@ impl Membership {
     ) -> Result<Membership, MembershipError> {
         let sock = UdpSocket::bind(bind).await.map_err(|source| MembershipError::Bind { addr: bind, source })?;
         let local = sock.local_addr().map_err(|source| MembershipError::Bind { addr: bind, source })?;
-        let me = NodeId { name: name.to_owned(), addr: local, generation: 0 };
-        let (live_tx, live_rx) = watch::channel(BTreeSet::from([name.to_owned()]));
+        let started_ms = crate::model::Timestamp::now().0;
+        let me = NodeId { name: name.to_owned(), addr: local, generation: 0, started_ms };
+        let (live_tx, live_rx) = watch::channel(Live::from([(name.to_owned(), started_ms)]));
         let (stop_tx, stop_rx) = mpsc::unbounded_channel::<bool>();
         tokio::spawn(run(Arc::new(sock), me, peers, sealer, timing, live_tx, stop_rx));
         Ok(Membership { live: live_rx, stop: stop_tx, local })
     }
-    pub fn live(&self) -> watch::Receiver<BTreeSet<String>> {
+    pub fn live(&self) -> watch::Receiver<Live> {
         self.live.clone()
     }
     /// Announces our departure and stops.
@@ -169,7 +174,7 @@ async fn run(
     peers: Vec<SocketAddr>,
     sealer: Sealer,
     timing: GossipTiming,
-    live_tx: watch::Sender<BTreeSet<String>>,
+    live_tx: watch::Sender<Live>,
     mut stop: mpsc::UnboundedReceiver<bool>,
 ) {
     let rng: rand::rngs::StdRng = rand::make_rng();
@@ -178,7 +183,7 @@ async fn run(
     let (timer_tx, mut timer_rx) = mpsc::unbounded_channel::<Timer<NodeId>>();
     for p in peers.into_iter().filter(|p| *p != me.addr) {
         // The peer's name is learnt from its answer; the address is what matters to join.
-        let probe = NodeId { name: String::new(), addr: p, generation: 0 };
+        let probe = NodeId { name: String::new(), addr: p, generation: 0, started_ms: 0 };
         if let Err(e) = foca.announce(probe, &mut rt) {
             warn!(error = %e, peer = %p, "cannot announce to a peer");
         }
@@ -221,7 +226,7 @@ async fn flush(
     timers: &mpsc::UnboundedSender<Timer<NodeId>>,
     foca: &mut Foca<NodeId, PostcardCodec, rand::rngs::StdRng, foca::NoCustomBroadcast>,
     me: &NodeId,
-    live: &watch::Sender<BTreeSet<String>>,
+    live: &watch::Sender<Live>,
 ) {
     while let Some((to, data)) = rt.to_send() {
         let _ = sock.send_to(&sealer.seal(&data), to.addr).await;
@@ -238,9 +243,12 @@ async fn flush(
         changed |= matches!(n, foca::OwnedNotification::MemberUp(_) | foca::OwnedNotification::MemberDown(_));
     }
     if changed {
-        let mut names: BTreeSet<String> =
-            foca.iter_members().map(|m| m.id().name.clone()).filter(|n| !n.is_empty()).collect();
-        names.insert(me.name.clone());
+        let mut names: Live = foca
+            .iter_members()
+            .map(|m| (m.id().name.clone(), m.id().started_ms))
+            .filter(|(n, _)| !n.is_empty())
+            .collect();
+        names.insert(me.name.clone(), me.started_ms);
         debug!(members = ?names, "membership changed");
         live.send_replace(names);
     }
@@ -271,6 +279,7 @@ mod tests {
 #[cfg(test)]
 mod udp_tests {
     use super::*;
+    use std::collections::BTreeSet;
     use std::time::Instant;
 
     async fn wait_for(m: &Membership, want: &[&str], limit: Duration) -> Duration {
@@ -278,7 +287,7 @@ mod udp_tests {
         let start = Instant::now();
         let mut rx = m.live();
         loop {
-            if *rx.borrow() == want {
+            if rx.borrow().keys().cloned().collect::<BTreeSet<_>>() == want {
                 return start.elapsed();
             }
             let left = limit.saturating_sub(start.elapsed());
@@ -308,12 +317,9 @@ mod udp_tests {
         let stranger =
             Membership::start("d", any, vec![a.local, b.local], Sealer::new(b"wrong").unwrap(), t).await.unwrap();
         tokio::time::sleep(Duration::from_millis(800)).await;
-        assert_eq!(
-            *a.live().borrow(),
-            BTreeSet::from(["a".to_string(), "b".to_string()]),
-            "d has the wrong key: not a member"
-        );
-        assert_eq!(*stranger.live().borrow(), BTreeSet::from(["d".to_string()]), "and d sees nobody");
+        let names = |m: &Membership| m.live().borrow().keys().cloned().collect::<Vec<_>>();
+        assert_eq!(names(&a), vec!["a", "b"], "d has the wrong key: not a member");
+        assert_eq!(names(&stranger), vec!["d"], "and d sees nobody");
         b.leave();
         wait_for(&a, &["a"], Duration::from_secs(3)).await;
     }

@@ -18,7 +18,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use tokio::sync::{mpsc, Notify};
+use std::collections::HashMap;
+
+use tokio::sync::{mpsc, watch, Notify};
 use tracing::{info, warn};
 
 use engine::{Engine, Event, Iface, Output, Timing};
@@ -26,6 +28,15 @@ use link::{LinkError, LinkInfo};
 use metrics::Metrics;
 use sys::{Link, Multicast, PacketSocket};
 use wire::Mac;
+
+/// A VIP this node should announce now, on interface `iface`. `takeover`: another group
+/// member owned it before, so it is announced at once without a probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owned {
+    pub vip: IpAddr,
+    pub iface: usize,
+    pub takeover: bool,
+}
 
 /// Static mode: fixed interfaces and VIPs, no Kubernetes.
 #[derive(Debug, Clone)]
@@ -182,6 +193,20 @@ impl<L: Link> Speaker<L> {
         vips: Vec<(IpAddr, usize)>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), SpeakerError> {
+        let owned = vips.into_iter().map(|(vip, iface)| Owned { vip, iface, takeover: false }).collect();
+        let (_tx, rx) = watch::channel(owned);
+        self.run_owned(rx, true, shutdown).await
+    }
+
+    /// Announces whatever `owned` says this node owns now, adding and removing VIPs as it
+    /// changes, until `shutdown`. `exit_on_conflict`: a conflict found while probing ends
+    /// the run with an error (static mode); otherwise it is reported and the VIP waits.
+    pub async fn run_owned(
+        &self,
+        mut owned: watch::Receiver<Vec<Owned>>,
+        exit_on_conflict: bool,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), SpeakerError> {
         let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
         let mut tasks = Vec::new();
         for i in 0..self.links.len() {
@@ -226,27 +251,34 @@ impl<L: Link> Speaker<L> {
                 }
             }));
         }
-        let now = Instant::now();
-        let mut first = Output::default();
-        {
-            let mut e = lock(&self.engine);
-            for (vip, i) in &vips {
-                let o = e.add_vip(*vip, *i, now, false);
-                first.frames.extend(o.frames);
-                first.events.extend(o.events);
-            }
-        }
+        let mut current: HashMap<IpAddr, usize> = HashMap::new();
+        let first = owned.borrow_and_update().clone();
+        let out = self.apply_owned(&mut current, &first);
         self.wake.notify_one();
-        dispatch(&self.links, first, &tx).await;
+        dispatch(&self.links, out, &tx).await;
         tokio::pin!(shutdown);
+        let mut owned_open = true;
         let result = loop {
             tokio::select! {
                 () = &mut shutdown => break Ok(()),
                 ev = rx.recv() => {
                     let Some(ev) = ev else { break Ok(()) };
                     if let Some(err) = self.on_event(ev) {
-                        break Err(err);
+                        if exit_on_conflict {
+                            break Err(err);
+                        }
                     }
+                }
+                r = owned.changed(), if owned_open => {
+                    if r.is_err() {
+                        // Nobody will change the set any more: keep announcing it.
+                        owned_open = false;
+                        continue;
+                    }
+                    let list = owned.borrow_and_update().clone();
+                    let out = self.apply_owned(&mut current, &list);
+                    self.wake.notify_one();
+                    dispatch(&self.links, out, &tx).await;
                 }
             }
         };
@@ -254,6 +286,34 @@ impl<L: Link> Speaker<L> {
             t.abort();
         }
         result
+    }
+
+    /// Makes the engine announce exactly `list`: removed VIPs stop at once, new ones start
+    /// (probing first unless they are a takeover).
+    fn apply_owned(&self, current: &mut HashMap<IpAddr, usize>, list: &[Owned]) -> Output {
+        let now = Instant::now();
+        let mut out = Output::default();
+        let mut e = lock(&self.engine);
+        let wanted: HashMap<IpAddr, &Owned> = list.iter().map(|o| (o.vip, o)).collect();
+        current.retain(|vip, _| {
+            let keep = wanted.contains_key(vip);
+            if !keep {
+                e.remove_vip(vip);
+                info!(%vip, "no longer the owner: stopped answering");
+            }
+            keep
+        });
+        for o in list {
+            if current.insert(o.vip, o.iface).is_none() {
+                let r = e.add_vip(o.vip, o.iface, now, o.takeover);
+                out.frames.extend(r.frames);
+                out.events.extend(r.events);
+                if o.takeover {
+                    info!(vip = %o.vip, "took over");
+                }
+            }
+        }
+        out
     }
 
     fn on_event(&self, ev: Event) -> Option<SpeakerError> {
