@@ -217,6 +217,22 @@ pub struct SpeakerArgs {
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9472).
     #[arg(long)]
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Group mode: a peer's gossip address (repeat). Every member gets the same --vip list
+    /// and one owner announces each VIP.
+    #[arg(long = "join")]
+    pub join: Vec<std::net::SocketAddr>,
+    /// File holding the group's shared secret (e.g. `head -c 32 /dev/urandom | base64`).
+    #[arg(long)]
+    pub gossip_key_file: Option<PathBuf>,
+    /// UDP port of the gossip protocol.
+    #[arg(long, default_value_t = 7946)]
+    pub gossip_port: u16,
+    /// Address to bind gossip to (default: the interface's first address).
+    #[arg(long)]
+    pub gossip_bind: Option<IpAddr>,
+    /// A member takes VIPs from others only after it has been up this long (no flapping).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub hold_time: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -345,7 +361,25 @@ async fn run_speaker(a: &SpeakerArgs) -> anyhow::Result<()> {
         },
         metrics_addr: a.metrics_addr,
     };
-    crate::announce::run_static(cfg, shutdown_signal()).await?;
+    let group = match (&a.gossip_key_file, a.join.is_empty()) {
+        (None, true) => None,
+        (None, false) => anyhow::bail!("--join needs --gossip-key-file: the group's gossip is authenticated"),
+        (Some(path), _) => {
+            let secret = std::fs::read(path)
+                .map_err(|e| anyhow::anyhow!("cannot read --gossip-key-file {}: {e}", path.display()))?;
+            Some(crate::announce::GroupConfig {
+                bind: a.gossip_bind,
+                port: a.gossip_port,
+                join: a.join.clone(),
+                sealer: crate::membership::Sealer::new(&secret)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+                timing: crate::membership::GossipTiming::default(),
+                hold: a.hold_time,
+                settle: Duration::from_secs(1),
+            })
+        }
+    };
+    crate::announce::run_static(cfg, group, shutdown_signal()).await?;
     Ok(())
 }
 

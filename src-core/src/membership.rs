@@ -27,6 +27,8 @@ pub struct NodeId {
     pub generation: u64,
     /// When this member started (Unix ms): lets every member agree on who is "settled".
     pub started_ms: i64,
+    /// The MACs it announces with: its frames are a fellow member's, not a conflict.
+    pub macs: Vec<[u8; 6]>,
 }
 
 impl foca::Identity for NodeId {
@@ -119,8 +121,16 @@ fn config(t: GossipTiming) -> foca::Config {
     c
 }
 
-/// Live members: name → start time (Unix ms), ourselves included.
-pub type Live = std::collections::BTreeMap<String, i64>;
+/// What the group knows about a live member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberInfo {
+    /// Start time (Unix ms).
+    pub started_ms: i64,
+    pub macs: Vec<[u8; 6]>,
+}
+
+/// Live members by name, ourselves included.
+pub type Live = std::collections::BTreeMap<String, MemberInfo>;
 
 /// A running member: `live()` is the set of live members, ourselves included.
 #[derive(Debug)]
@@ -135,6 +145,7 @@ impl Membership {
     /// Binds `bind`, joins through `peers`, and runs until dropped or [`Membership::leave`].
     pub async fn start(
         name: &str,
+        macs: Vec<[u8; 6]>,
         bind: SocketAddr,
         peers: Vec<SocketAddr>,
         sealer: Sealer,
@@ -143,8 +154,8 @@ impl Membership {
         let sock = UdpSocket::bind(bind).await.map_err(|source| MembershipError::Bind { addr: bind, source })?;
         let local = sock.local_addr().map_err(|source| MembershipError::Bind { addr: bind, source })?;
         let started_ms = crate::model::Timestamp::now().0;
-        let me = NodeId { name: name.to_owned(), addr: local, generation: 0, started_ms };
-        let (live_tx, live_rx) = watch::channel(Live::from([(name.to_owned(), started_ms)]));
+        let me = NodeId { name: name.to_owned(), addr: local, generation: 0, started_ms, macs: macs.clone() };
+        let (live_tx, live_rx) = watch::channel(Live::from([(name.to_owned(), MemberInfo { started_ms, macs })]));
         let (stop_tx, stop_rx) = mpsc::unbounded_channel::<bool>();
         tokio::spawn(run(Arc::new(sock), me, peers, sealer, timing, live_tx, stop_rx));
         Ok(Membership { live: live_rx, stop: stop_tx, local })
@@ -183,7 +194,7 @@ async fn run(
     let (timer_tx, mut timer_rx) = mpsc::unbounded_channel::<Timer<NodeId>>();
     for p in peers.into_iter().filter(|p| *p != me.addr) {
         // The peer's name is learnt from its answer; the address is what matters to join.
-        let probe = NodeId { name: String::new(), addr: p, generation: 0, started_ms: 0 };
+        let probe = NodeId { name: String::new(), addr: p, generation: 0, started_ms: 0, macs: vec![] };
         if let Err(e) = foca.announce(probe, &mut rt) {
             warn!(error = %e, peer = %p, "cannot announce to a peer");
         }
@@ -245,10 +256,10 @@ async fn flush(
     if changed {
         let mut names: Live = foca
             .iter_members()
-            .map(|m| (m.id().name.clone(), m.id().started_ms))
+            .map(|m| (m.id().name.clone(), MemberInfo { started_ms: m.id().started_ms, macs: m.id().macs.clone() }))
             .filter(|(n, _)| !n.is_empty())
             .collect();
-        names.insert(me.name.clone(), me.started_ms);
+        names.insert(me.name.clone(), MemberInfo { started_ms: me.started_ms, macs: me.macs.clone() });
         debug!(members = ?names, "membership changed");
         live.send_replace(names);
     }
@@ -303,9 +314,9 @@ mod udp_tests {
         let key = Sealer::new(b"group secret").unwrap();
         let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let t = GossipTiming::default();
-        let a = Membership::start("a", any, vec![], key.clone(), t).await.unwrap();
-        let b = Membership::start("b", any, vec![a.local], key.clone(), t).await.unwrap();
-        let c = Membership::start("c", any, vec![a.local], key.clone(), t).await.unwrap();
+        let a = Membership::start("a", vec![], any, vec![], key.clone(), t).await.unwrap();
+        let b = Membership::start("b", vec![], any, vec![a.local], key.clone(), t).await.unwrap();
+        let c = Membership::start("c", vec![], any, vec![a.local], key.clone(), t).await.unwrap();
         for m in [&a, &b, &c] {
             wait_for(m, &["a", "b", "c"], Duration::from_secs(5)).await;
         }
@@ -314,8 +325,9 @@ mod udp_tests {
         let seen_b = wait_for(&b, &["a", "b"], Duration::from_secs(3)).await;
         eprintln!("crash of c seen by a after {seen_a:?}, by b after {seen_b:?}");
 
-        let stranger =
-            Membership::start("d", any, vec![a.local, b.local], Sealer::new(b"wrong").unwrap(), t).await.unwrap();
+        let stranger = Membership::start("d", vec![], any, vec![a.local, b.local], Sealer::new(b"wrong").unwrap(), t)
+            .await
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(800)).await;
         let names = |m: &Membership| m.live().borrow().keys().cloned().collect::<Vec<_>>();
         assert_eq!(names(&a), vec!["a", "b"], "d has the wrong key: not a member");

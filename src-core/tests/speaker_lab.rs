@@ -48,6 +48,10 @@ struct Lab {
 }
 
 fn lab(tag: &str) -> Option<Lab> {
+    lab_n(tag, 2)
+}
+
+fn lab_n(tag: &str, nodes: usize) -> Option<Lab> {
     if let Some(why) = missing_requirements() {
         if std::env::var_os("CI").is_some() {
             panic!("speaker lab test {tag} cannot run in CI: {why}");
@@ -57,7 +61,7 @@ fn lab(tag: &str) -> Option<Lab> {
     }
     let serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let prefix = format!("v{}{}", tag, std::process::id() % 1000);
-    let st = Command::new(lab_script()).args(["up", &prefix, "2"]).status().unwrap();
+    let st = Command::new(lab_script()).args(["up", &prefix, &nodes.to_string()]).status().unwrap();
     assert!(st.success(), "lab setup failed");
     Some(Lab { prefix, procs: Vec::new(), dir: tempfile::tempdir().unwrap(), _serial: serial })
 }
@@ -100,14 +104,31 @@ impl Lab {
     }
     /// Starts a speaker on `host` for `vips`, with metrics on 127.0.0.1:9472 in its netns.
     fn speaker(&mut self, host: &str, vips: &[&str]) -> Speaker {
+        self.speaker_with(host, vips, &[])
+    }
+    fn speaker_with(&mut self, host: &str, vips: &[&str], extra: &[&str]) -> Speaker {
         let log = self.dir.path().join(format!("speaker-{host}-{}.log", self.procs.len()));
         let mut args =
             vec![VIPVISOR, "speaker", "--interface", "eth0", "--node-name", host, "--metrics-addr", "127.0.0.1:9472"];
         for v in vips {
             args.extend(["--vip", v]);
         }
+        args.extend_from_slice(extra);
         let child = self.spawn(host, &args, &log);
+        self.procs.push(Command::new("true").spawn().unwrap()); // keeps log names unique
         Speaker { child, log, ns: self.ns(host) }
+    }
+    /// Lets a node's kernel answer traffic to `vip` (as kube-proxy would) without adding
+    /// it to the NIC and without answering ARP for it (arp_ignore=1).
+    fn accept_vip(&self, host: &str, vip: &str) {
+        let _ = self.run(host, &["sysctl", "-qw", "net.ipv4.conf.all.arp_ignore=1", "net.ipv4.conf.eth0.arp_ignore=1"]);
+        let out = self.run(host, &["ip", "route", "add", "local", &format!("{vip}/32"), "dev", "lo"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    /// The MAC the client resolves `vip` to with a fresh `arping`.
+    fn owner_mac(&self, vip: &str) -> Option<String> {
+        let out = self.stdout("c", &["arping", "-c", "1", "-w", "2", "-I", "eth0", vip]);
+        out.split('[').nth(1).and_then(|s| s.split(']').next()).map(str::to_lowercase)
     }
     /// Starts tcpdump on `host` eth0 writing a pcap; stop with `stop_capture`.
     fn capture(&mut self, host: &str, filter: &str) -> (Child, PathBuf) {
@@ -399,4 +420,95 @@ fn bad_configuration_gives_clear_errors() {
     );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("CAP_NET_RAW"), "missing capability must be named: {err}");
+}
+
+/// Static group mode: three speakers share a VIP; the owner's death (speaker SIGKILL, or
+/// its switch port unplugged) moves the VIP to another member, and afterwards exactly one
+/// node answers; a speaker with the wrong gossip key cannot join or cause a failover.
+#[test]
+fn group_fails_over_and_keeps_strangers_out() {
+    let Some(mut lab) = lab_n("g", 3) else { return };
+    let key = lab.dir.path().join("gossip.key");
+    std::fs::write(&key, "c2VjcmV0LWdyb3VwLWtleS1mb3ItdGhlLWxhYi10ZXN0Cg==\n").unwrap();
+    let key_s = key.display().to_string();
+    let mut speakers = Vec::new();
+    for n in 1..=3 {
+        lab.accept_vip(&format!("n{n}"), VIP4);
+        let mut extra = vec!["--gossip-key-file", key_s.as_str()];
+        let joins: Vec<String> = (1..=3).filter(|m| *m != n).map(|m| format!("192.0.2.1{m}:7946")).collect();
+        for j in &joins {
+            extra.extend(["--join", j.as_str()]);
+        }
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let refs: Vec<&str> = extra.iter().map(String::as_str).collect();
+        speakers.push(lab.speaker_with(&format!("n{n}"), &[VIP4], &refs));
+    }
+    let macs = ["02:00:00:00:00:11", "02:00:00:00:00:12", "02:00:00:00:00:13"];
+    wait_until(Duration::from_secs(5), || lab.owner_mac(VIP4).is_some(), "a group member to announce the VIP");
+    std::thread::sleep(Duration::from_millis(500));
+    let first = lab.owner_mac(VIP4).unwrap();
+    let owner = macs.iter().position(|m| *m == first).unwrap_or_else(|| panic!("unknown owner MAC {first}"));
+
+    // 1. SIGKILL the owner's speaker: another member answers within a second.
+    let _ = speakers[owner].child.kill();
+    let _ = speakers[owner].child.wait();
+    wait_until(
+        Duration::from_secs(3),
+        || lab.owner_mac(VIP4).is_some_and(|m| m != first),
+        "another member to take over after the owner's speaker died",
+    );
+    let second = lab.owner_mac(VIP4).unwrap();
+    let owner2 = macs.iter().position(|m| *m == second).unwrap();
+
+    // 2. Unplug the new owner's switch port while the client pings: the client keeps
+    //    reaching the VIP on the last member.
+    let ping = std::thread::spawn({
+        let ns = lab.ns("c");
+        move || {
+            Command::new("ip")
+                .args(["netns", "exec", &ns, "ping", "-D", "-i", "0.01", "-c", "300", "-W", "0.2", VIP4])
+                .output()
+                .unwrap()
+        }
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    let st = Command::new(lab_script()).args(["detach", &lab.prefix, &(owner2 + 1).to_string()]).status().unwrap();
+    assert!(st.success());
+    let out = ping.join().unwrap();
+    let times: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("bytes from"))
+        .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse().ok())
+        .collect();
+    let gap = times.windows(2).map(|w| w[1] - w[0]).fold(0.0f64, f64::max);
+    let after = times.last().copied().unwrap_or(0.0) - times.first().copied().unwrap_or(0.0);
+    assert!(after > 2.0, "the client kept reaching the VIP after the unplug ({} replies)", times.len());
+    assert!(gap < 2.0, "the outage lasted {gap:.3} s");
+    eprintln!("unplugged owner: client-side gap {gap:.3} s");
+    let last = 3 - owner - owner2; // the remaining member's index (0+1+2 = 3)
+    assert_eq!(lab.owner_mac(VIP4).as_deref(), Some(macs[last]), "the last member answers");
+    let arping = lab.stdout("c", &["arping", "-c", "3", "-w", "4", "-I", "eth0", VIP4]);
+    let answerers: std::collections::BTreeSet<&str> =
+        arping.lines().filter_map(|l| l.split('[').nth(1)?.split(']').next()).collect();
+    assert_eq!(answerers.len(), 1, "exactly one node answers once the transition settled: {arping}");
+
+    // 3. A speaker with another key on the (former owner's) node 1 slot cannot join: it
+    //    finds a conflict and stays quiet, and the owner does not change.
+    let wrong = lab.dir.path().join("wrong.key");
+    std::fs::write(&wrong, "another-key\n").unwrap();
+    let wrong_s = wrong.display().to_string();
+    let stranger_host = format!("n{}", owner + 1);
+    let join = format!("192.0.2.1{}:7946", last + 1);
+    let stranger = lab.speaker_with(
+        &stranger_host,
+        &[VIP4],
+        &["--gossip-key-file", &wrong_s, "--join", &join, "--gossip-port", "7947"],
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(lab.owner_mac(VIP4).as_deref(), Some(macs[last]), "the stranger caused no failover");
+    let log = stranger.log();
+    assert!(log.contains("conflict"), "the stranger sees the VIP in use and does not announce: {log}");
+    assert!(!log.contains(": announced vip="), "the stranger never announced the VIP: {log}");
+    drop(stranger);
+    drop(speakers);
 }

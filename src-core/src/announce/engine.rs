@@ -86,6 +86,8 @@ pub struct Engine {
     timing: Timing,
     vips: HashMap<IpAddr, Vip>,
     metrics: Metrics,
+    /// MACs of fellow group members: their frames for our VIPs are handovers, not conflicts.
+    friends: std::collections::HashSet<Mac>,
 }
 
 /// RFC 5227 DEFEND_INTERVAL: at most one defence per VIP per 10 s.
@@ -93,7 +95,7 @@ const DEFEND_INTERVAL: Duration = Duration::from_secs(10);
 
 impl Engine {
     pub fn new(ifaces: Vec<Iface>, timing: Timing, metrics: Metrics) -> Self {
-        Engine { ifaces, timing, vips: HashMap::new(), metrics }
+        Engine { ifaces, timing, vips: HashMap::new(), metrics, friends: Default::default() }
     }
 
     pub fn iface(&self, i: usize) -> &Iface {
@@ -136,6 +138,11 @@ impl Engine {
         };
         self.vips.insert(vip, Vip { iface, state });
         out
+    }
+
+    /// Sets the MACs of the other members of our group.
+    pub fn set_friends(&mut self, macs: impl IntoIterator<Item = Mac>) {
+        self.friends = macs.into_iter().collect();
     }
 
     /// Stops answering for `vip` at once; no goodbye traffic.
@@ -401,6 +408,9 @@ impl Engine {
     }
 
     fn conflict(&mut self, vip: IpAddr, iface: usize, other: Mac, proto: Proto, out: &mut Output) {
+        if self.friends.contains(&other) {
+            return;
+        }
         self.metrics.conflict(&self.ifaces[iface].name, proto);
         let announced = self.timing.allow_conflicts;
         out.events.push(Event::Conflict { vip, iface, other, announced });
@@ -581,6 +591,21 @@ mod tests {
         assert_eq!(out.frames.len(), 2, "an owner defends with one gratuitous round");
         let out = e.on_frame(0, &answer, t0 + Duration::from_secs(1));
         assert!(out.frames.is_empty(), "but not more than once per 10 s");
+    }
+
+    #[test]
+    fn group_members_are_not_conflicts() {
+        let (mut e, m) = engine(Timing::default());
+        e.set_friends([OTHER]);
+        let t0 = Instant::now();
+        let a = IpAddr::V4(v4("192.0.2.100"));
+        e.add_vip(a, 0, t0, false);
+        let out = e.on_frame(0, &wire::garp_reply(OTHER, v4("192.0.2.100")), t0);
+        assert!(out.events.is_empty(), "a fellow member's announcement is a handover, not a conflict");
+        assert!(e.on_frame(0, &wire::arp_probe(OTHER, v4("192.0.2.100")), t0).events.is_empty());
+        assert_eq!(m.conflicts("eth0", Proto::Arp), 0);
+        let stranger = Mac([2, 0, 0x5e, 0, 0, 0x99]);
+        assert!(!e.on_frame(0, &wire::garp_reply(stranger, v4("192.0.2.100")), t0).events.is_empty());
     }
 
     #[test]

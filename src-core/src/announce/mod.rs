@@ -66,6 +66,8 @@ pub enum SpeakerError {
     Multicast { vip: IpAddr, iface: String, source: std::io::Error },
     #[error("cannot serve metrics on {addr}: {source}")]
     Metrics { addr: SocketAddr, source: std::io::Error },
+    #[error("gossip: {0}")]
+    Gossip(String),
     #[error("address conflict: {vip} is already in use by {other} on {iface}; not announcing it (pass --allow-conflicts to announce anyway)")]
     Conflict { vip: IpAddr, iface: String, other: Mac },
 }
@@ -97,7 +99,11 @@ pub fn place_vips(links: &[LinkInfo], vips: &[IpAddr]) -> Result<Vec<(IpAddr, us
 }
 
 /// Runs a static speaker until `shutdown` completes (Ok) or a conflict stops it (Err).
-pub async fn run_static(cfg: StaticConfig, shutdown: impl Future<Output = ()>) -> Result<(), SpeakerError> {
+pub async fn run_static(
+    cfg: StaticConfig,
+    group: Option<GroupConfig>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), SpeakerError> {
     let links: Vec<LinkInfo> = cfg.interfaces.iter().map(|n| link::lookup(n)).collect::<Result<_, _>>()?;
     let placed = place_vips(&links, &cfg.vips)?;
     let mut sockets = Vec::new();
@@ -126,13 +132,118 @@ pub async fn run_static(cfg: StaticConfig, shutdown: impl Future<Output = ()>) -
     info!(node = %cfg.node_name, interfaces = ?cfg.interfaces, vips = placed.len(), "speaker starting");
     let ifaces = links.iter().map(|l| Iface { name: l.name.clone(), mac: l.mac }).collect();
     let speaker = Speaker::new(ifaces, sockets, cfg.timing, metrics);
-    let result = speaker.run(placed.clone(), shutdown).await;
+    let result = match group {
+        None => speaker.run(placed.clone(), shutdown).await,
+        Some(g) => run_group(&speaker, &cfg.node_name, &links, &placed, g, shutdown).await,
+    };
     for (vip, i) in &placed {
         if let IpAddr::V6(v6) = vip {
             let _ = groups[*i].leave(wire::solicited_node(*v6));
         }
     }
     info!("speaker stopped");
+    result
+}
+
+/// Group mode: speakers that share the VIP list; each VIP is announced by one owner, chosen
+/// by [`crate::election`] over the live members of the gossip group.
+#[derive(Debug, Clone)]
+pub struct GroupConfig {
+    /// Gossip address to bind; default: the first IPv4 (else IPv6) address of the first
+    /// interface, on `port`.
+    pub bind: Option<IpAddr>,
+    pub port: u16,
+    pub join: Vec<SocketAddr>,
+    pub sealer: crate::membership::Sealer,
+    pub timing: crate::membership::GossipTiming,
+    /// A (re)joining member takes VIPs from others only after it has been up this long.
+    pub hold: std::time::Duration,
+    /// How long to wait for the group before deciding ownership alone.
+    pub settle: std::time::Duration,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_group(
+    speaker: &Speaker<PacketSocket>,
+    me: &str,
+    links: &[LinkInfo],
+    placed: &[(IpAddr, usize)],
+    g: GroupConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), SpeakerError> {
+    use crate::election::{owner_with_hold, NodeFacts, VipFacts};
+    let bind_ip = g
+        .bind
+        .or_else(|| {
+            links.first().and_then(|l| l.subnets.iter().find(|n| n.is_ipv4()).or(l.subnets.first()).map(|n| n.ip()))
+        })
+        .ok_or_else(|| {
+            SpeakerError::Gossip(
+                "no address to bind gossip to; expected --gossip-bind or an address on the interface".into(),
+            )
+        })?;
+    let bind = SocketAddr::new(bind_ip, g.port);
+    let macs: Vec<[u8; 6]> = links.iter().map(|l| l.mac.0).collect();
+    let membership = crate::membership::Membership::start(me, macs, bind, g.join.clone(), g.sealer.clone(), g.timing)
+        .await
+        .map_err(|e| SpeakerError::Gossip(e.to_string()))?;
+    let mut live = membership.live();
+    info!(%bind, peers = ?g.join, "gossip started");
+    // Give the group a moment to answer, so a joining node does not decide alone.
+    if !g.join.is_empty() {
+        let _ = tokio::time::timeout(g.settle, live.wait_for(|l| l.len() > 1)).await;
+    }
+    let (owned_tx, owned_rx) = watch::channel(Vec::<Owned>::new());
+    let me_name = me.to_owned();
+    let placed_v = placed.to_vec();
+    let hold_ms = i64::try_from(g.hold.as_millis()).unwrap_or(i64::MAX);
+    let engine = speaker.engine.clone();
+    let ownership = tokio::spawn(async move {
+        let mut previous: HashMap<IpAddr, String> = HashMap::new();
+        loop {
+            let members = live.borrow_and_update().clone();
+            lock(&engine).set_friends(
+                members.iter().filter(|(n, _)| **n != me_name).flat_map(|(_, m)| m.macs.iter().map(|b| Mac(*b))),
+            );
+            let now_ms = crate::model::Timestamp::now().0;
+            let nodes: Vec<NodeFacts> = members
+                .keys()
+                .map(|n| NodeFacts { name: n.clone(), live: true, ready: true, excluded: false, candidate_since: None })
+                .collect();
+            let settled =
+                |n: &NodeFacts| members.get(&n.name).is_some_and(|m| now_ms.saturating_sub(m.started_ms) >= hold_ms);
+            let mut owned = Vec::new();
+            for (vip, iface) in &placed_v {
+                let facts = VipFacts { vip: *vip, etp_local: false, local_endpoints: vec![] };
+                let Some(owner) = owner_with_hold(&facts, &nodes, settled) else { continue };
+                let before = previous.insert(*vip, owner.clone());
+                if before.as_ref() != Some(&owner) {
+                    info!(%vip, owner = %owner, previous = ?before, "owner chosen");
+                }
+                if owner == me_name {
+                    let takeover = before.is_some_and(|b| b != me_name);
+                    owned.push(Owned { vip: *vip, iface: *iface, takeover });
+                }
+            }
+            owned_tx.send_if_modified(|cur| {
+                let same = cur.len() == owned.len() && cur.iter().zip(&owned).all(|(a, b)| a.vip == b.vip);
+                if !same {
+                    *cur = owned;
+                }
+                !same
+            });
+            // Membership changes, and the passing of hold times, can move VIPs.
+            tokio::select! {
+                r = live.changed() => if r.is_err() { return },
+                _ = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
+            }
+        }
+    });
+    let result = speaker.run_owned(owned_rx, false, shutdown).await;
+    ownership.abort();
+    // Say goodbye so the others take over at once instead of waiting to detect us.
+    membership.leave();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     result
 }
 
