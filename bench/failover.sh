@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Issue #5 benchmark: failover time as the client sees it — the longest gap in a 10 ms ping
+# stream to the VIP when the owner's switch port is unplugged (a node death as the LAN sees
+# it) — for a 3-node vipvisor group and, in the same lab, keepalived VRRPv3 with a 1 s and
+# a 0.1 s advert interval. Prints p50/p99 per system and the ratios.
+# Usage: bench/failover.sh [TRIALS]   (default 20; needs root; installs keepalived)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+trials=${1:-20}
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/vipvisor-target}"
+command -v keepalived >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends keepalived >/dev/null
+cargo build -q --release -p vipvisor-core --bin vipvisor
+V="$CARGO_TARGET_DIR/release/vipvisor"
+P="vf$(( $$ % 1000 ))"
+VIP=192.0.2.100
+work=$(mktemp -d)
+cleanup() { "$root/tests/lab/l2.sh" down "$P" || true; rm -rf "$work"; }
+trap cleanup EXIT
+"$root/tests/lab/l2.sh" up "$P" 3
+for n in 1 2 3; do
+  ip netns exec "${P}n$n" sysctl -qw net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.eth0.arp_ignore=1
+done
+head -c 32 /dev/urandom | base64 >"$work/key"
+
+owner() { ip netns exec "${P}c" arping -c 1 -w 2 -I eth0 "$VIP" | grep -o '\[[0-9a-fA-F:]*\]' | tail -c 3 | head -c 1; }
+
+# One trial: ping for 4 s, unplug the owner after 1 s, report the longest gap (s).
+trial() {
+  local o; o=$(owner)
+  [ -n "$o" ] || { echo "no owner" >&2; return 1; }
+  ip netns exec "${P}c" ping -D -i 0.01 -c 400 -W 0.5 "$VIP" >"$work/ping" 2>&1 &
+  local pp=$!
+  sleep 1
+  "$root/tests/lab/l2.sh" detach "$P" "$o"
+  wait "$pp" || true
+  "$root/tests/lab/l2.sh" attach "$P" "$o"
+  python3 - "$work/ping" <<'PY'
+import re, sys
+t = [float(m.group(1)) for l in open(sys.argv[1]) for m in [re.match(r'\[(\d+\.\d+)\]', l)] if m and 'bytes from' in l]
+print(f"{max(b - a for a, b in zip(t, t[1:])):.3f}" if len(t) > 1 else "9.999")
+PY
+}
+
+run_trials() { # label settle_seconds
+  : >"$work/$1"
+  for i in $(seq 1 "$trials"); do
+    trial >>"$work/$1"
+    sleep "$2"
+  done
+}
+
+stats() {
+  python3 - "$@" <<'PY'
+import sys
+res = {}
+for path in sys.argv[1:]:
+    v = sorted(float(x) for x in open(path) if x.strip())
+    pct = lambda q: v[min(len(v) - 1, round(q * (len(v) - 1)))]
+    res[path.rsplit('/', 1)[-1]] = (pct(0.5), pct(0.99), len(v))
+for k, (p50, p99, n) in res.items():
+    print(f"{k:22s} n={n}  p50 {p50*1000:6.0f} ms  p99 {p99*1000:6.0f} ms")
+base = res.get("vipvisor")
+if base:
+    for k, (p50, p99, _) in res.items():
+        if k != "vipvisor":
+            print(f"ratio {k} / vipvisor: p50 {p50/base[0]:.1f}x  p99 {p99/base[1]:.1f}x")
+PY
+}
+
+echo "date: $(date -u +%Y-%m-%dT%H:%MZ)  machine: $(nproc) cores, kernel $(uname -r)  trials: $trials"
+
+# vipvisor: 3 speakers in one gossip group; the node's kernel accepts VIP traffic through
+# a local route (as kube-proxy would), without the VIP on the NIC.
+for n in 1 2 3; do
+  ip netns exec "${P}n$n" ip route add local "$VIP/32" dev lo
+  joins=(); for m in 1 2 3; do [ "$m" = "$n" ] || joins+=(--join "192.0.2.1$m:7946"); done
+  ip netns exec "${P}n$n" "$V" speaker --interface eth0 --vip "$VIP" --node-name "n$n" \
+    --gossip-key-file "$work/key" --hold-time 2s "${joins[@]}" 2>"$work/sp$n.log" &
+done
+sleep 3
+run_trials vipvisor 4
+for n in 1 2 3; do for pid in $(ip netns pids "${P}n$n"); do kill "$pid" 2>/dev/null || true; done; done
+sleep 1
+for n in 1 2 3; do ip netns exec "${P}n$n" ip route del local "$VIP/32" dev lo; done
+
+# keepalived VRRPv3, advert 1 s and 0.1 s.
+for advert in 1 0.1; do
+  for n in 1 2 3; do
+    cat >"$work/ka$n.conf" <<KA
+global_defs { vrrp_version 3
+  enable_script_security }
+vrrp_instance vi { state BACKUP
+  interface eth0
+  virtual_router_id 51
+  priority $((100 + n))
+  advert_int $advert
+  virtual_ipaddress { $VIP/32 dev eth0 } }
+KA
+    ip netns exec "${P}n$n" keepalived --dont-fork --vrrp --use-file "$work/ka$n.conf" \
+      --pid "$work/ka$n.pid" --vrrp_pid "$work/kav$n.pid" --no-syslog 2>/dev/null >/dev/null &
+  done
+  sleep $(python3 -c "print(max(4, 5 * $advert))")
+  run_trials "keepalived-advert-$advert" "$(python3 -c "print(max(4, 6 * $advert))")"
+  for n in 1 2 3; do for pid in $(ip netns pids "${P}n$n"); do kill "$pid" 2>/dev/null || true; done; done
+  sleep 2
+done
+stats "$work/vipvisor" "$work/keepalived-advert-1" "$work/keepalived-advert-0.1"
