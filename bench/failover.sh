@@ -4,6 +4,7 @@
 # it) — for a 3-node vipvisor group and, in the same lab, keepalived VRRPv3 with a 1 s and
 # a 0.1 s advert interval. Prints p50/p99 per system and the ratios.
 # Usage: bench/failover.sh [TRIALS]   (default 20; needs root; installs keepalived)
+#        SYSTEMS=vipvisor bench/failover.sh 10   (only some of: vipvisor keepalived)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -70,6 +71,8 @@ PY
 
 echo "date: $(date -u +%Y-%m-%dT%H:%MZ)  machine: $(nproc) cores, kernel $(uname -r)  trials: $trials"
 
+systems=" ${SYSTEMS:-vipvisor keepalived} "
+if [[ $systems == *" vipvisor "* ]]; then
 # vipvisor: 3 speakers in one gossip group; the node's kernel accepts VIP traffic through
 # a local route (as kube-proxy would), without the VIP on the NIC.
 for n in 1 2 3; do
@@ -83,9 +86,12 @@ run_trials vipvisor 4
 for n in 1 2 3; do for pid in $(ip netns pids "${P}n$n"); do kill "$pid" 2>/dev/null || true; done; done
 sleep 1
 for n in 1 2 3; do ip netns exec "${P}n$n" ip route del local "$VIP/32" dev lo; done
+fi
 
 # keepalived VRRPv3, advert 1 s and 0.1 s.
-for advert in 1 0.1; do
+adverts=(1 0.1)
+[[ $systems == *" keepalived "* ]] || adverts=()
+for advert in "${adverts[@]}"; do
   for n in 1 2 3; do
     cat >"$work/ka$n.conf" <<KA
 global_defs { vrrp_version 3
@@ -105,4 +111,6 @@ KA
   for n in 1 2 3; do for pid in $(ip netns pids "${P}n$n"); do kill "$pid" 2>/dev/null || true; done; done
   sleep 2
 done
-stats "$work/vipvisor" "$work/keepalived-advert-1" "$work/keepalived-advert-0.1"
+results=()
+for f in vipvisor keepalived-advert-1 keepalived-advert-0.1; do [ -s "$work/$f" ] && results+=("$work/$f"); done
+stats "${results[@]}"

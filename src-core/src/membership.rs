@@ -117,7 +117,13 @@ fn config(t: GossipTiming) -> foca::Config {
     c.suspect_to_down_after = t.suspect_to_down;
     c.periodic_gossip = Some(foca::PeriodicParams { frequency: t.probe_period, num_members: NonZeroUsize::MIN });
     c.periodic_announce =
-        Some(foca::PeriodicParams { frequency: Duration::from_secs(5), num_members: NonZeroUsize::MIN });
+        Some(foca::PeriodicParams { frequency: Duration::from_secs(1), num_members: NonZeroUsize::MIN });
+    // After a partition heals, members declared down must find each other again quickly,
+    // or both sides keep announcing (foca's LAN default is every 65 s).
+    c.periodic_announce_to_down_members = Some(foca::PeriodicParams {
+        frequency: Duration::from_millis(500),
+        num_members: NonZeroUsize::new(2).unwrap_or(NonZeroUsize::MIN),
+    });
     c
 }
 
@@ -192,7 +198,7 @@ async fn run(
     let mut foca = Foca::new(me.clone(), config(timing), rng, PostcardCodec);
     let mut rt = AccumulatingRuntime::new();
     let (timer_tx, mut timer_rx) = mpsc::unbounded_channel::<Timer<NodeId>>();
-    for p in peers.into_iter().filter(|p| *p != me.addr) {
+    for p in peers.iter().copied().filter(|p| *p != me.addr) {
         // The peer's name is learnt from its answer; the address is what matters to join.
         let probe = NodeId { name: String::new(), addr: p, generation: 0, started_ms: 0, macs: vec![] };
         if let Err(e) = foca.announce(probe, &mut rt) {
@@ -200,9 +206,20 @@ async fn run(
         }
     }
     let mut buf = vec![0u8; 65536];
+    // Re-announce to configured peers that are not members: after a partition heals, or a
+    // peer restarts, the group merges again without waiting for anyone's periodic gossip.
+    let mut rejoin = tokio::time::interval(Duration::from_secs(1));
+    rejoin.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         flush(&mut rt, &sock, &sealer, &timer_tx, &mut foca, &me, &live_tx).await;
         tokio::select! {
+            _ = rejoin.tick() => {
+                let known: Vec<SocketAddr> = foca.iter_members().map(|m| m.id().addr).collect();
+                for p in peers.iter().filter(|p| **p != me.addr && !known.contains(p)) {
+                    let probe = NodeId { name: String::new(), addr: *p, generation: 0, started_ms: 0, macs: vec![] };
+                    let _ = foca.announce(probe, &mut rt);
+                }
+            }
             r = sock.recv_from(&mut buf) => {
                 let Ok((n, from)) = r else { continue };
                 match sealer.open(&buf[..n]) {

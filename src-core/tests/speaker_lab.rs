@@ -491,6 +491,24 @@ fn group_fails_over_and_keeps_strangers_out() {
     let answerers: std::collections::BTreeSet<&str> =
         arping.lines().filter_map(|l| l.split('[').nth(1)?.split(']').next()).collect();
     assert_eq!(answerers.len(), 1, "exactly one node answers once the transition settled: {arping}");
+    // Plug it back: the partition heals, the group merges, and once that settles one node
+    // answers again. (Known gap, see docs/design.md: the returning member may take the VIP
+    // back before its hold time.)
+    let st = Command::new(lab_script()).args(["attach", &lab.prefix, &(owner2 + 1).to_string()]).status().unwrap();
+    assert!(st.success());
+    let mut single = 0;
+    wait_until(
+        Duration::from_secs(15),
+        || {
+            let arping = lab.stdout("c", &["arping", "-c", "2", "-w", "3", "-I", "eth0", VIP4]);
+            let answerers: std::collections::BTreeSet<&str> =
+                arping.lines().filter_map(|l| l.split('[').nth(1)?.split(']').next()).collect();
+            single = if answerers.len() == 1 { single + 1 } else { 0 };
+            single >= 3
+        },
+        "a single answerer after the partition heals",
+    );
+    let healed = lab.owner_mac(VIP4).unwrap();
 
     // 3. A speaker with another key on the (former owner's) node 1 slot cannot join: it
     //    finds a conflict and stays quiet, and the owner does not change.
@@ -505,7 +523,7 @@ fn group_fails_over_and_keeps_strangers_out() {
         &["--gossip-key-file", &wrong_s, "--join", &join, "--gossip-port", "7947"],
     );
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(lab.owner_mac(VIP4).as_deref(), Some(macs[last]), "the stranger caused no failover");
+    assert_eq!(lab.owner_mac(VIP4), Some(healed), "the stranger caused no failover");
     let log = stranger.log();
     assert!(log.contains("conflict"), "the stranger sees the VIP in use and does not announce: {log}");
     assert!(!log.contains(": announced vip="), "the stranger never announced the VIP: {log}");
