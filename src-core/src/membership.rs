@@ -31,6 +31,14 @@ pub struct NodeId {
     pub macs: Vec<[u8; 6]>,
 }
 
+impl NodeId {
+    /// A peer known only by its address (from `--join`): its name and the rest are learnt
+    /// from its answer.
+    fn seed(addr: SocketAddr) -> NodeId {
+        NodeId { name: String::new(), addr, generation: 0, started_ms: 0, macs: vec![] }
+    }
+}
+
 impl foca::Identity for NodeId {
     type Addr = SocketAddr;
     fn renew(&self) -> Option<Self> {
@@ -199,9 +207,7 @@ async fn run(
     let mut rt = AccumulatingRuntime::new();
     let (timer_tx, mut timer_rx) = mpsc::unbounded_channel::<Timer<NodeId>>();
     for p in peers.iter().copied().filter(|p| *p != me.addr) {
-        // The peer's name is learnt from its answer; the address is what matters to join.
-        let probe = NodeId { name: String::new(), addr: p, generation: 0, started_ms: 0, macs: vec![] };
-        if let Err(e) = foca.announce(probe, &mut rt) {
+        if let Err(e) = foca.announce(NodeId::seed(p), &mut rt) {
             warn!(error = %e, peer = %p, "cannot announce to a peer");
         }
     }
@@ -216,8 +222,7 @@ async fn run(
             _ = rejoin.tick() => {
                 let known: Vec<SocketAddr> = foca.iter_members().map(|m| m.id().addr).collect();
                 for p in peers.iter().filter(|p| **p != me.addr && !known.contains(p)) {
-                    let probe = NodeId { name: String::new(), addr: *p, generation: 0, started_ms: 0, macs: vec![] };
-                    let _ = foca.announce(probe, &mut rt);
+                    let _ = foca.announce(NodeId::seed(*p), &mut rt);
                 }
             }
             r = sock.recv_from(&mut buf) => {
