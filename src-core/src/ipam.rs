@@ -962,11 +962,10 @@ pub fn check_config(pools: &[Pool], reservations: &[Reservation]) -> Result<(), 
     Ok(())
 }
 
-/// Allocations that a new configuration would leave without a valid address: their pool
-/// is gone, or one of their addresses is outside the pool's new blocks, reserved, or
-/// a .0/.255 address of a pool that now avoids them.
-pub fn stranded<'a>(current: &'a Ipam, pools: &[Pool], reservations: &[Reservation]) -> Vec<&'a Allocation> {
-    let next = Ipam::new(pools.to_vec(), reservations.to_vec());
+/// Allocations of `current` that the configuration indexed by `next` would leave without
+/// a valid address: their pool is gone, or one of their addresses is outside the pool's
+/// new blocks, reserved, or a .0/.255 address of a pool that now avoids them.
+pub fn stranded<'a>(current: &'a Ipam, next: &Ipam) -> Vec<&'a Allocation> {
     current
         .allocations()
         .into_iter()

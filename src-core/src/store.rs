@@ -431,8 +431,10 @@ impl Store {
             let old = cur.clone();
             let what = edit(&mut cur)?;
             ipam::check_config(&cur.pools, &cur.reservations)?;
-            let stranded: Vec<Allocation> =
-                ipam::stranded(ipam, &cur.pools, &cur.reservations).into_iter().cloned().collect();
+            // The next configuration's index, built once: for stranded allocations and
+            // for quarantine entries that no pool holds any more.
+            let next = Ipam::new(cur.pools.clone(), cur.reservations.clone());
+            let stranded: Vec<Allocation> = ipam::stranded(ipam, &next).into_iter().cloned().collect();
             if !stranded.is_empty() && !force {
                 return Err(StoreError::InUse { what, stranded });
             }
@@ -505,7 +507,6 @@ impl Store {
                 }
             }
             // Quarantine entries of addresses that no pool holds any more mean nothing.
-            let next = Ipam::new(cur.pools.clone(), cur.reservations.clone());
             let orphans: Vec<IpAddr> =
                 ipam.quarantined().iter().filter(|q| next.pool_of(&q.address).is_none()).map(|q| q.address).collect();
             delete_quarantine(&mut tx, &orphans).await?;

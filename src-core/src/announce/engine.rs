@@ -289,7 +289,7 @@ impl Engine {
                 self.on_arp(iface, op, sender_mac, sender_ip, target_ip, now, &mut out)
             }
             Incoming::NeighborSolicit { eth_src, src, target, source_lladdr, .. } => {
-                self.on_ns(iface, eth_src, src, target, source_lladdr, now, &mut out)
+                self.on_ns(iface, eth_src, src, target, source_lladdr, &mut out)
             }
             Incoming::NeighborAdvert { eth_src, target, target_lladdr, .. } => {
                 let other = target_lladdr.unwrap_or(eth_src);
@@ -336,7 +336,6 @@ impl Engine {
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn on_ns(
         &mut self,
         iface: usize,
@@ -344,11 +343,9 @@ impl Engine {
         src: Ipv6Addr,
         target: Ipv6Addr,
         source_lladdr: Option<Mac>,
-        now: Instant,
         out: &mut Output,
     ) -> Result<(), Drop> {
         let vip = IpAddr::V6(target);
-        let _ = now;
         if src.is_unspecified() {
             // Someone else's DAD for an address we are probing: both want it.
             if matches!(self.vips.get(&vip), Some(Vip { state: State::Probing { .. }, iface: i }) if *i == iface) {
