@@ -189,16 +189,32 @@ pub struct AllocRequestArgs {
 
 #[derive(Debug, Args)]
 pub struct SpeakerArgs {
+    /// Kubernetes mode (the DaemonSet): announce the addresses of LoadBalancer Services,
+    /// one owner per VIP among the speakers of Ready nodes.
+    #[arg(long, conflicts_with_all = ["vips", "join"])]
+    pub kubernetes: bool,
+    /// Kubeconfig file (Kubernetes mode; default: $KUBECONFIG, ~/.kube/config, or the
+    /// in-cluster config).
+    #[arg(long, env = "KUBECONFIG", requires = "kubernetes")]
+    pub kubeconfig: Option<PathBuf>,
     /// Interface to answer on (repeat for several); each VIP goes to the first interface
-    /// with a subnet that contains it.
-    #[arg(long = "interface", required = true)]
+    /// with a subnet that contains it. Kubernetes mode default: every interface that is up
+    /// with a MAC and a global address, except container and tunnel interfaces.
+    #[arg(long = "interface", required_unless_present = "kubernetes")]
     pub interfaces: Vec<String>,
     /// VIP to announce (IPv4 or IPv6; repeat for several).
-    #[arg(long = "vip", required = true)]
+    #[arg(long = "vip", required_unless_present = "kubernetes")]
     pub vips: Vec<IpAddr>,
-    /// Name of this node in logs (default: the host name).
-    #[arg(long)]
+    /// Name of this node: its Node object in Kubernetes mode (default: $NODE_NAME, else
+    /// the host name).
+    #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
+    /// The loadBalancerClass whose Services are announced (Kubernetes mode).
+    #[arg(long, default_value = "vipvisor.io/lb")]
+    pub class: String,
+    /// Do not announce LoadBalancer Services that have no loadBalancerClass.
+    #[arg(long)]
+    pub only_class: bool,
     /// Spacing of gratuitous rounds after gaining a VIP.
     #[arg(long, default_value = "1.1s", value_parser = parse_duration)]
     pub garp_interval: Duration,
@@ -361,23 +377,42 @@ async fn run_speaker(a: &SpeakerArgs) -> anyhow::Result<()> {
         },
         metrics_addr: a.metrics_addr,
     };
+    let read_key = |path: &PathBuf| -> anyhow::Result<crate::membership::Sealer> {
+        let secret = std::fs::read(path)
+            .map_err(|e| anyhow::anyhow!("cannot read --gossip-key-file {}: {e}", path.display()))?;
+        crate::membership::Sealer::new(&secret).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    };
+    if a.kubernetes {
+        let Some(path) = &a.gossip_key_file else {
+            anyhow::bail!("--kubernetes needs --gossip-key-file: the speakers' gossip is authenticated");
+        };
+        let client = kube_client(a.kubeconfig.as_deref()).await?;
+        let k = crate::cluster::speaker::KubeSpeakerConfig {
+            node_name: cfg.node_name,
+            interfaces: cfg.interfaces,
+            timing: cfg.timing,
+            metrics_addr: cfg.metrics_addr,
+            gossip_port: a.gossip_port,
+            gossip_bind: a.gossip_bind,
+            sealer: read_key(path)?,
+            gossip_timing: crate::membership::GossipTiming::default(),
+            hold: a.hold_time,
+            policy: crate::cluster::decide::ClassPolicy { class: a.class.clone(), serve_unclassed: !a.only_class },
+        };
+        return crate::cluster::speaker::run(client, k, shutdown_signal()).await;
+    }
     let group = match (&a.gossip_key_file, a.join.is_empty()) {
         (None, true) => None,
         (None, false) => anyhow::bail!("--join needs --gossip-key-file: the group's gossip is authenticated"),
-        (Some(path), _) => {
-            let secret = std::fs::read(path)
-                .map_err(|e| anyhow::anyhow!("cannot read --gossip-key-file {}: {e}", path.display()))?;
-            Some(crate::announce::GroupConfig {
-                bind: a.gossip_bind,
-                port: a.gossip_port,
-                join: a.join.clone(),
-                sealer: crate::membership::Sealer::new(&secret)
-                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
-                timing: crate::membership::GossipTiming::default(),
-                hold: a.hold_time,
-                settle: Duration::from_secs(1),
-            })
-        }
+        (Some(path), _) => Some(crate::announce::GroupConfig {
+            bind: a.gossip_bind,
+            port: a.gossip_port,
+            join: a.join.clone(),
+            sealer: read_key(path)?,
+            timing: crate::membership::GossipTiming::default(),
+            hold: a.hold_time,
+            settle: Duration::from_secs(1),
+        }),
     };
     crate::announce::run_static(cfg, group, shutdown_signal()).await?;
     Ok(())
@@ -399,15 +434,9 @@ pub async fn shutdown_signal() {
     }
 }
 
-async fn run_controller(a: &ControllerArgs, store_url: String, quarantine: Duration) -> anyhow::Result<()> {
-    if a.lease_renew >= a.lease_duration {
-        anyhow::bail!(
-            "invalid --lease-renew {:?}; expected less than --lease-duration {:?}",
-            a.lease_renew,
-            a.lease_duration
-        );
-    }
-    let client = match &a.kubeconfig {
+/// A client from `kubeconfig`, else the default chain ($KUBECONFIG, ~/.kube/config, in-cluster).
+async fn kube_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
+    Ok(match kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
                 .map_err(|e| anyhow::anyhow!("cannot read kubeconfig {}: {e}", path.display()))?;
@@ -417,7 +446,18 @@ async fn run_controller(a: &ControllerArgs, store_url: String, quarantine: Durat
             kube::Client::try_from(config)?
         }
         None => kube::Client::try_default().await.map_err(|e| anyhow::anyhow!("no Kubernetes configuration: {e}"))?,
-    };
+    })
+}
+
+async fn run_controller(a: &ControllerArgs, store_url: String, quarantine: Duration) -> anyhow::Result<()> {
+    if a.lease_renew >= a.lease_duration {
+        anyhow::bail!(
+            "invalid --lease-renew {:?}; expected less than --lease-duration {:?}",
+            a.lease_renew,
+            a.lease_duration
+        );
+    }
+    let client = kube_client(a.kubeconfig.as_deref()).await?;
     let identity = a.identity.clone().unwrap_or_else(|| {
         let host =
             nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "unknown".into());

@@ -41,8 +41,15 @@ impl NodeId {
 
 impl foca::Identity for NodeId {
     type Addr = SocketAddr;
+    /// A member declared down (a crash as others saw it, or a partition) comes back with a
+    /// new generation and a new start time: its hold time starts again, so it does not take
+    /// VIPs back from the members that served them meanwhile.
     fn renew(&self) -> Option<Self> {
-        Some(NodeId { generation: self.generation.wrapping_add(1), ..self.clone() })
+        Some(NodeId {
+            generation: self.generation.wrapping_add(1),
+            started_ms: crate::model::Timestamp::now().0,
+            ..self.clone()
+        })
     }
     fn addr(&self) -> SocketAddr {
         self.addr
@@ -152,6 +159,7 @@ pub struct Membership {
     live: watch::Receiver<Live>,
     /// `true`: leave gracefully; `false`: stop dead, as a crash would.
     stop: mpsc::UnboundedSender<bool>,
+    peers: watch::Sender<Vec<SocketAddr>>,
     pub local: SocketAddr,
 }
 
@@ -171,11 +179,24 @@ impl Membership {
         let me = NodeId { name: name.to_owned(), addr: local, generation: 0, started_ms, macs: macs.clone() };
         let (live_tx, live_rx) = watch::channel(Live::from([(name.to_owned(), MemberInfo { started_ms, macs })]));
         let (stop_tx, stop_rx) = mpsc::unbounded_channel::<bool>();
-        tokio::spawn(run(Arc::new(sock), me, peers, sealer, timing, live_tx, stop_rx));
-        Ok(Membership { live: live_rx, stop: stop_tx, local })
+        let (peers_tx, peers_rx) = watch::channel(peers);
+        tokio::spawn(run(Arc::new(sock), me, peers_rx, sealer, timing, live_tx, stop_rx));
+        Ok(Membership { live: live_rx, stop: stop_tx, peers: peers_tx, local })
     }
     pub fn live(&self) -> watch::Receiver<Live> {
         self.live.clone()
+    }
+    /// Replaces the addresses to (re)join through (Kubernetes mode: the other nodes).
+    pub fn set_peers(&self, mut peers: Vec<SocketAddr>) {
+        peers.sort();
+        peers.dedup();
+        self.peers.send_if_modified(|cur| {
+            let changed = *cur != peers;
+            if changed {
+                *cur = peers;
+            }
+            changed
+        });
     }
     /// Announces our departure and stops.
     pub fn leave(&self) {
@@ -193,20 +214,26 @@ impl Drop for Membership {
     }
 }
 
+/// At most this many non-member peers are announced to per rejoin round, so a large
+/// cluster where few nodes run a speaker is not flooded.
+const REJOIN_FANOUT: usize = 5;
+
 async fn run(
     sock: Arc<UdpSocket>,
     me: NodeId,
-    peers: Vec<SocketAddr>,
+    mut peers: watch::Receiver<Vec<SocketAddr>>,
     sealer: Sealer,
     timing: GossipTiming,
     live_tx: watch::Sender<Live>,
     mut stop: mpsc::UnboundedReceiver<bool>,
 ) {
     let rng: rand::rngs::StdRng = rand::make_rng();
+    let mut pick: rand::rngs::StdRng = rand::make_rng();
     let mut foca = Foca::new(me.clone(), config(timing), rng, PostcardCodec);
     let mut rt = AccumulatingRuntime::new();
     let (timer_tx, mut timer_rx) = mpsc::unbounded_channel::<Timer<NodeId>>();
-    for p in peers.iter().copied().filter(|p| *p != me.addr) {
+    let initial = peers.borrow_and_update().clone();
+    for p in initial.iter().copied().filter(|p| *p != me.addr).take(REJOIN_FANOUT) {
         if let Err(e) = foca.announce(NodeId::seed(p), &mut rt) {
             warn!(error = %e, peer = %p, "cannot announce to a peer");
         }
@@ -217,11 +244,14 @@ async fn run(
     let mut rejoin = tokio::time::interval(Duration::from_secs(1));
     rejoin.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        flush(&mut rt, &sock, &sealer, &timer_tx, &mut foca, &me, &live_tx).await;
+        flush(&mut rt, &sock, &sealer, &timer_tx, &mut foca, &live_tx).await;
         tokio::select! {
             _ = rejoin.tick() => {
-                let known: Vec<SocketAddr> = foca.iter_members().map(|m| m.id().addr).collect();
-                for p in peers.iter().filter(|p| **p != me.addr && !known.contains(p)) {
+                let known: std::collections::HashSet<SocketAddr> = foca.iter_members().map(|m| m.id().addr).collect();
+                let me_addr = foca.identity().addr;
+                let unknown: Vec<SocketAddr> =
+                    peers.borrow().iter().copied().filter(|p| *p != me_addr && !known.contains(p)).collect();
+                for p in rand::seq::IndexedRandom::sample(unknown.as_slice(), &mut pick, REJOIN_FANOUT) {
                     let _ = foca.announce(NodeId::seed(*p), &mut rt);
                 }
             }
@@ -244,7 +274,7 @@ async fn run(
             graceful = stop.recv() => {
                 if graceful != Some(false) {
                     let _ = foca.leave_cluster(&mut rt);
-                    flush(&mut rt, &sock, &sealer, &timer_tx, &mut foca, &me, &live_tx).await;
+                    flush(&mut rt, &sock, &sealer, &timer_tx, &mut foca, &live_tx).await;
                 }
                 return;
             }
@@ -258,7 +288,6 @@ async fn flush(
     sealer: &Sealer,
     timers: &mpsc::UnboundedSender<Timer<NodeId>>,
     foca: &mut Foca<NodeId, PostcardCodec, rand::rngs::StdRng, foca::NoCustomBroadcast>,
-    me: &NodeId,
     live: &watch::Sender<Live>,
 ) {
     while let Some((to, data)) = rt.to_send() {
@@ -273,8 +302,15 @@ async fn flush(
     }
     let mut changed = false;
     while let Some(n) = rt.to_notify() {
-        changed |= matches!(n, foca::OwnedNotification::MemberUp(_) | foca::OwnedNotification::MemberDown(_));
+        changed |= matches!(
+            n,
+            foca::OwnedNotification::MemberUp(_)
+                | foca::OwnedNotification::MemberDown(_)
+                | foca::OwnedNotification::Rejoin(_)
+                | foca::OwnedNotification::Rename(..)
+        );
     }
+    let me = foca.identity().clone();
     if changed {
         let mut names: Live = foca
             .iter_members()

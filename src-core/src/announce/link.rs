@@ -74,3 +74,48 @@ pub fn lookup(name: &str) -> Result<LinkInfo, LinkError> {
     let mac = mac.ok_or_else(|| LinkError::NotEthernet { name: name.to_owned() })?;
     Ok(LinkInfo { name: name.to_owned(), index, mac, subnets })
 }
+
+/// Name prefixes of interfaces that are never a node's uplink: container veths, CNI
+/// bridges and tunnels, Docker, kube-proxy's IPVS dummy.
+const NOT_UPLINKS: [&str; 14] = [
+    "lo",
+    "veth",
+    "cali",
+    "cni",
+    "flannel",
+    "cilium",
+    "docker",
+    "kube-ipvs",
+    "lxc",
+    "tunl",
+    "vxlan",
+    "genev",
+    "weave",
+    "nodelocaldns",
+];
+
+/// Every interface that is up, has an Ethernet MAC and a global address, and is not a
+/// container or tunnel interface (Kubernetes mode without `--interface`).
+pub fn autodetect() -> Result<Vec<LinkInfo>, LinkError> {
+    let addrs: Vec<_> = nix::ifaddrs::getifaddrs().map_err(LinkError::List)?.collect();
+    let mut names: Vec<&str> = addrs
+        .iter()
+        .filter(|a| a.flags.contains(nix::net::if_::InterfaceFlags::IFF_UP))
+        .map(|a| a.interface_name.as_str())
+        .filter(|n| !NOT_UPLINKS.iter().any(|p| n.starts_with(p)))
+        .collect();
+    names.sort();
+    names.dedup();
+    let mut out = Vec::new();
+    for n in names {
+        let Ok(l) = lookup(n) else { continue };
+        let global = l.subnets.iter().any(|s| match s.ip() {
+            IpAddr::V4(a) => !a.is_loopback() && !a.is_link_local(),
+            IpAddr::V6(a) => !a.is_loopback() && !a.is_unicast_link_local(),
+        });
+        if global {
+            out.push(l);
+        }
+    }
+    Ok(out)
+}

@@ -44,6 +44,12 @@ struct IfOnly {
     interface: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VipOwner {
+    vip: String,
+    node: String,
+}
+
 /// Cheap to clone: every field shares its counters.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -54,6 +60,9 @@ pub struct Metrics {
     conflicts: Family<IfProto, Counter>,
     drops: Family<IfReason, Counter>,
     announced: Family<IfOnly, Gauge>,
+    members: Gauge,
+    owners: Family<VipOwner, Gauge>,
+    owner_changes: Counter,
     registry: Arc<Registry>,
 }
 
@@ -80,7 +89,25 @@ impl Metrics {
         r.register("conflicts", "Other hosts seen using an announced or probed VIP", conflicts.clone());
         r.register("drops", "Received frames not answered, by reason", drops.clone());
         r.register("announced_vips", "VIPs currently announced", announced.clone());
-        Metrics { requests, replies, gratuitous, probes, conflicts, drops, announced, registry: Arc::new(r) }
+        let members = Gauge::default();
+        let owners = Family::<VipOwner, Gauge>::default();
+        let owner_changes = Counter::default();
+        r.register("group_members", "Live members of the speaker group, this one included", members.clone());
+        r.register("vip_owner", "1 for the node that owns each VIP, as this speaker computes it", owners.clone());
+        r.register("owner_changes", "VIP owner changes this speaker has computed", owner_changes.clone());
+        Metrics {
+            requests,
+            replies,
+            gratuitous,
+            probes,
+            conflicts,
+            drops,
+            announced,
+            members,
+            owners,
+            owner_changes,
+            registry: Arc::new(r),
+        }
     }
 
     fn ip(interface: &str, protocol: Proto) -> IfProto {
@@ -107,6 +134,20 @@ impl Metrics {
     }
     pub fn set_announced(&self, i: &str, n: i64) {
         self.announced.get_or_create(&IfOnly { interface: i.to_owned() }).set(n);
+    }
+
+    pub fn set_members(&self, n: usize) {
+        self.members.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+    /// Records that `vip` moved from `before` to `after` (either may be none).
+    pub fn owner_changed(&self, vip: &std::net::IpAddr, before: Option<&str>, after: Option<&str>) {
+        if let Some(b) = before {
+            self.owners.remove(&VipOwner { vip: vip.to_string(), node: b.to_owned() });
+        }
+        if let Some(a) = after {
+            self.owners.get_or_create(&VipOwner { vip: vip.to_string(), node: a.to_owned() }).set(1);
+        }
+        self.owner_changes.inc();
     }
 
     pub fn drops(&self, i: &str, reason: Drop) -> u64 {

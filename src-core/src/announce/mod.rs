@@ -98,6 +98,21 @@ pub fn place_vips(links: &[LinkInfo], vips: &[IpAddr]) -> Result<Vec<(IpAddr, us
     Ok(out)
 }
 
+/// Opens a raw socket and a multicast membership set per interface.
+pub fn open_links(links: &[LinkInfo]) -> Result<(Vec<PacketSocket>, Vec<Multicast>), SpeakerError> {
+    let mut sockets = Vec::new();
+    let mut groups = Vec::new();
+    for l in links {
+        let sock = PacketSocket::open(l.index).map_err(|source| match source.raw_os_error() {
+            Some(libc::EPERM) | Some(libc::EACCES) => SpeakerError::NoCapability { iface: l.name.clone(), source },
+            _ => SpeakerError::Socket { iface: l.name.clone(), source },
+        })?;
+        sockets.push(sock);
+        groups.push(Multicast::new(l.index).map_err(|source| SpeakerError::Socket { iface: l.name.clone(), source })?);
+    }
+    Ok((sockets, groups))
+}
+
 /// Runs a static speaker until `shutdown` completes (Ok) or a conflict stops it (Err).
 pub async fn run_static(
     cfg: StaticConfig,
@@ -106,16 +121,7 @@ pub async fn run_static(
 ) -> Result<(), SpeakerError> {
     let links: Vec<LinkInfo> = cfg.interfaces.iter().map(|n| link::lookup(n)).collect::<Result<_, _>>()?;
     let placed = place_vips(&links, &cfg.vips)?;
-    let mut sockets = Vec::new();
-    let mut groups = Vec::new();
-    for l in &links {
-        let sock = PacketSocket::open(l.index).map_err(|source| match source.raw_os_error() {
-            Some(libc::EPERM) | Some(libc::EACCES) => SpeakerError::NoCapability { iface: l.name.clone(), source },
-            _ => SpeakerError::Socket { iface: l.name.clone(), source },
-        })?;
-        sockets.push(sock);
-        groups.push(Multicast::new(l.index).map_err(|source| SpeakerError::Socket { iface: l.name.clone(), source })?);
-    }
+    let (sockets, mut groups) = open_links(&links)?;
     for (vip, i) in &placed {
         if let IpAddr::V6(v6) = vip {
             groups[*i].join(wire::solicited_node(*v6)).map_err(|source| SpeakerError::Multicast {
@@ -198,10 +204,12 @@ async fn run_group(
     let placed_v = placed.to_vec();
     let hold_ms = i64::try_from(g.hold.as_millis()).unwrap_or(i64::MAX);
     let engine = speaker.engine.clone();
+    let metrics = speaker.metrics.clone();
     let ownership = tokio::spawn(async move {
         let mut previous: HashMap<IpAddr, String> = HashMap::new();
         loop {
             let members = live.borrow_and_update().clone();
+            metrics.set_members(members.len());
             lock(&engine).set_friends(
                 members.iter().filter(|(n, _)| **n != me_name).flat_map(|(_, m)| m.macs.iter().map(|b| Mac(*b))),
             );
@@ -219,6 +227,7 @@ async fn run_group(
                 let before = previous.insert(*vip, owner.clone());
                 if before.as_ref() != Some(&owner) {
                     info!(%vip, owner = %owner, previous = ?before, "owner chosen");
+                    metrics.owner_changed(vip, before.as_deref(), Some(&owner));
                 }
                 if owner == me_name {
                     let takeover = before.is_some_and(|b| b != me_name);
@@ -247,7 +256,7 @@ async fn run_group(
     result
 }
 
-async fn serve_metrics(addr: SocketAddr, metrics: Metrics) -> Result<(), SpeakerError> {
+pub(crate) async fn serve_metrics(addr: SocketAddr, metrics: Metrics) -> Result<(), SpeakerError> {
     let router = crate::server::metrics_router(move || metrics.encode());
     crate::server::spawn(addr, router).await.map_err(|source| SpeakerError::Metrics { addr, source })
 }
@@ -259,6 +268,16 @@ pub struct Speaker<L: Link> {
     links: Arc<Vec<L>>,
     wake: Arc<Notify>,
     metrics: Metrics,
+}
+
+/// See [`Speaker::friends`].
+#[derive(Debug, Clone)]
+pub struct Friends(Arc<Mutex<Engine>>);
+
+impl Friends {
+    pub fn set(&self, macs: impl IntoIterator<Item = Mac>) {
+        lock(&self.0).set_friends(macs);
+    }
 }
 
 fn lock(e: &Mutex<Engine>) -> std::sync::MutexGuard<'_, Engine> {
@@ -295,6 +314,16 @@ impl<L: Link> Speaker<L> {
 
     pub fn links(&self) -> &[L] {
         &self.links
+    }
+
+    /// A handle to set the MACs of fellow group members from another task: their frames
+    /// for our VIPs are handovers, not conflicts.
+    pub fn friends(&self) -> Friends {
+        Friends(self.engine.clone())
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Announces `vips` and answers for them until `shutdown`, or until a conflict that

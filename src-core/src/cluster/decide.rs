@@ -108,6 +108,16 @@ pub fn ingress(addrs: &[IpAddr]) -> Vec<serde_json::Value> {
 }
 
 /// Decides what `svc` needs. `ns_labels`: the labels of its namespace.
+/// A LoadBalancer Service of our class (or without a class, if we serve those).
+pub fn is_ours(svc: &Service, policy: &ClassPolicy) -> bool {
+    let Some(spec) = svc.spec.as_ref() else { return false };
+    spec.type_.as_deref() == Some("LoadBalancer")
+        && match spec.load_balancer_class.as_deref() {
+            None => policy.serve_unclassed,
+            Some(c) => c == policy.class,
+        }
+}
+
 pub fn decide(svc: &Service, ns_labels: &Labels, policy: &ClassPolicy) -> Decision {
     let meta = &svc.metadata;
     let (Some(ns), Some(name)) = (meta.namespace.as_deref(), meta.name.as_deref()) else {
@@ -120,11 +130,7 @@ pub fn decide(svc: &Service, ns_labels: &Labels, policy: &ClassPolicy) -> Decisi
     let uid = meta.uid.as_deref().and_then(|u| u.parse::<Uid>().ok());
     let spec = svc.spec.clone().unwrap_or_default();
     let is_lb = spec.type_.as_deref() == Some("LoadBalancer");
-    let ours = match spec.load_balancer_class.as_deref() {
-        None => policy.serve_unclassed,
-        Some(c) => c == policy.class,
-    };
-    if !is_lb || !ours {
+    if !is_ours(svc, policy) {
         // A Service of another class keeps whatever status its own controller wrote.
         return Decision::Release { service, uid, clear_status: !is_lb };
     }

@@ -9,6 +9,7 @@
 
 pub mod decide;
 pub mod lease;
+pub mod speaker;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};

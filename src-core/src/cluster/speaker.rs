@@ -1,0 +1,766 @@
+//! Kubernetes mode of the speaker (`vipvisor speaker --kubernetes`, the DaemonSet).
+//!
+//! Each speaker watches Services with assigned addresses, Nodes and EndpointSlices
+//! (`discovery.k8s.io/v1`, or `v1beta1` where the server has no v1), gossips with the
+//! speakers on the other nodes (peers are the Nodes' InternalIPs on the gossip port), and
+//! computes the owner of every VIP with [`crate::election`] from facts every speaker shares:
+//! live members that are Ready Nodes without the exclude label, and under
+//! `externalTrafficPolicy: Local` only nodes with a ready endpoint of the Service. It
+//! announces the VIPs it owns. The owner reports itself on the Service
+//! (`vipvisor.io/announcing: node,interface`) with an `Announcing` Event, and every speaker
+//! exports the owners it computes as `vipvisor_speaker_vip_owner{vip,node}`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Service};
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::core::ApiResource;
+use kube::runtime::events::{Event as KEvent, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store as Reflector};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Client, Resource};
+use tokio::sync::{watch, Notify};
+use tracing::{debug, info, warn};
+
+use super::decide::{self, ClassPolicy, ANN_ANNOUNCING};
+use crate::announce::engine::{Iface, Timing};
+use crate::announce::link::{self, LinkInfo};
+use crate::announce::metrics::Metrics;
+use crate::announce::{open_links, wire, Owned, Speaker, SpeakerError};
+use crate::election::{owner_with_hold, NodeFacts, VipFacts};
+use crate::membership::{GossipTiming, Live, Membership, Sealer};
+use crate::model::ServiceKey;
+
+/// The label that keeps a node out of load-balancer duty.
+pub const EXCLUDE_LABEL: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
+/// The label that ties an EndpointSlice to its Service.
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// Everything `vipvisor speaker --kubernetes` needs.
+#[derive(Debug, Clone)]
+pub struct KubeSpeakerConfig {
+    pub node_name: String,
+    /// Interfaces to answer on; empty: every uplink-like interface ([`link::autodetect`]).
+    pub interfaces: Vec<String>,
+    pub timing: Timing,
+    pub metrics_addr: Option<SocketAddr>,
+    pub gossip_port: u16,
+    /// Default: this Node's InternalIP (what the other speakers join).
+    pub gossip_bind: Option<IpAddr>,
+    pub sealer: Sealer,
+    pub gossip_timing: GossipTiming,
+    pub hold: Duration,
+    pub policy: ClassPolicy,
+}
+
+// ---------------------------------------------------------------------------------------
+// Pure facts from Kubernetes objects.
+
+/// The ready endpoints of one EndpointSlice, by node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SliceInfo {
+    pub service: ServiceKey,
+    pub ready_nodes: BTreeSet<String>,
+}
+
+/// Reads an EndpointSlice of either version (`v1`: `nodeName`; `v1beta1`: `nodeName` or
+/// `topology["kubernetes.io/hostname"]`). A missing `ready` condition counts as ready, as
+/// the API documents. `None` for a slice of no Service.
+pub fn slice_info(obj: &serde_json::Value) -> Option<SliceInfo> {
+    let meta = obj.get("metadata")?;
+    let ns = meta.get("namespace")?.as_str()?;
+    let svc = meta.get("labels")?.get(SERVICE_NAME_LABEL)?.as_str()?;
+    let service = ServiceKey::new(ns, svc).ok()?;
+    let mut ready_nodes = BTreeSet::new();
+    for ep in obj.get("endpoints").and_then(|e| e.as_array()).map(Vec::as_slice).unwrap_or_default() {
+        let ready = ep.get("conditions").and_then(|c| c.get("ready")).and_then(|r| r.as_bool()).unwrap_or(true);
+        let node = ep
+            .get("nodeName")
+            .and_then(|n| n.as_str())
+            .or_else(|| ep.get("topology").and_then(|t| t.get("kubernetes.io/hostname")).and_then(|h| h.as_str()));
+        if let (true, Some(n)) = (ready, node) {
+            ready_nodes.insert(n.to_owned());
+        }
+    }
+    Some(SliceInfo { service, ready_nodes })
+}
+
+fn service_key(svc: &Service) -> Option<ServiceKey> {
+    ServiceKey::new(svc.metadata.namespace.as_deref()?, svc.metadata.name.as_deref()?).ok()
+}
+
+/// Every VIP in the status of our Services, with the Services that use it, and its facts.
+/// A VIP shared by several Services is `etp_local` if any of them is, and then only nodes
+/// with a ready endpoint of every such Service qualify.
+pub fn vip_facts<'a>(
+    services: impl IntoIterator<Item = &'a Service>,
+    slices: impl IntoIterator<Item = &'a SliceInfo>,
+    policy: &ClassPolicy,
+) -> BTreeMap<IpAddr, (VipFacts, Vec<ServiceKey>)> {
+    let mut endpoints: HashMap<&ServiceKey, BTreeSet<&str>> = HashMap::new();
+    for s in slices {
+        endpoints.entry(&s.service).or_default().extend(s.ready_nodes.iter().map(String::as_str));
+    }
+    let mut out: BTreeMap<IpAddr, (VipFacts, Vec<ServiceKey>, Option<BTreeSet<String>>)> = BTreeMap::new();
+    for svc in services {
+        if !decide::is_ours(svc, policy) {
+            continue;
+        }
+        let Some(key) = service_key(svc) else { continue };
+        let local = svc.spec.as_ref().and_then(|s| s.external_traffic_policy.as_deref()) == Some("Local");
+        let eps: BTreeSet<String> =
+            endpoints.get(&key).map(|e| e.iter().map(|s| (*s).to_owned()).collect()).unwrap_or_default();
+        for vip in decide::status_addresses(svc) {
+            let entry = out
+                .entry(vip)
+                .or_insert_with(|| (VipFacts { vip, etp_local: false, local_endpoints: vec![] }, Vec::new(), None));
+            entry.1.push(key.clone());
+            if local {
+                entry.0.etp_local = true;
+                entry.2 = Some(match entry.2.take() {
+                    None => eps.clone(),
+                    Some(have) => have.intersection(&eps).cloned().collect(),
+                });
+            }
+        }
+    }
+    out.into_iter()
+        .map(|(vip, (mut f, keys, eps))| {
+            f.local_endpoints = eps.unwrap_or_default().into_iter().collect();
+            (vip, (f, keys))
+        })
+        .collect()
+}
+
+/// Ready (condition `Ready=True`) and not labelled out.
+pub fn node_state(node: &Node) -> (bool, bool) {
+    let ready = node
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    let excluded = node.metadata.labels.as_ref().is_some_and(|l| l.contains_key(EXCLUDE_LABEL));
+    (ready, excluded)
+}
+
+/// The node's first InternalIP (IPv4 preferred).
+pub fn internal_ip(node: &Node) -> Option<IpAddr> {
+    let addrs: Vec<IpAddr> = node
+        .status
+        .as_ref()?
+        .addresses
+        .as_ref()?
+        .iter()
+        .filter(|a| a.type_ == "InternalIP")
+        .filter_map(|a| a.address.parse().ok())
+        .collect();
+    addrs.iter().find(|a| a.is_ipv4()).or(addrs.first()).copied()
+}
+
+/// Facts about every live member: a member without a Node object is not Ready.
+pub fn node_facts<'a>(nodes: impl IntoIterator<Item = &'a Node>, members: &Live) -> Vec<NodeFacts> {
+    let state: HashMap<&str, (bool, bool)> =
+        nodes.into_iter().filter_map(|n| Some((n.metadata.name.as_deref()?, node_state(n)))).collect();
+    members
+        .keys()
+        .map(|name| {
+            let (ready, excluded) = state.get(name.as_str()).copied().unwrap_or((false, false));
+            NodeFacts { name: name.clone(), live: true, ready, excluded, candidate_since: None }
+        })
+        .collect()
+}
+
+/// The owner of every VIP. A member is settled once it has been up for `hold`; settled
+/// members are preferred, so a (re)joining node takes VIPs back only after the hold time.
+pub fn owners(
+    vips: &BTreeMap<IpAddr, (VipFacts, Vec<ServiceKey>)>,
+    nodes: &[NodeFacts],
+    members: &Live,
+    now_ms: i64,
+    hold: Duration,
+) -> BTreeMap<IpAddr, Option<String>> {
+    let hold_ms = i64::try_from(hold.as_millis()).unwrap_or(i64::MAX);
+    let settled = |n: &NodeFacts| members.get(&n.name).is_some_and(|m| now_ms.saturating_sub(m.started_ms) >= hold_ms);
+    vips.iter().map(|(vip, (f, _))| (*vip, owner_with_hold(f, nodes, settled))).collect()
+}
+
+/// The `vipvisor.io/announcing` annotation, per VIP: `node,interface` when one node
+/// announces every VIP of the Service on one interface, else `VIP=node,interface;…`.
+pub fn parse_announcing(value: &str, vips: &[IpAddr]) -> BTreeMap<IpAddr, String> {
+    let value = value.trim();
+    if value.is_empty() {
+        return BTreeMap::new();
+    }
+    if !value.contains('=') {
+        return vips.iter().map(|v| (*v, value.to_owned())).collect();
+    }
+    value
+        .split(';')
+        .filter_map(|e| {
+            let (ip, who) = e.split_once('=')?;
+            let ip: IpAddr = ip.trim().parse().ok()?;
+            vips.contains(&ip).then(|| (ip, who.trim().to_owned()))
+        })
+        .collect()
+}
+
+pub fn render_announcing(entries: &BTreeMap<IpAddr, String>, vips: &[IpAddr]) -> String {
+    let mut vals = vips.iter().filter_map(|v| entries.get(v));
+    if let Some(first) = vals.next() {
+        if vips.iter().all(|v| entries.get(v) == Some(first)) {
+            return first.clone();
+        }
+    }
+    vips.iter().filter_map(|v| entries.get(v).map(|w| format!("{v}={w}"))).collect::<Vec<_>>().join(";")
+}
+
+// ---------------------------------------------------------------------------------------
+// The runner.
+
+fn endpointslice_resource(version: &str) -> ApiResource {
+    ApiResource {
+        group: "discovery.k8s.io".into(),
+        version: version.into(),
+        api_version: format!("discovery.k8s.io/{version}"),
+        kind: "EndpointSlice".into(),
+        plural: "endpointslices".into(),
+    }
+}
+
+/// `v1` if the server serves `discovery.k8s.io/v1`, else `v1beta1`.
+async fn endpointslice_version(client: &Client) -> &'static str {
+    match client.list_api_group_resources("discovery.k8s.io/v1").await {
+        Ok(l) if l.resources.iter().any(|r| r.name == "endpointslices") => "v1",
+        _ => "v1beta1",
+    }
+}
+
+type Slices = Arc<Mutex<HashMap<String, SliceInfo>>>;
+
+fn lock_slices(s: &Slices) -> std::sync::MutexGuard<'_, HashMap<String, SliceInfo>> {
+    s.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Keeps `slices` equal to the server's EndpointSlices; `synced` turns true after the
+/// first list.
+async fn watch_slices(api: Api<DynamicObject>, slices: Slices, changed: Arc<Notify>, synced: watch::Sender<bool>) {
+    let key = |o: &DynamicObject| {
+        format!("{}/{}", o.metadata.namespace.as_deref().unwrap_or(""), o.metadata.name.as_deref().unwrap_or(""))
+    };
+    let info = |o: &DynamicObject| serde_json::to_value(o).ok().as_ref().and_then(slice_info);
+    let stream = watcher(api, watcher::Config::default()).default_backoff();
+    futures::pin_mut!(stream);
+    let mut fresh: HashMap<String, SliceInfo> = HashMap::new();
+    while let Some(ev) = stream.next().await {
+        match ev {
+            Ok(watcher::Event::Apply(o)) => {
+                let mut s = lock_slices(&slices);
+                match info(&o) {
+                    Some(i) => s.insert(key(&o), i),
+                    None => s.remove(&key(&o)),
+                };
+            }
+            Ok(watcher::Event::Delete(o)) => {
+                lock_slices(&slices).remove(&key(&o));
+            }
+            Ok(watcher::Event::Init) => fresh.clear(),
+            Ok(watcher::Event::InitApply(o)) => {
+                if let Some(i) = info(&o) {
+                    fresh.insert(key(&o), i);
+                }
+            }
+            Ok(watcher::Event::InitDone) => {
+                *lock_slices(&slices) = std::mem::take(&mut fresh);
+                synced.send_replace(true);
+            }
+            Err(e) => {
+                warn!(error = %e, "endpointslice watch error");
+                continue;
+            }
+        }
+        changed.notify_one();
+    }
+}
+
+/// Runs a reflector for `K`, poking `changed` on every event.
+fn reflect<K>(
+    api: Api<K>,
+    writer: reflector::store::Writer<K>,
+    changed: Arc<Notify>,
+    what: &'static str,
+) -> tokio::task::JoinHandle<()>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    tokio::spawn(async move {
+        let stream = watcher(api, watcher::Config::default())
+            .default_backoff()
+            .modify(|o: &mut K| o.meta_mut().managed_fields = None)
+            .reflect(writer);
+        futures::pin_mut!(stream);
+        while let Some(ev) = stream.next().await {
+            if let Err(e) = ev {
+                warn!(error = %e, what, "watch error");
+            }
+            changed.notify_one();
+        }
+    })
+}
+
+/// What this node announces now: VIP → interface name.
+type Announcing = BTreeMap<IpAddr, String>;
+
+/// Runs the speaker in Kubernetes mode until `shutdown`.
+pub async fn run(
+    client: Client,
+    cfg: KubeSpeakerConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let links: Vec<LinkInfo> = if cfg.interfaces.is_empty() {
+        link::autodetect()?
+    } else {
+        cfg.interfaces.iter().map(|n| link::lookup(n)).collect::<Result<_, _>>()?
+    };
+    if links.is_empty() {
+        anyhow::bail!("no interface that is up with an Ethernet MAC and a global address; expected --interface IF");
+    }
+    let (sockets, mut groups) = open_links(&links)?;
+    let metrics = Metrics::new();
+    if let Some(addr) = cfg.metrics_addr {
+        crate::announce::serve_metrics(addr, metrics.clone()).await?;
+    }
+    let ifaces = links.iter().map(|l| Iface { name: l.name.clone(), mac: l.mac }).collect();
+    let speaker = Speaker::new(ifaces, sockets, cfg.timing, metrics.clone());
+
+    // Watches.
+    let changed = Arc::new(Notify::new());
+    let (svc_reader, svc_writer) = reflector::store::<Service>();
+    let (node_reader, node_writer) = reflector::store::<Node>();
+    let slices: Slices = Arc::default();
+    let version = endpointslice_version(&client).await;
+    let (slices_synced_tx, mut slices_synced) = watch::channel(false);
+    let mut tasks = vec![
+        reflect(Api::<Service>::all(client.clone()), svc_writer, changed.clone(), "services"),
+        reflect(Api::<Node>::all(client.clone()), node_writer, changed.clone(), "nodes"),
+        tokio::spawn(watch_slices(
+            Api::all_with(client.clone(), &endpointslice_resource(version)),
+            slices.clone(),
+            changed.clone(),
+            slices_synced_tx,
+        )),
+    ];
+    svc_reader.wait_until_ready().await.map_err(|e| anyhow::anyhow!("service reflector: {e}"))?;
+    node_reader.wait_until_ready().await.map_err(|e| anyhow::anyhow!("node reflector: {e}"))?;
+    let _ = slices_synced.wait_for(|s| *s).await;
+    info!(
+        node = %cfg.node_name,
+        interfaces = ?links.iter().map(|l| l.name.as_str()).collect::<Vec<_>>(),
+        endpointslices = version,
+        services = svc_reader.state().len(),
+        nodes = node_reader.state().len(),
+        "speaker caches synced"
+    );
+
+    // Gossip with the speakers on the other nodes.
+    let me_node = node_reader.get(&ObjectRef::new(&cfg.node_name));
+    if me_node.is_none() {
+        warn!(node = %cfg.node_name, "no Node object with this name: this speaker will own no VIP until it appears");
+    }
+    let bind_ip = cfg
+        .gossip_bind
+        .or_else(|| me_node.as_deref().and_then(internal_ip))
+        .or_else(|| links.iter().flat_map(|l| l.subnets.iter()).find(|n| n.is_ipv4()).map(|n| n.ip()))
+        .ok_or_else(|| anyhow::anyhow!("no address to bind gossip to; expected --gossip-bind or a Node InternalIP"))?;
+    let peers = |nodes: &[Arc<Node>]| -> Vec<SocketAddr> {
+        nodes
+            .iter()
+            .filter(|n| n.metadata.name.as_deref() != Some(cfg.node_name.as_str()))
+            .filter_map(|n| internal_ip(n))
+            .map(|ip| SocketAddr::new(ip, cfg.gossip_port))
+            .collect()
+    };
+    let bind = SocketAddr::new(bind_ip, cfg.gossip_port);
+    let macs: Vec<[u8; 6]> = links.iter().map(|l| l.mac.0).collect();
+    let membership = Arc::new(
+        Membership::start(
+            &cfg.node_name,
+            macs,
+            bind,
+            peers(&node_reader.state()),
+            cfg.sealer.clone(),
+            cfg.gossip_timing,
+        )
+        .await
+        .map_err(|e| SpeakerError::Gossip(e.to_string()))?,
+    );
+    info!(%bind, "gossip started");
+    let mut live = membership.live();
+    // Give the group a moment to answer, so a joining node does not decide alone.
+    if node_reader.state().len() > 1 {
+        let _ = tokio::time::timeout(Duration::from_secs(1), live.wait_for(|l| l.len() > 1)).await;
+    }
+
+    let (owned_tx, owned_rx) = watch::channel(Vec::<Owned>::new());
+    let (announcing_tx, announcing_rx) = watch::channel(Announcing::new());
+    let ownership = {
+        let (svc_reader, node_reader, slices, changed, membership) =
+            (svc_reader.clone(), node_reader.clone(), slices.clone(), changed.clone(), membership.clone());
+        let (me, policy, hold, port) = (cfg.node_name.clone(), cfg.policy.clone(), cfg.hold, cfg.gossip_port);
+        let links = links.clone();
+        let metrics = metrics.clone();
+        let friends = speaker.friends();
+        tokio::spawn(async move {
+            let mut previous: HashMap<IpAddr, Option<String>> = HashMap::new();
+            let mut no_iface_warned: BTreeSet<IpAddr> = BTreeSet::new();
+            loop {
+                let members = live.borrow_and_update().clone();
+                metrics.set_members(members.len());
+                friends.set(
+                    members.iter().filter(|(n, _)| **n != me).flat_map(|(_, m)| m.macs.iter().map(|b| wire::Mac(*b))),
+                );
+                let nodes = node_reader.state();
+                membership.set_peers(
+                    nodes
+                        .iter()
+                        .filter(|n| n.metadata.name.as_deref() != Some(me.as_str()))
+                        .filter_map(|n| internal_ip(n))
+                        .map(|ip| SocketAddr::new(ip, port))
+                        .collect(),
+                );
+                let services = svc_reader.state();
+                let slice_list: Vec<SliceInfo> = lock_slices(&slices).values().cloned().collect();
+                let vips = vip_facts(services.iter().map(|s| s.as_ref()), &slice_list, &policy);
+                let facts = node_facts(nodes.iter().map(|n| n.as_ref()), &members);
+                let now_ms = crate::model::Timestamp::now().0;
+                let chosen = owners(&vips, &facts, &members, now_ms, hold);
+                let mut owned = Vec::new();
+                let mut announcing = Announcing::new();
+                for (vip, owner) in &chosen {
+                    let before = previous.insert(*vip, owner.clone());
+                    if before.as_ref() != Some(owner) {
+                        let services: Vec<String> = vips[vip].1.iter().map(ToString::to_string).collect();
+                        info!(%vip, owner = ?owner, previous = ?before.clone().flatten(), ?services, "owner chosen");
+                        metrics.owner_changed(vip, before.clone().flatten().as_deref(), owner.as_deref());
+                    }
+                    if owner.as_deref() != Some(me.as_str()) {
+                        continue;
+                    }
+                    let Some(i) = links.iter().position(|l| l.subnet_of(vip).is_some()) else {
+                        if no_iface_warned.insert(*vip) {
+                            warn!(%vip, "this node owns the VIP but has no interface in a subnet containing it; not announcing");
+                        }
+                        continue;
+                    };
+                    let takeover = before.flatten().is_some_and(|b| b != me);
+                    owned.push(Owned { vip: *vip, iface: i, takeover });
+                    announcing.insert(*vip, links[i].name.clone());
+                }
+                for (vip, owner) in previous.iter_mut() {
+                    if !chosen.contains_key(vip) && owner.is_some() {
+                        metrics.owner_changed(vip, owner.as_deref(), None);
+                        *owner = None;
+                    }
+                }
+                previous.retain(|v, _| chosen.contains_key(v));
+                no_iface_warned.retain(|v| chosen.contains_key(v));
+                // Solicited-node groups for the IPv6 VIPs this node answers for.
+                for (i, g) in groups.iter_mut().enumerate() {
+                    for o in owned.iter().filter(|o| o.iface == i) {
+                        if let IpAddr::V6(v6) = o.vip {
+                            if let Err(e) = g.join(wire::solicited_node(v6)) {
+                                warn!(vip = %o.vip, error = %e, "cannot join the solicited-node group");
+                            }
+                        }
+                    }
+                }
+                owned_tx.send_if_modified(|cur| {
+                    let same = cur.len() == owned.len() && cur.iter().zip(&owned).all(|(a, b)| a.vip == b.vip);
+                    if !same {
+                        *cur = owned;
+                    }
+                    !same
+                });
+                announcing_tx.send_if_modified(|cur| {
+                    let changed = *cur != announcing;
+                    if changed {
+                        *cur = announcing;
+                    }
+                    changed
+                });
+                // Membership, objects, and the passing of hold times can move VIPs.
+                tokio::select! {
+                    r = live.changed() => if r.is_err() { return },
+                    _ = changed.notified() => {
+                        // Let a burst of watch events settle into one recomputation.
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                }
+            }
+        })
+    };
+    tasks.push(ownership);
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter { controller: "vipvisor-speaker".into(), instance: Some(cfg.node_name.clone()) },
+    );
+    tasks.push(tokio::spawn(report(
+        client.clone(),
+        recorder,
+        svc_reader.clone(),
+        cfg.node_name.clone(),
+        announcing_rx,
+        changed.clone(),
+    )));
+
+    let result = speaker.run_owned(owned_rx, false, shutdown).await;
+    for t in tasks {
+        t.abort();
+    }
+    // Say goodbye so the others take over at once instead of waiting to detect us.
+    membership.leave();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    info!("speaker stopped");
+    result.map_err(Into::into)
+}
+
+/// Writes `vipvisor.io/announcing` on the Services whose VIPs this node announces, with an
+/// `Announcing` Event whenever this node's entry changes. Writes carry the resourceVersion
+/// they were computed from; a conflict is retried on the next change.
+async fn report(
+    client: Client,
+    recorder: Recorder,
+    services: Reflector<Service>,
+    me: String,
+    mut announcing: watch::Receiver<Announcing>,
+    changed: Arc<Notify>,
+) {
+    loop {
+        let mine = announcing.borrow_and_update().clone();
+        let mut pending = false;
+        for svc in services.state() {
+            let vips = decide::status_addresses(&svc);
+            let owned: Vec<(&IpAddr, &String)> = mine.iter().filter(|(v, _)| vips.contains(v)).collect();
+            if owned.is_empty() {
+                continue;
+            }
+            let current =
+                svc.metadata.annotations.as_ref().and_then(|a| a.get(ANN_ANNOUNCING)).cloned().unwrap_or_default();
+            let mut entries = parse_announcing(&current, &vips);
+            let mut news = Vec::new();
+            for (vip, iface) in &owned {
+                let want = format!("{me},{iface}");
+                if entries.get(*vip) != Some(&want) {
+                    entries.insert(**vip, want);
+                    news.push(format!("Announcing {vip} from node {me} on {iface}"));
+                }
+            }
+            if news.is_empty() {
+                continue;
+            }
+            let value = render_announcing(&entries, &vips);
+            let (Some(ns), Some(name)) = (svc.metadata.namespace.as_deref(), svc.metadata.name.as_deref()) else {
+                continue;
+            };
+            let api: Api<Service> = Api::namespaced(client.clone(), ns);
+            let patch = serde_json::json!({"metadata": {
+                "resourceVersion": svc.metadata.resource_version,
+                "annotations": {ANN_ANNOUNCING: value},
+            }});
+            match api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+                Ok(_) => {
+                    info!(service = %format!("{ns}/{name}"), %value, "reported the announcing node");
+                    for note in news {
+                        let ev = KEvent {
+                            type_: EventType::Normal,
+                            reason: "Announcing".into(),
+                            note: Some(note),
+                            action: "Announce".into(),
+                            secondary: None,
+                        };
+                        if let Err(e) = recorder.publish(&ev, &svc.object_ref(&())).await {
+                            warn!(error = %e, "could not record an event");
+                        }
+                    }
+                }
+                Err(kube::Error::Api(s)) if s.code == 409 => {
+                    debug!(service = %format!("{ns}/{name}"), "annotation conflict; retrying with the newer object");
+                    pending = true;
+                }
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => {
+                    warn!(service = %format!("{ns}/{name}"), error = %e, "could not report the announcing node");
+                    pending = true;
+                }
+            }
+        }
+        let retry = async {
+            if pending {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            r = announcing.changed() => if r.is_err() { return },
+            _ = changed.notified() => tokio::time::sleep(Duration::from_millis(50)).await,
+            _ = retry => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::membership::MemberInfo;
+
+    fn svc(v: serde_json::Value) -> Service {
+        serde_json::from_value(v).unwrap()
+    }
+    fn lb(name: &str, ips: &[&str], etp: &str) -> Service {
+        let ingress: Vec<_> = ips.iter().map(|i| serde_json::json!({"ip": i})).collect();
+        svc(serde_json::json!({
+            "metadata": {"namespace": "default", "name": name},
+            "spec": {"type": "LoadBalancer", "externalTrafficPolicy": etp},
+            "status": {"loadBalancer": {"ingress": ingress}}
+        }))
+    }
+    fn node(name: &str, ready: bool, exclude: bool, ip: &str) -> Node {
+        let labels = if exclude { serde_json::json!({EXCLUDE_LABEL: ""}) } else { serde_json::json!({}) };
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "labels": labels},
+            "status": {
+                "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}],
+                "addresses": [{"type": "Hostname", "address": name}, {"type": "InternalIP", "address": ip}]
+            }
+        }))
+        .unwrap()
+    }
+    fn members(names: &[&str]) -> Live {
+        names.iter().map(|n| (n.to_string(), MemberInfo { started_ms: 0, macs: vec![] })).collect()
+    }
+
+    #[test]
+    fn slices_of_both_versions_are_read() {
+        let v1 = serde_json::json!({
+            "metadata": {"namespace": "web", "name": "s-1", "labels": {SERVICE_NAME_LABEL: "s"}},
+            "endpoints": [
+                {"addresses": ["10.0.0.1"], "conditions": {"ready": true}, "nodeName": "n1"},
+                {"addresses": ["10.0.0.2"], "conditions": {"ready": false}, "nodeName": "n2"},
+                {"addresses": ["10.0.0.3"], "nodeName": "n3"},
+                {"addresses": ["10.0.0.4"], "conditions": {"ready": true}}
+            ]
+        });
+        let i = slice_info(&v1).unwrap();
+        assert_eq!(i.service.to_string(), "web/s");
+        assert_eq!(
+            i.ready_nodes,
+            BTreeSet::from(["n1".into(), "n3".into()]),
+            "not-ready n2 out; unknown readiness counts"
+        );
+        let beta = serde_json::json!({
+            "metadata": {"namespace": "web", "name": "s-2", "labels": {SERVICE_NAME_LABEL: "s"}},
+            "endpoints": [{"addresses": ["10.0.0.5"], "conditions": {"ready": true}, "topology": {"kubernetes.io/hostname": "n4"}}]
+        });
+        assert_eq!(slice_info(&beta).unwrap().ready_nodes, BTreeSet::from(["n4".into()]));
+        let orphan = serde_json::json!({"metadata": {"namespace": "web", "name": "x"}, "endpoints": []});
+        assert_eq!(slice_info(&orphan), None, "a slice without a service-name label belongs to no Service");
+        assert_eq!(slice_info(&serde_json::json!({"metadata": {}})), None);
+    }
+
+    #[test]
+    fn vips_come_from_our_services_with_their_traffic_policy() {
+        let mut other = lb("other", &["192.0.2.99"], "Cluster");
+        other.spec.as_mut().unwrap().load_balancer_class = Some("someone.else/lb".into());
+        let cluster_ip =
+            svc(serde_json::json!({"metadata": {"namespace": "default", "name": "c"}, "spec": {"type": "ClusterIP"}}));
+        let services = [
+            lb("a", &["192.0.2.10", "2001:db8::10"], "Cluster"),
+            lb("b", &["192.0.2.11"], "Local"),
+            lb("shared", &["192.0.2.11"], "Local"),
+            other,
+            cluster_ip,
+            lb("pending", &[], "Cluster"),
+        ];
+        let slices = [
+            SliceInfo {
+                service: ServiceKey::new("default", "b").unwrap(),
+                ready_nodes: ["n1".into(), "n2".into()].into(),
+            },
+            SliceInfo { service: ServiceKey::new("default", "shared").unwrap(), ready_nodes: ["n2".into()].into() },
+            SliceInfo { service: ServiceKey::new("default", "shared").unwrap(), ready_nodes: ["n3".into()].into() },
+        ];
+        let v = vip_facts(services.iter(), slices.iter(), &ClassPolicy::default());
+        let keys: Vec<String> = v.keys().map(ToString::to_string).collect();
+        assert_eq!(
+            keys,
+            ["192.0.2.10", "192.0.2.11", "2001:db8::10"],
+            "other classes, ClusterIPs and pending ones are not ours"
+        );
+        let (f, svcs) = &v[&"192.0.2.11".parse().unwrap()];
+        assert_eq!(svcs.len(), 2);
+        assert!(f.etp_local);
+        assert_eq!(f.local_endpoints, ["n2"], "shared VIP under Local: nodes with endpoints of both Services");
+        assert!(!v[&"192.0.2.10".parse().unwrap()].0.etp_local);
+    }
+
+    #[test]
+    fn members_need_a_ready_node_without_the_exclude_label() {
+        let nodes = [
+            node("n1", true, false, "192.0.2.11"),
+            node("n2", false, false, "192.0.2.12"),
+            node("n3", true, true, "192.0.2.13"),
+        ];
+        let f = node_facts(nodes.iter(), &members(&["n1", "n2", "n3", "ghost"]));
+        let cands: Vec<&str> = f.iter().filter(|n| n.ready && !n.excluded).map(|n| n.name.as_str()).collect();
+        assert_eq!(cands, ["n1"], "n2 NotReady, n3 excluded, ghost has no Node");
+        assert_eq!(internal_ip(&nodes[1]), Some("192.0.2.12".parse().unwrap()));
+        let services = [lb("a", &["192.0.2.10"], "Cluster")];
+        let v = vip_facts(services.iter(), [].iter(), &ClassPolicy::default());
+        let o = owners(&v, &f, &members(&["n1", "n2", "n3", "ghost"]), 0, Duration::ZERO);
+        assert_eq!(o[&"192.0.2.10".parse().unwrap()], Some("n1".into()));
+    }
+
+    #[test]
+    fn local_policy_moves_the_vip_with_its_endpoints() {
+        let nodes: Vec<Node> = (1..=3).map(|i| node(&format!("n{i}"), true, false, &format!("192.0.2.1{i}"))).collect();
+        let m = members(&["n1", "n2", "n3"]);
+        let f = node_facts(nodes.iter(), &m);
+        let services = [lb("web", &["192.0.2.10"], "Local")];
+        let vip: IpAddr = "192.0.2.10".parse().unwrap();
+        for only in ["n1", "n2", "n3"] {
+            let slices =
+                [SliceInfo { service: ServiceKey::new("default", "web").unwrap(), ready_nodes: [only.into()].into() }];
+            let v = vip_facts(services.iter(), slices.iter(), &ClassPolicy::default());
+            assert_eq!(owners(&v, &f, &m, 0, Duration::ZERO)[&vip].as_deref(), Some(only));
+        }
+        let v = vip_facts(services.iter(), [].iter(), &ClassPolicy::default());
+        assert_eq!(owners(&v, &f, &m, 0, Duration::ZERO)[&vip], None, "no ready endpoint: nobody announces");
+    }
+
+    #[test]
+    fn the_annotation_round_trips() {
+        let v4: IpAddr = "192.0.2.10".parse().unwrap();
+        let v6: IpAddr = "2001:db8::10".parse().unwrap();
+        let both = [v4, v6];
+        let e = parse_announcing("n1,eth0", &both);
+        assert_eq!(e.len(), 2);
+        assert_eq!(render_announcing(&e, &both), "n1,eth0");
+        let mut e = e;
+        e.insert(v6, "n2,ens192".into());
+        let s = render_announcing(&e, &both);
+        assert_eq!(s, "192.0.2.10=n1,eth0;2001:db8::10=n2,ens192");
+        assert_eq!(parse_announcing(&s, &both), e);
+        assert_eq!(parse_announcing(&s, &[v4]).len(), 1, "entries of VIPs the Service no longer has are dropped");
+        assert_eq!(render_announcing(&parse_announcing(&s, &[v4]), &[v4]), "n1,eth0");
+        assert!(parse_announcing("", &both).is_empty());
+        assert!(parse_announcing("garbage=x;=;1.2.3=y", &both).is_empty(), "malformed entries are ignored");
+        let one: BTreeMap<IpAddr, String> = [(v4, "n1,eth0".to_string())].into();
+        assert_eq!(render_announcing(&one, &both), "192.0.2.10=n1,eth0", "a VIP without owner is not claimed");
+    }
+}
