@@ -6,6 +6,11 @@
 #   tests/lab/l2.sh down PREFIX          delete them (idempotent; also kills their processes)
 #   tests/lab/l2.sh detach PREFIX N      unplug node N's switch port (a crash as the LAN sees it)
 #   tests/lab/l2.sh attach PREFIX N      plug it back
+#   tests/lab/l2.sh host PREFIX NET      plug the host (root namespace) into the switch, e.g.
+#                                        for an apiserver the nodes can reach: NET is a /24
+#                                        such as 203.0.113; the host gets NET.254, the client
+#                                        NET.1 and node N NET.1N. Refused if the host already
+#                                        routes NET.0/24. (The veth goes away with the lab.)
 #
 # Client:  eth0 02:00:00:00:00:01  192.0.2.1/24   2001:db8::1/64
 # Node N:  eth0 02:00:00:00:00:1N  192.0.2.1N/24  2001:db8::1N/64
@@ -19,6 +24,7 @@ down() {
     for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
     ip netns del "$ns" 2>/dev/null || true
   done
+  ip link del "${p}h" 2>/dev/null || true
 }
 
 case $cmd in
@@ -47,6 +53,21 @@ case $cmd in
     done
     ;;
   down) down ;;
+  host)
+    net=${3:?NET, e.g. 203.0.113}
+    [[ $net =~ ^(192\.0\.2|198\.51\.100|203\.0\.113)$ ]] || { echo "NET must be a documentation /24 (192.0.2, 198.51.100 or 203.0.113)" >&2; exit 2; }
+    if [ -n "$(ip route show to match "$net.254" | grep -v '^default')" ]; then
+      echo "the host already routes $net.0/24; pick another documentation range" >&2; exit 3
+    fi
+    ip link add "${p}h" type veth peer name ph netns "${p}sw"
+    ip -n "${p}sw" link set ph master br0 up
+    ip addr add "$net.254/24" dev "${p}h"
+    ip link set "${p}h" up
+    ip -n "${p}c" addr add "$net.1/24" dev eth0
+    for ns in $(ip netns list | awk '{print $1}' | grep -E "^${p}n[0-9]+$"); do
+      ip -n "$ns" addr add "$net.1${ns#"${p}n"}/24" dev eth0
+    done
+    ;;
   detach) ip -n "${p}sw" link set "p${3:?node}" nomaster ;;
   attach) ip -n "${p}sw" link set "p${3:?node}" master br0 ;;
   *) echo "unknown command $cmd" >&2; exit 2 ;;

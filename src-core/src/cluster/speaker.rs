@@ -105,7 +105,9 @@ pub fn vip_facts<'a>(
     for s in slices {
         endpoints.entry(&s.service).or_default().extend(s.ready_nodes.iter().map(String::as_str));
     }
-    let mut out: BTreeMap<IpAddr, (VipFacts, Vec<ServiceKey>, Option<BTreeSet<String>>)> = BTreeMap::new();
+    /// Facts, Services, and the nodes with endpoints of every Local Service so far.
+    type Acc = (VipFacts, Vec<ServiceKey>, Option<BTreeSet<String>>);
+    let mut out: BTreeMap<IpAddr, Acc> = BTreeMap::new();
     for svc in services {
         if !decide::is_ours(svc, policy) {
             continue;

@@ -1,0 +1,353 @@
+//! Kubernetes mode of the speaker in a lab: three node namespaces and a client on a bridge
+//! (tests/lab/l2.sh), a real kube-apiserver (tests/testbed/kube.sh) bound to the host's end
+//! of a veth on that bridge, one `vipvisor speaker --kubernetes` per node namespace running
+//! as the speaker's service account (impersonated, so deploy/speaker.yaml's RBAC is what it
+//! gets). Node objects are created by the test (there is no kubelet), and so are
+//! EndpointSlices (no kube-controller-manager).
+//!
+//! Needs root, the lab tools and the kube testbed: in CI their absence fails the test;
+//! elsewhere it is skipped, loudly.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const VIPVISOR: &str = env!("CARGO_BIN_EXE_vipvisor");
+const VIP: &str = "192.0.2.100";
+const SA: &str = "system:serviceaccount:vipvisor-system:vipvisor-speaker";
+
+fn repo(p: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(p)
+}
+
+fn missing() -> Option<String> {
+    let uid = Command::new("id").arg("-u").output().ok().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    if uid.as_deref() != Some("0") {
+        return Some("not running as root (network namespaces and raw sockets need it)".into());
+    }
+    let ok = Command::new("sh")
+        .args(["-c", "ls /var/tmp/vipvisor-kube/*/kube-apiserver && command -v etcd && command -v kubectl && command -v arping && command -v python3"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    (!ok).then(|| "the kube testbed or the lab tools are missing (tests/run installs and builds them)".into())
+}
+
+struct Lab {
+    prefix: String,
+    dir: tempfile::TempDir,
+    net: &'static str,
+    speakers: Vec<Option<Child>>,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for c in self.speakers.iter_mut().flatten() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = Command::new(repo("tests/testbed/kube.sh")).arg("stop").arg(self.dir.path()).status();
+        let _ = Command::new(repo("tests/lab/l2.sh")).args(["down", &self.prefix]).status();
+    }
+}
+
+fn wait_until(limit: Duration, mut f: impl FnMut() -> bool, what: &str) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl Lab {
+    fn kubeconfig(&self) -> PathBuf {
+        self.dir.path().join("kubeconfig")
+    }
+    /// kubectl as the admin, with `stdin` piped in if given; panics on failure.
+    fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let mut child = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin.unwrap_or("").as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+    fn apply(&self, yaml: &str) {
+        self.kubectl(&["apply", "-f", "-"], Some(yaml));
+    }
+    fn can(&self, args: &[&str]) -> bool {
+        let out = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .args(["auth", "can-i", "--as", SA])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim() == "yes"
+    }
+    fn node(&self, i: usize, ready: bool) {
+        let name = format!("n{i}");
+        let _ = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .args(["create", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map(|mut c| {
+                let _ = c.stdin.take().unwrap().write_all(
+                    format!("{{\"apiVersion\":\"v1\",\"kind\":\"Node\",\"metadata\":{{\"name\":\"{name}\"}}}}")
+                        .as_bytes(),
+                );
+                c.wait()
+            });
+        let status = serde_json::json!({"status": {
+            "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }, "reason": "Test",
+                            "lastHeartbeatTime": "2026-11-25T00:00:00Z", "lastTransitionTime": "2026-11-25T00:00:00Z"}],
+            "addresses": [{"type": "InternalIP", "address": format!("{}.1{i}", self.net)}, {"type": "Hostname", "address": name}]
+        }});
+        self.kubectl(
+            &["patch", "node", &name, "--subresource=status", "--type=merge", "-p", &status.to_string()],
+            None,
+        );
+    }
+    fn speaker(&mut self, i: usize, kubeconfig: &Path, key: &Path) {
+        let log = std::fs::File::create(self.dir.path().join(format!("speaker-n{i}.log"))).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &format!("{}n{i}", self.prefix), VIPVISOR, "speaker", "--kubernetes"])
+            .arg("--node-name")
+            .arg(format!("n{i}"))
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .arg("--gossip-key-file")
+            .arg(key)
+            .args(["--metrics-addr", "127.0.0.1:9472"])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.speakers[i - 1] = Some(child);
+    }
+    fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("speaker-n{i}.log"))).unwrap_or_default()
+    }
+    fn logs(&self) -> String {
+        (1..=3).map(|i| format!("--- n{i}\n{}", self.log(i))).collect()
+    }
+    fn annotation(&self) -> String {
+        self.kubectl(
+            &["get", "service", "web", "-o", r"jsonpath={.metadata.annotations.vipvisor\.io/announcing}"],
+            None,
+        )
+    }
+    /// The MACs answering ARP for the VIP, as the client sees them.
+    fn answerers(&self) -> BTreeSet<String> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &format!("{}c", self.prefix), "arping", "-c", "2", "-w", "3", "-I", "eth0", VIP])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split('[').nth(1)?.split(']').next())
+            .map(str::to_lowercase)
+            .collect()
+    }
+    /// Waits until the annotation names `node` and only that node answers ARP.
+    fn wait_owner(&self, node: &str, why: &str) {
+        let mac = format!("02:00:00:00:00:{}", 10 + node[1..].parse::<usize>().unwrap());
+        let start = Instant::now();
+        loop {
+            let last = (self.annotation(), self.answerers());
+            if last.0 == format!("{node},eth0") && last.1 == BTreeSet::from([mac.clone()]) {
+                eprintln!("{why}: {node} owns {VIP} after {:?}", start.elapsed());
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "{why}: expected {node} ({mac}) to own {VIP}; annotation {:?}, ARP answers from {:?}\n{}",
+                last.0,
+                last.1,
+                self.logs()
+            );
+        }
+    }
+    fn owner(&self) -> String {
+        self.annotation().split(',').next().unwrap_or_default().to_owned()
+    }
+    fn metrics(&self, i: usize) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &format!("{}n{i}", self.prefix), "python3", "-c"])
+            .arg("import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:9472/metrics', timeout=2).read().decode())")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+fn slice(api_version: &str, nodes: &[(&str, bool)]) -> String {
+    let endpoints: Vec<serde_json::Value> = nodes
+        .iter()
+        .enumerate()
+        .map(|(k, (n, ready))| {
+            let mut e =
+                serde_json::json!({"addresses": [format!("10.244.0.{}", k + 1)], "conditions": {"ready": ready}});
+            if api_version.ends_with("v1beta1") {
+                e["topology"] = serde_json::json!({"kubernetes.io/hostname": n});
+            } else {
+                e["nodeName"] = serde_json::json!(n);
+            }
+            e
+        })
+        .collect();
+    serde_json::json!({
+        "apiVersion": api_version, "kind": "EndpointSlice",
+        "metadata": {"name": "web-1", "namespace": "default", "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4", "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "endpoints": endpoints
+    })
+    .to_string()
+}
+
+#[test]
+fn speakers_elect_report_and_follow_endpoints_and_node_readiness() {
+    if let Some(why) = missing() {
+        if std::env::var_os("CI").is_some() {
+            panic!("Kubernetes speaker lab cannot run in CI: {why}");
+        }
+        eprintln!("SKIPPED Kubernetes speaker lab: {why}");
+        return;
+    }
+    let prefix = format!("vk{}", std::process::id() % 1000);
+    let mut lab =
+        Lab { prefix: prefix.clone(), dir: tempfile::tempdir().unwrap(), net: "", speakers: vec![None, None, None] };
+    assert!(Command::new(repo("tests/lab/l2.sh")).args(["up", &prefix, "3"]).status().unwrap().success());
+    // The host's link to the lab: a documentation /24 the host does not route already.
+    lab.net = ["203.0.113", "198.51.100"]
+        .into_iter()
+        .find(|net| Command::new(repo("tests/lab/l2.sh")).args(["host", &prefix, net]).status().unwrap().success())
+        .expect("no free documentation range for the host's link to the lab");
+    let api_addr = format!("{}.254", lab.net);
+    assert!(Command::new(repo("tests/testbed/kube.sh"))
+        .arg("start")
+        .arg(lab.dir.path())
+        .arg(&api_addr)
+        .status()
+        .unwrap()
+        .success());
+
+    // The manifests apply, and the speaker's RBAC is least privilege.
+    for f in ["namespace.yaml", "speaker.yaml"] {
+        lab.kubectl(&["apply", "-f", repo(&format!("deploy/{f}")).to_str().unwrap()], None);
+    }
+    for allowed in [
+        &["watch", "services", "--all-namespaces"][..],
+        &["patch", "services", "-n", "default"],
+        &["list", "nodes"],
+        &["watch", "endpointslices.discovery.k8s.io", "--all-namespaces"],
+        &["create", "events.events.k8s.io", "-n", "default"],
+    ] {
+        assert!(lab.can(allowed), "the speaker must be allowed to {allowed:?}");
+    }
+    for denied in [
+        &["get", "secrets", "--all-namespaces"][..],
+        &["patch", "services", "--subresource=status", "-n", "default"],
+        &["update", "services", "-n", "default"],
+        &["delete", "services", "-n", "default"],
+        &["patch", "nodes"],
+        &["create", "endpointslices.discovery.k8s.io", "-n", "default"],
+        &["create", "pods", "-n", "default"],
+    ] {
+        assert!(!lab.can(denied), "the speaker must not be allowed to {denied:?}");
+    }
+    let kc = std::fs::read_to_string(lab.kubeconfig()).unwrap().replace(
+        "    token:",
+        &format!("    as: {SA}\n    as-groups: [system:serviceaccounts, system:serviceaccounts:vipvisor-system, system:authenticated]\n    token:"),
+    );
+    let sa_kc = lab.dir.path().join("speaker-kubeconfig");
+    std::fs::write(&sa_kc, kc).unwrap();
+    let key = lab.dir.path().join("gossip.key");
+    std::fs::write(&key, "a3ViZS1sYWItZ29zc2lwLWtleS1mb3ItdGVzdHMK\n").unwrap();
+
+    // Nodes (no kubelet here: the test plays it), a Service with an address (the
+    // controller's job; here written directly), and the speakers.
+    for i in 1..=3 {
+        lab.node(i, true);
+    }
+    lab.apply(
+        r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"web","namespace":"default"},
+            "spec":{"type":"LoadBalancer","selector":{"app":"web"},"ports":[{"name":"http","port":80,"targetPort":8080}]}}"#,
+    );
+    let ingress = serde_json::json!({"status": {"loadBalancer": {"ingress": [{"ip": VIP}]}}}).to_string();
+    lab.kubectl(&["patch", "service", "web", "--subresource=status", "--type=merge", "-p", &ingress], None);
+    for i in 1..=3 {
+        lab.speaker(i, &sa_kc, &key);
+    }
+
+    // 1. One owner: it reports itself in the annotation and an Event, answers ARP alone,
+    //    and every speaker's metrics name it.
+    wait_until(Duration::from_secs(20), || !lab.owner().is_empty(), "the owner annotation");
+    let first = lab.owner();
+    lab.wait_owner(&first, "initial election");
+    let events = lab.kubectl(&["get", "events.events.k8s.io", "-n", "default", "-o", "json"], None);
+    assert!(
+        events.contains("\"reason\": \"Announcing\"")
+            && events.contains(&format!("Announcing {VIP} from node {first} on eth0")),
+        "an Announcing Event names the owner: {events}"
+    );
+    for i in 1..=3 {
+        let want = format!("vipvisor_speaker_vip_owner{{vip=\"{VIP}\",node=\"{first}\"}} 1");
+        wait_until(
+            Duration::from_secs(5),
+            || lab.metrics(i).contains(&want),
+            &format!("n{i}'s metrics to name the owner"),
+        );
+        assert!(lab.metrics(i).contains("vipvisor_speaker_group_members 3"), "n{i} sees 3 members");
+    }
+
+    // 2. externalTrafficPolicy: Local, with the only ready endpoint on another node: the
+    //    VIP moves there. Then the endpoints scale to a third node: it follows them.
+    let version = if lab.kubectl(&["api-versions"], None).lines().any(|l| l == "discovery.k8s.io/v1") {
+        "discovery.k8s.io/v1"
+    } else {
+        "discovery.k8s.io/v1beta1"
+    };
+    let others: Vec<String> = (1..=3).map(|i| format!("n{i}")).filter(|n| *n != first).collect();
+    lab.kubectl(
+        &["patch", "service", "web", "--type=merge", "-p", r#"{"spec":{"externalTrafficPolicy":"Local"}}"#],
+        None,
+    );
+    lab.apply(&slice(version, &[(others[0].as_str(), true), (first.as_str(), false)]));
+    lab.wait_owner(&others[0], "ETP=Local, endpoint ready only on another node");
+    lab.apply(&slice(version, &[(others[1].as_str(), true), (others[0].as_str(), false)]));
+    lab.wait_owner(&others[1], "ETP=Local, endpoints scaled to a third node");
+
+    // 3. Back to Cluster: a NotReady node loses its VIPs.
+    lab.kubectl(
+        &["patch", "service", "web", "--type=merge", "-p", r#"{"spec":{"externalTrafficPolicy":"Cluster"}}"#],
+        None,
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let owner = lab.owner();
+    lab.wait_owner(&owner, "ETP=Cluster");
+    let idx: usize = owner[1..].parse().unwrap();
+    lab.node(idx, false);
+    wait_until(Duration::from_secs(10), || lab.owner() != owner, "the NotReady node to lose the VIP");
+    let next = lab.owner();
+    lab.wait_owner(&next, "owner NotReady");
+    assert!(lab.log(idx).contains("no longer the owner"), "the NotReady node stopped answering:\n{}", lab.log(idx));
+    assert!(!lab.logs().contains(" 403 ") && !lab.logs().contains("Forbidden"), "no forbidden calls:\n{}", lab.logs());
+}
