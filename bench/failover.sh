@@ -79,7 +79,7 @@ for n in 1 2 3; do
   ip netns exec "${P}n$n" ip route add local "$VIP/32" dev lo
   joins=(); for m in 1 2 3; do [ "$m" = "$n" ] || joins+=(--join "192.0.2.1$m:7946"); done
   ip netns exec "${P}n$n" "$V" speaker --interface eth0 --vip "$VIP" --node-name "n$n" \
-    --gossip-key-file "$work/key" --hold-time 2s "${joins[@]}" 2>"$work/sp$n.log" &
+    --gossip-key-file "$work/key" "${joins[@]}" 2>"$work/sp$n.log" &
 done
 sleep 3
 run_trials vipvisor 4

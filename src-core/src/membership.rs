@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 /// A member: its name, gossip address, and a generation bumped when it rejoins.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -318,7 +318,7 @@ async fn flush(
             .filter(|(n, _)| !n.is_empty())
             .collect();
         names.insert(me.name.clone(), MemberInfo { started_ms: me.started_ms, macs: me.macs.clone() });
-        debug!(members = ?names, "membership changed");
+        info!(members = ?names.keys().collect::<Vec<_>>(), "membership changed");
         live.send_replace(names);
     }
 }
