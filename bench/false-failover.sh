@@ -29,8 +29,9 @@ for n in 1 2 3; do
   ip netns exec "${P}n$n" sysctl -qw net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.eth0.arp_ignore=1
   for i in $(seq 100 111); do ip netns exec "${P}n$n" ip route add local "192.0.2.$i/32" dev lo; done
   joins=(); for m in 1 2 3; do [ "$m" = "$n" ] || joins+=(--join "192.0.2.1$m:7946"); done
-  ip netns exec "${P}n$n" "$V" speaker --interface eth0 "${vips[@]}" --node-name "n$n" \
-    --gossip-key-file "$work/key" --metrics-addr 127.0.0.1:9472 "${joins[@]}" 2>"$work/sp$n.log" &
+  # (in a subshell, so the shell does not report each kill at cleanup)
+  (ip netns exec "${P}n$n" "$V" speaker --interface eth0 "${vips[@]}" --node-name "n$n" \
+    --gossip-key-file "$work/key" --metrics-addr 127.0.0.1:9472 "${joins[@]}" 2>"$work/sp$n.log" &)
 done
 metric() { # node name -> value
   ip netns exec "${P}n$1" curl -s --max-time 2 http://127.0.0.1:9472/metrics | awk -v m="$2" '$1 == m {print $2}'

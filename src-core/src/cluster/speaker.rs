@@ -23,7 +23,7 @@ use kube::runtime::events::{Event as KEvent, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store as Reflector};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource};
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::decide::{self, ClassPolicy, ANN_ANNOUNCING};
@@ -243,13 +243,17 @@ async fn endpointslice_version(client: &Client) -> &'static str {
 
 type Slices = Arc<Mutex<HashMap<String, SliceInfo>>>;
 
+/// A counter bumped on every watch event; each consumer has its own receiver, so none
+/// misses a change another consumed.
+type Changes = Arc<watch::Sender<u64>>;
+
 fn lock_slices(s: &Slices) -> std::sync::MutexGuard<'_, HashMap<String, SliceInfo>> {
     s.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Keeps `slices` equal to the server's EndpointSlices; `synced` turns true after the
 /// first list.
-async fn watch_slices(api: Api<DynamicObject>, slices: Slices, changed: Arc<Notify>, synced: watch::Sender<bool>) {
+async fn watch_slices(api: Api<DynamicObject>, slices: Slices, changed: Changes, synced: watch::Sender<bool>) {
     let key = |o: &DynamicObject| {
         format!("{}/{}", o.metadata.namespace.as_deref().unwrap_or(""), o.metadata.name.as_deref().unwrap_or(""))
     };
@@ -284,7 +288,7 @@ async fn watch_slices(api: Api<DynamicObject>, slices: Slices, changed: Arc<Noti
                 continue;
             }
         }
-        changed.notify_one();
+        changed.send_modify(|g| *g = g.wrapping_add(1));
     }
 }
 
@@ -292,7 +296,7 @@ async fn watch_slices(api: Api<DynamicObject>, slices: Slices, changed: Arc<Noti
 fn reflect<K>(
     api: Api<K>,
     writer: reflector::store::Writer<K>,
-    changed: Arc<Notify>,
+    changed: Changes,
     what: &'static str,
 ) -> tokio::task::JoinHandle<()>
 where
@@ -309,7 +313,7 @@ where
             if let Err(e) = ev {
                 warn!(error = %e, what, "watch error");
             }
-            changed.notify_one();
+            changed.send_modify(|g| *g = g.wrapping_add(1));
         }
     })
 }
@@ -340,7 +344,7 @@ pub async fn run(
     let speaker = Speaker::new(ifaces, sockets, cfg.timing, metrics.clone());
 
     // Watches.
-    let changed = Arc::new(Notify::new());
+    let changed: Changes = Arc::new(watch::channel(0u64).0);
     let (svc_reader, svc_writer) = reflector::store::<Service>();
     let (node_reader, node_writer) = reflector::store::<Node>();
     let slices: Slices = Arc::default();
@@ -410,8 +414,8 @@ pub async fn run(
     let (owned_tx, owned_rx) = watch::channel(Vec::<Owned>::new());
     let (announcing_tx, announcing_rx) = watch::channel(Announcing::new());
     let ownership = {
-        let (svc_reader, node_reader, slices, changed, membership) =
-            (svc_reader.clone(), node_reader.clone(), slices.clone(), changed.clone(), membership.clone());
+        let (svc_reader, node_reader, slices, mut changed, membership) =
+            (svc_reader.clone(), node_reader.clone(), slices.clone(), changed.subscribe(), membership.clone());
         let (me, policy, hold, port) = (cfg.node_name.clone(), cfg.policy.clone(), cfg.hold, cfg.gossip_port);
         let links = links.clone();
         let metrics = metrics.clone();
@@ -497,7 +501,8 @@ pub async fn run(
                 // Membership, objects, and the passing of hold times can move VIPs.
                 tokio::select! {
                     r = live.changed() => if r.is_err() { return },
-                    _ = changed.notified() => {
+                    r = changed.changed() => {
+                        if r.is_err() { return }
                         // Let a burst of watch events settle into one recomputation.
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
@@ -517,7 +522,7 @@ pub async fn run(
         svc_reader.clone(),
         cfg.node_name.clone(),
         announcing_rx,
-        changed.clone(),
+        changed.subscribe(),
     )));
 
     let result = speaker.run_owned(owned_rx, false, shutdown).await;
@@ -540,7 +545,7 @@ async fn report(
     services: Reflector<Service>,
     me: String,
     mut announcing: watch::Receiver<Announcing>,
-    changed: Arc<Notify>,
+    mut changed: watch::Receiver<u64>,
 ) {
     loop {
         let mine = announcing.borrow_and_update().clone();
@@ -610,7 +615,10 @@ async fn report(
         };
         tokio::select! {
             r = announcing.changed() => if r.is_err() { return },
-            _ = changed.notified() => tokio::time::sleep(Duration::from_millis(50)).await,
+            r = changed.changed() => {
+                if r.is_err() { return }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
             _ = retry => {}
         }
     }
