@@ -41,13 +41,16 @@ impl NodeId {
 
 impl foca::Identity for NodeId {
     type Addr = SocketAddr;
-    /// A member declared down (a crash as others saw it, or a partition) comes back with a
-    /// new generation and a new start time: its hold time starts again, so it does not take
-    /// VIPs back from the members that served them meanwhile.
+    /// A member declared down comes back with a new generation. If it was cut off with a
+    /// minority of the group (a crash as others saw it, or the small side of a partition),
+    /// it also gets a new start time: its hold time starts again, so it does not take VIPs
+    /// back from the majority that served them meanwhile. A member of the majority side
+    /// (told it was down by the minority when the partition heals) keeps its start time.
     fn renew(&self) -> Option<Self> {
+        let minority = lock_minority().get(&self.addr).copied().unwrap_or(true);
         Some(NodeId {
             generation: self.generation.wrapping_add(1),
-            started_ms: crate::model::Timestamp::now().0,
+            started_ms: if minority { crate::model::Timestamp::now().0 } else { self.started_ms },
             ..self.clone()
         })
     }
@@ -57,6 +60,16 @@ impl foca::Identity for NodeId {
     fn win_addr_conflict(&self, adversary: &Self) -> bool {
         self.generation > adversary.generation
     }
+}
+
+/// Per gossip address: does that member of this process see at most half of the largest
+/// group it has seen? Read by [`NodeId::renew`], which foca calls with nothing but the
+/// identity; keyed by address so several members in one process (tests) stay apart.
+static MINORITY: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<SocketAddr, bool>>> =
+    std::sync::LazyLock::new(Default::default);
+
+fn lock_minority() -> std::sync::MutexGuard<'static, std::collections::HashMap<SocketAddr, bool>> {
+    MINORITY.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,7 +149,7 @@ fn config(t: GossipTiming) -> foca::Config {
     // After a partition heals, members declared down must find each other again quickly,
     // or both sides keep announcing (foca's LAN default is every 65 s).
     c.periodic_announce_to_down_members = Some(foca::PeriodicParams {
-        frequency: Duration::from_millis(500),
+        frequency: Duration::from_millis(250),
         num_members: NonZeroUsize::new(2).unwrap_or(NonZeroUsize::MIN),
     });
     c
@@ -232,6 +245,8 @@ async fn run(
     let mut foca = Foca::new(me.clone(), config(timing), rng, PostcardCodec);
     let mut rt = AccumulatingRuntime::new();
     let (timer_tx, mut timer_rx) = mpsc::unbounded_channel::<Timer<NodeId>>();
+    let mut peak = 1usize;
+    lock_minority().insert(me.addr, false);
     let initial = peers.borrow_and_update().clone();
     for p in initial.iter().copied().filter(|p| *p != me.addr).take(REJOIN_FANOUT) {
         if let Err(e) = foca.announce(NodeId::seed(p), &mut rt) {
@@ -244,7 +259,7 @@ async fn run(
     let mut rejoin = tokio::time::interval(Duration::from_secs(1));
     rejoin.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        flush(&mut rt, &sock, &sealer, &timer_tx, &mut foca, &live_tx).await;
+        flush(&mut rt, &sock, &sealer, &timer_tx, &mut foca, &live_tx, &mut peak).await;
         tokio::select! {
             _ = rejoin.tick() => {
                 let known: std::collections::HashSet<SocketAddr> = foca.iter_members().map(|m| m.id().addr).collect();
@@ -274,8 +289,9 @@ async fn run(
             graceful = stop.recv() => {
                 if graceful != Some(false) {
                     let _ = foca.leave_cluster(&mut rt);
-                    flush(&mut rt, &sock, &sealer, &timer_tx, &mut foca, &live_tx).await;
+                    flush(&mut rt, &sock, &sealer, &timer_tx, &mut foca, &live_tx, &mut peak).await;
                 }
+                lock_minority().remove(&me.addr);
                 return;
             }
         }
@@ -289,6 +305,7 @@ async fn flush(
     timers: &mpsc::UnboundedSender<Timer<NodeId>>,
     foca: &mut Foca<NodeId, PostcardCodec, rand::rngs::StdRng, foca::NoCustomBroadcast>,
     live: &watch::Sender<Live>,
+    peak: &mut usize,
 ) {
     while let Some((to, data)) = rt.to_send() {
         let _ = sock.send_to(&sealer.seal(&data), to.addr).await;
@@ -319,6 +336,10 @@ async fn flush(
             .collect();
         names.insert(me.name.clone(), MemberInfo { started_ms: me.started_ms, macs: me.macs.clone() });
         info!(members = ?names.keys().collect::<Vec<_>>(), "membership changed");
+        // The largest group seen never shrinks: a member that lost the others cannot tell a
+        // partition from their deaths, so it assumes the former (the cost: a hold time).
+        *peak = (*peak).max(names.len());
+        lock_minority().insert(me.addr, names.len() * 2 <= *peak);
         live.send_replace(names);
     }
 }
