@@ -5,6 +5,7 @@
 # a 0.1 s advert interval. Prints p50/p99 per system and the ratios.
 # Usage: bench/failover.sh [TRIALS]   (default 20; needs root; installs keepalived)
 #        SYSTEMS=vipvisor bench/failover.sh 10   (only some of: vipvisor keepalived)
+#        VIPVISOR_ARGS="--gossip-suspicion 100ms" bench/failover.sh   (non-default speaker flags)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -79,7 +80,7 @@ for n in 1 2 3; do
   ip netns exec "${P}n$n" ip route add local "$VIP/32" dev lo
   joins=(); for m in 1 2 3; do [ "$m" = "$n" ] || joins+=(--join "192.0.2.1$m:7946"); done
   ip netns exec "${P}n$n" "$V" speaker --interface eth0 --vip "$VIP" --node-name "n$n" \
-    --gossip-key-file "$work/key" "${joins[@]}" 2>"$work/sp$n.log" &
+    --gossip-key-file "$work/key" "${joins[@]}" ${VIPVISOR_ARGS:-} 2>"$work/sp$n.log" &
 done
 sleep 3
 run_trials vipvisor 4

@@ -246,6 +246,15 @@ pub struct SpeakerArgs {
     /// Address to bind gossip to (default: the interface's first address).
     #[arg(long)]
     pub gossip_bind: Option<IpAddr>,
+    /// Gossip: how often each member probes another (failure detection speed vs traffic).
+    #[arg(long, default_value = "70ms", value_parser = parse_duration)]
+    pub gossip_probe_period: Duration,
+    /// Gossip: how long a direct probe waits for its ack before asking others to probe.
+    #[arg(long, default_value = "30ms", value_parser = parse_duration)]
+    pub gossip_probe_rtt: Duration,
+    /// Gossip: how long a suspected member has to refute before it is declared down.
+    #[arg(long, default_value = "120ms", value_parser = parse_duration)]
+    pub gossip_suspicion: Duration,
     /// A member takes VIPs from others only after it has been up this long (no flapping).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub hold_time: Duration,
@@ -377,6 +386,21 @@ async fn run_speaker(a: &SpeakerArgs) -> anyhow::Result<()> {
         },
         metrics_addr: a.metrics_addr,
     };
+    if a.gossip_probe_rtt.is_zero() || a.gossip_probe_rtt >= a.gossip_probe_period {
+        anyhow::bail!(
+            "invalid --gossip-probe-rtt {:?}; expected more than 0 and less than --gossip-probe-period {:?}",
+            a.gossip_probe_rtt,
+            a.gossip_probe_period
+        );
+    }
+    if a.gossip_suspicion.is_zero() {
+        anyhow::bail!("invalid --gossip-suspicion 0s; expected a duration such as 150ms");
+    }
+    let gossip_timing = crate::membership::GossipTiming {
+        probe_period: a.gossip_probe_period,
+        probe_rtt: a.gossip_probe_rtt,
+        suspect_to_down: a.gossip_suspicion,
+    };
     let read_key = |path: &PathBuf| -> anyhow::Result<crate::membership::Sealer> {
         let secret = std::fs::read(path)
             .map_err(|e| anyhow::anyhow!("cannot read --gossip-key-file {}: {e}", path.display()))?;
@@ -395,7 +419,7 @@ async fn run_speaker(a: &SpeakerArgs) -> anyhow::Result<()> {
             gossip_port: a.gossip_port,
             gossip_bind: a.gossip_bind,
             sealer: read_key(path)?,
-            gossip_timing: crate::membership::GossipTiming::default(),
+            gossip_timing,
             hold: a.hold_time,
             policy: crate::cluster::decide::ClassPolicy { class: a.class.clone(), serve_unclassed: !a.only_class },
         };
@@ -409,7 +433,7 @@ async fn run_speaker(a: &SpeakerArgs) -> anyhow::Result<()> {
             port: a.gossip_port,
             join: a.join.clone(),
             sealer: read_key(path)?,
-            timing: crate::membership::GossipTiming::default(),
+            timing: gossip_timing,
             hold: a.hold_time,
             settle: Duration::from_secs(1),
         }),

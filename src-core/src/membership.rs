@@ -131,9 +131,9 @@ pub struct GossipTiming {
 impl Default for GossipTiming {
     fn default() -> Self {
         Self {
-            probe_period: Duration::from_millis(100),
-            probe_rtt: Duration::from_millis(40),
-            suspect_to_down: Duration::from_millis(150),
+            probe_period: Duration::from_millis(70),
+            probe_rtt: Duration::from_millis(30),
+            suspect_to_down: Duration::from_millis(120),
         }
     }
 }
