@@ -195,7 +195,7 @@ pub struct SpeakerArgs {
     pub kubernetes: bool,
     /// Kubeconfig file (Kubernetes mode; default: $KUBECONFIG, ~/.kube/config, or the
     /// in-cluster config).
-    #[arg(long, env = "KUBECONFIG", requires = "kubernetes")]
+    #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
     /// Interface to answer on (repeat for several); each VIP goes to the first interface
     /// with a subnet that contains it. Kubernetes mode default: every interface that is up
@@ -410,6 +410,7 @@ async fn run_speaker(a: &SpeakerArgs) -> anyhow::Result<()> {
         let Some(path) = &a.gossip_key_file else {
             anyhow::bail!("--kubernetes needs --gossip-key-file: the speakers' gossip is authenticated");
         };
+        let sealer = read_key(path)?;
         let client = kube_client(a.kubeconfig.as_deref()).await?;
         let k = crate::cluster::speaker::KubeSpeakerConfig {
             node_name: cfg.node_name,
@@ -418,7 +419,7 @@ async fn run_speaker(a: &SpeakerArgs) -> anyhow::Result<()> {
             metrics_addr: cfg.metrics_addr,
             gossip_port: a.gossip_port,
             gossip_bind: a.gossip_bind,
-            sealer: read_key(path)?,
+            sealer,
             gossip_timing,
             hold: a.hold_time,
             policy: crate::cluster::decide::ClassPolicy { class: a.class.clone(), serve_unclassed: !a.only_class },

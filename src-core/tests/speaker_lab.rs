@@ -393,6 +393,12 @@ fn bad_configuration_gives_clear_errors() {
         (&["--interface", "eth0", "--vip", "198.51.100.7"], "198.51.100.7 is not in any subnet of eth0"),
         (&["--interface", "eth0", "--vip", "192.0.2.300"], "192.0.2.300"),
         (&["--interface", "eth0", "--vip", VIP4, "--garp-interval", "0s"], "--garp-interval"),
+        (&["--interface", "eth0", "--vip", VIP4, "--join", "192.0.2.12:7946"], "--join needs --gossip-key-file"),
+        (&["--interface", "eth0", "--vip", VIP4, "--gossip-key-file", "/nonexistent/key"], "/nonexistent/key"),
+        (&["--interface", "eth0", "--vip", VIP4, "--gossip-probe-rtt", "200ms"], "--gossip-probe-rtt"),
+        (&["--kubernetes"], "--kubernetes needs --gossip-key-file"),
+        (&["--kubernetes", "--vip", VIP4], "cannot be used with"),
+        (&["--kubernetes", "--gossip-key-file", "/dev/null"], "gossip key is empty"),
     ];
     for (args, needle) in cases {
         let mut full = vec![VIPVISOR, "speaker"];
