@@ -118,6 +118,24 @@ impl Lab {
         self.procs.push(Command::new("true").spawn().unwrap()); // keeps log names unique
         Speaker { child, log, ns: self.ns(host) }
     }
+    /// A static group: one speaker for VIP4 on each of n1..n3, each joining the others,
+    /// with the same gossip key (`gossip.key` in the lab dir) and `extra` flags.
+    fn group(&mut self, extra: &[&str]) -> Vec<Speaker> {
+        let key = self.dir.path().join("gossip.key");
+        std::fs::write(&key, "c2VjcmV0LWdyb3VwLWtleS1mb3ItdGhlLWxhYi10ZXN0Cg==\n").unwrap();
+        let key_s = key.display().to_string();
+        (1..=3)
+            .map(|n| {
+                let mut args = vec!["--gossip-key-file".to_string(), key_s.clone()];
+                for m in (1..=3).filter(|m| *m != n) {
+                    args.extend(["--join".to_string(), format!("192.0.2.1{m}:7946")]);
+                }
+                args.extend(extra.iter().map(|s| s.to_string()));
+                let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+                self.speaker_with(&format!("n{n}"), &[VIP4], &refs)
+            })
+            .collect()
+    }
     /// Lets a node's kernel answer traffic to `vip` (as kube-proxy would) without adding
     /// it to the NIC and without answering ARP for it (arp_ignore=1).
     fn accept_vip(&self, host: &str, vip: &str) {
@@ -434,21 +452,10 @@ fn bad_configuration_gives_clear_errors() {
 #[test]
 fn group_fails_over_and_keeps_strangers_out() {
     let Some(mut lab) = lab_n("g", 3) else { return };
-    let key = lab.dir.path().join("gossip.key");
-    std::fs::write(&key, "c2VjcmV0LWdyb3VwLWtleS1mb3ItdGhlLWxhYi10ZXN0Cg==\n").unwrap();
-    let key_s = key.display().to_string();
-    let mut speakers = Vec::new();
     for n in 1..=3 {
         lab.accept_vip(&format!("n{n}"), VIP4);
-        let mut extra = vec!["--gossip-key-file", key_s.as_str()];
-        let joins: Vec<String> = (1..=3).filter(|m| *m != n).map(|m| format!("192.0.2.1{m}:7946")).collect();
-        for j in &joins {
-            extra.extend(["--join", j.as_str()]);
-        }
-        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let refs: Vec<&str> = extra.iter().map(String::as_str).collect();
-        speakers.push(lab.speaker_with(&format!("n{n}"), &[VIP4], &refs));
     }
+    let mut speakers = lab.group(&[]);
     let macs = ["02:00:00:00:00:11", "02:00:00:00:00:12", "02:00:00:00:00:13"];
     wait_until(Duration::from_secs(5), || lab.owner_mac(VIP4).is_some(), "a group member to announce the VIP");
     std::thread::sleep(Duration::from_millis(500));
@@ -544,18 +551,7 @@ fn group_fails_over_and_keeps_strangers_out() {
 #[test]
 fn returning_node_waits_for_its_hold_time() {
     let Some(mut lab) = lab_n("h", 3) else { return };
-    let key = lab.dir.path().join("gossip.key");
-    std::fs::write(&key, "aG9sZC10aW1lLWxhYi1rZXkK\n").unwrap();
-    let key_s = key.display().to_string();
-    let mut speakers = Vec::new();
-    for n in 1..=3 {
-        let joins: Vec<String> = (1..=3).filter(|m| *m != n).map(|m| format!("192.0.2.1{m}:7946")).collect();
-        let mut extra = vec!["--gossip-key-file", key_s.as_str(), "--hold-time", "4s"];
-        for j in &joins {
-            extra.extend(["--join", j.as_str()]);
-        }
-        speakers.push(lab.speaker_with(&format!("n{n}"), &[VIP4], &extra));
-    }
+    let speakers = lab.group(&["--hold-time", "4s"]);
     let macs = ["02:00:00:00:00:11", "02:00:00:00:00:12", "02:00:00:00:00:13"];
     // Past the hold time, every member is settled and the best-ranked node owns the VIP.
     std::thread::sleep(Duration::from_secs(5));
