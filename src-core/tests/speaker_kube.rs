@@ -3,7 +3,10 @@
 //! of a veth on that bridge, one `vipvisor speaker --kubernetes` per node namespace running
 //! as the speaker's service account (impersonated, so deploy/speaker.yaml's RBAC is what it
 //! gets). Node objects are created by the test (there is no kubelet), and so are
-//! EndpointSlices (no kube-controller-manager).
+//! EndpointSlices (no kube-controller-manager). Flow: RBAC by `kubectl auth can-i`; one
+//! owner reported in the annotation, an Event and every speaker's metrics; ETP=Local
+//! follows the endpoints; a NotReady node loses its VIP; an address in use elsewhere is
+//! not announced and is reported as a Warning Event.
 //!
 //! Needs root, the lab tools and the kube testbed: in CI their absence fails the test;
 //! elsewhere it is skipped, loudly.
@@ -349,5 +352,40 @@ fn speakers_elect_report_and_follow_endpoints_and_node_readiness() {
     let next = lab.owner();
     lab.wait_owner(&next, "owner NotReady");
     assert!(lab.log(idx).contains("no longer the owner"), "the NotReady node stopped answering:\n{}", lab.log(idx));
+
+    // 4. An address some other host already uses (the client holds it on its NIC): the
+    //    owner's probe finds it, does not announce it, and says so with a Warning Event.
+    let taken = "192.0.2.101";
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &format!("{}c", lab.prefix),
+            "ip",
+            "addr",
+            "add",
+            &format!("{taken}/24"),
+            "dev",
+            "eth0",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    lab.apply(
+        r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"taken","namespace":"default"},
+            "spec":{"type":"LoadBalancer","ports":[{"name":"http","port":80}]}}"#,
+    );
+    let ingress = serde_json::json!({"status": {"loadBalancer": {"ingress": [{"ip": taken}]}}}).to_string();
+    lab.kubectl(&["patch", "service", "taken", "--subresource=status", "--type=merge", "-p", &ingress], None);
+    let want = format!("{taken} is already in use by 02:00:00:00:00:01 on eth0");
+    wait_until(
+        Duration::from_secs(10),
+        || {
+            let ev = lab.kubectl(&["get", "events.events.k8s.io", "-n", "default", "-o", "json"], None);
+            ev.contains("\"reason\": \"AddressConflict\"") && ev.contains(&want)
+        },
+        "an AddressConflict Event for the address the client holds",
+    );
+    assert!(!lab.logs().contains(&format!("announced vip={taken}")), "nobody announced {taken}:\n{}", lab.logs());
     assert!(!lab.logs().contains(" 403 ") && !lab.logs().contains("Forbidden"), "no forbidden calls:\n{}", lab.logs());
 }

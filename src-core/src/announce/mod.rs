@@ -268,6 +268,18 @@ pub struct Speaker<L: Link> {
     links: Arc<Vec<L>>,
     wake: Arc<Notify>,
     metrics: Metrics,
+    conflicts: Option<mpsc::UnboundedSender<ConflictReport>>,
+}
+
+/// Another host was seen using a VIP (Kubernetes mode reports it as an Event).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConflictReport {
+    pub vip: IpAddr,
+    pub iface: String,
+    pub other: Mac,
+    /// `true`: we were announcing it already (and defend it); `false`: found while probing,
+    /// so the VIP is not announced.
+    pub announced: bool,
 }
 
 /// See [`Speaker::friends`].
@@ -309,7 +321,14 @@ impl<L: Link> Speaker<L> {
             links: Arc::new(links),
             wake: Arc::new(Notify::new()),
             metrics,
+            conflicts: None,
         }
+    }
+
+    /// Sends every conflict to `tx` as well as to the log.
+    pub fn report_conflicts(mut self, tx: mpsc::UnboundedSender<ConflictReport>) -> Self {
+        self.conflicts = Some(tx);
+        self
     }
 
     pub fn links(&self) -> &[L] {
@@ -469,6 +488,9 @@ impl<L: Link> Speaker<L> {
             Event::Conflict { vip, iface, other, announced } => {
                 let name = e.iface(iface).name.clone();
                 warn!(%vip, interface = %name, other_mac = %other, announced, "address conflict: another host uses the VIP");
+                if let Some(tx) = &self.conflicts {
+                    let _ = tx.send(ConflictReport { vip, iface: name.clone(), other, announced });
+                }
                 (!announced).then_some(SpeakerError::Conflict { vip, iface: name, other })
             }
         }

@@ -341,7 +341,8 @@ pub async fn run(
         crate::announce::serve_metrics(addr, metrics.clone()).await?;
     }
     let ifaces = links.iter().map(|l| Iface { name: l.name.clone(), mac: l.mac }).collect();
-    let speaker = Speaker::new(ifaces, sockets, cfg.timing, metrics.clone());
+    let (conflict_tx, conflict_rx) = tokio::sync::mpsc::unbounded_channel();
+    let speaker = Speaker::new(ifaces, sockets, cfg.timing, metrics.clone()).report_conflicts(conflict_tx);
 
     // Watches.
     let changed: Changes = Arc::new(watch::channel(0u64).0);
@@ -518,11 +519,18 @@ pub async fn run(
     );
     tasks.push(tokio::spawn(report(
         client.clone(),
-        recorder,
+        recorder.clone(),
         svc_reader.clone(),
         cfg.node_name.clone(),
         announcing_rx,
         changed.subscribe(),
+    )));
+
+    tasks.push(tokio::spawn(report_conflicts(
+        recorder.clone(),
+        svc_reader.clone(),
+        cfg.node_name.clone(),
+        conflict_rx,
     )));
 
     let result = speaker.run_owned(owned_rx, false, shutdown).await;
@@ -620,6 +628,39 @@ async fn report(
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             _ = retry => {}
+        }
+    }
+}
+
+/// Reports address conflicts as Warning Events on the Services that use the VIP, once per
+/// VIP and other host.
+async fn report_conflicts(
+    recorder: Recorder,
+    services: Reflector<Service>,
+    me: String,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<crate::announce::ConflictReport>,
+) {
+    let mut seen: BTreeSet<(IpAddr, wire::Mac)> = BTreeSet::new();
+    while let Some(c) = rx.recv().await {
+        if !seen.insert((c.vip, c.other)) {
+            continue;
+        }
+        let note = if c.announced {
+            format!("{} is also answered by {} on {} (seen by node {me}); defending it", c.vip, c.other, c.iface)
+        } else {
+            format!("{} is already in use by {} on {} (seen by node {me}); not announcing it", c.vip, c.other, c.iface)
+        };
+        for svc in services.state().iter().filter(|s| decide::status_addresses(s).contains(&c.vip)) {
+            let ev = KEvent {
+                type_: EventType::Warning,
+                reason: "AddressConflict".into(),
+                note: Some(note.clone()),
+                action: "Announce".into(),
+                secondary: None,
+            };
+            if let Err(e) = recorder.publish(&ev, &svc.object_ref(&())).await {
+                warn!(error = %e, "could not record an event");
+            }
         }
     }
 }
