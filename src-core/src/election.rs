@@ -74,6 +74,21 @@ pub fn owner_with_hold(vip: &VipFacts, nodes: &[NodeFacts], settled: impl Fn(&No
     ranked.iter().find(|n| settled(n)).or(ranked.first()).map(|n| n.name.clone())
 }
 
+/// The owner of every VIP, where a node counts as settled once it has been up for `hold`
+/// by its start time (Unix ms, as gossip carries it: a fact every member shares), so a
+/// (re)joining node takes VIPs from settled ones only after the hold time.
+pub fn owners_by_start<'a>(
+    vips: impl IntoIterator<Item = &'a VipFacts>,
+    nodes: &[NodeFacts],
+    started_ms: impl Fn(&str) -> Option<i64>,
+    now_ms: i64,
+    hold: Duration,
+) -> BTreeMap<IpAddr, Option<String>> {
+    let hold_ms = i64::try_from(hold.as_millis()).unwrap_or(i64::MAX);
+    let settled = |n: &NodeFacts| started_ms(&n.name).is_some_and(|s| now_ms.saturating_sub(s) >= hold_ms);
+    vips.into_iter().map(|f| (f.vip, owner_with_hold(f, nodes, settled))).collect()
+}
+
 /// Owners with memory, so ownership moves only when facts change, and a returning node
 /// takes its VIPs back only after `hold`.
 #[derive(Debug, Clone, Default)]

@@ -177,7 +177,7 @@ async fn run_group(
     g: GroupConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), SpeakerError> {
-    use crate::election::{owner_with_hold, NodeFacts, VipFacts};
+    use crate::election::{owners_by_start, NodeFacts, VipFacts};
     let bind_ip = g
         .bind
         .or_else(|| {
@@ -199,48 +199,24 @@ async fn run_group(
     if !g.join.is_empty() {
         let _ = tokio::time::timeout(g.settle, live.wait_for(|l| l.len() > 1)).await;
     }
-    let (owned_tx, owned_rx) = watch::channel(Vec::<Owned>::new());
-    let me_name = me.to_owned();
-    let placed_v = placed.to_vec();
-    let hold_ms = i64::try_from(g.hold.as_millis()).unwrap_or(i64::MAX);
-    let engine = speaker.engine.clone();
-    let metrics = speaker.metrics.clone();
+    let (mut tracker, owned_rx) = OwnerTracker::new(speaker, me);
+    let hold = g.hold;
+    // The VIPs are fixed: every member is a candidate for each.
+    let vips: Vec<VipFacts> =
+        placed.iter().map(|(vip, _)| VipFacts { vip: *vip, etp_local: false, local_endpoints: vec![] }).collect();
+    let place: HashMap<IpAddr, usize> = placed.iter().copied().collect();
     let ownership = tokio::spawn(async move {
-        let mut previous: HashMap<IpAddr, String> = HashMap::new();
         loop {
             let members = live.borrow_and_update().clone();
-            metrics.set_members(members.len());
-            lock(&engine).set_friends(
-                members.iter().filter(|(n, _)| **n != me_name).flat_map(|(_, m)| m.macs.iter().map(|b| Mac(*b))),
-            );
-            let now_ms = crate::model::Timestamp::now().0;
+            tracker.members(&members);
             let nodes: Vec<NodeFacts> = members
                 .keys()
                 .map(|n| NodeFacts { name: n.clone(), live: true, ready: true, excluded: false, candidate_since: None })
                 .collect();
-            let settled =
-                |n: &NodeFacts| members.get(&n.name).is_some_and(|m| now_ms.saturating_sub(m.started_ms) >= hold_ms);
-            let mut owned = Vec::new();
-            for (vip, iface) in &placed_v {
-                let facts = VipFacts { vip: *vip, etp_local: false, local_endpoints: vec![] };
-                let Some(owner) = owner_with_hold(&facts, &nodes, settled) else { continue };
-                let before = previous.insert(*vip, owner.clone());
-                if before.as_ref() != Some(&owner) {
-                    info!(%vip, owner = %owner, previous = ?before, "owner chosen");
-                    metrics.owner_changed(vip, before.as_deref(), Some(&owner));
-                }
-                if owner == me_name {
-                    let takeover = before.is_some_and(|b| b != me_name);
-                    owned.push(Owned { vip: *vip, iface: *iface, takeover });
-                }
-            }
-            owned_tx.send_if_modified(|cur| {
-                let same = cur.len() == owned.len() && cur.iter().zip(&owned).all(|(a, b)| a.vip == b.vip);
-                if !same {
-                    *cur = owned;
-                }
-                !same
-            });
+            let now_ms = crate::model::Timestamp::now().0;
+            let chosen = owners_by_start(&vips, &nodes, |n| members.get(n).map(|m| m.started_ms), now_ms, hold);
+            let owned = tracker.round(&chosen, |vip| place.get(vip).copied());
+            tracker.publish(owned);
             // Membership changes, and the passing of hold times, can move VIPs.
             tokio::select! {
                 r = live.changed() => if r.is_err() { return },
@@ -254,6 +230,84 @@ async fn run_group(
     membership.leave();
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     result
+}
+
+/// Turns each round's computed owners into what this node announces: remembers the last
+/// owner of every VIP (a VIP taken from another member is a takeover, announced without a
+/// probe), logs and counts owner changes, passes the members' MACs to the engine as
+/// friends, and publishes this node's share when it changes. Shared by static groups and
+/// Kubernetes mode.
+#[derive(Debug)]
+pub struct OwnerTracker {
+    me: String,
+    previous: HashMap<IpAddr, Option<String>>,
+    metrics: Metrics,
+    friends: Friends,
+    owned: watch::Sender<Vec<Owned>>,
+}
+
+impl OwnerTracker {
+    /// The tracker, and the receiver to hand to [`Speaker::run_owned`].
+    pub fn new<L: Link>(speaker: &Speaker<L>, me: &str) -> (Self, watch::Receiver<Vec<Owned>>) {
+        let (tx, rx) = watch::channel(Vec::new());
+        let t = OwnerTracker {
+            me: me.to_owned(),
+            previous: HashMap::new(),
+            metrics: speaker.metrics.clone(),
+            friends: speaker.friends(),
+            owned: tx,
+        };
+        (t, rx)
+    }
+
+    /// The live members changed (or may have): count them, and befriend their MACs.
+    pub fn members(&self, members: &crate::membership::Live) {
+        self.metrics.set_members(members.len());
+        self.friends
+            .set(members.iter().filter(|(n, _)| **n != self.me).flat_map(|(_, m)| m.macs.iter().map(|b| Mac(*b))));
+    }
+
+    /// Records `chosen` (every VIP's owner this round) and returns the VIPs this node owns,
+    /// on the interface `place` gives (a VIP without one is left out).
+    pub fn round(
+        &mut self,
+        chosen: &std::collections::BTreeMap<IpAddr, Option<String>>,
+        mut place: impl FnMut(&IpAddr) -> Option<usize>,
+    ) -> Vec<Owned> {
+        let mut owned = Vec::new();
+        for (vip, owner) in chosen {
+            let before = self.previous.insert(*vip, owner.clone()).flatten();
+            if before.as_ref() != owner.as_ref() {
+                info!(%vip, owner = ?owner, previous = ?before, "owner chosen");
+                self.metrics.owner_changed(vip, before.as_deref(), owner.as_deref());
+            }
+            if owner.as_deref() != Some(self.me.as_str()) {
+                continue;
+            }
+            let Some(iface) = place(vip) else { continue };
+            let takeover = before.is_some_and(|b| b != self.me);
+            owned.push(Owned { vip: *vip, iface, takeover });
+        }
+        // VIPs that are gone have no owner any more.
+        for (vip, owner) in &self.previous {
+            if owner.is_some() && !chosen.contains_key(vip) {
+                self.metrics.owner_changed(vip, owner.as_deref(), None);
+            }
+        }
+        self.previous.retain(|v, _| chosen.contains_key(v));
+        owned
+    }
+
+    /// Hands `owned` to the speaker if it differs from what it announces now.
+    pub fn publish(&self, owned: Vec<Owned>) {
+        self.owned.send_if_modified(|cur| {
+            let same = cur.len() == owned.len() && cur.iter().zip(&owned).all(|(a, b)| a.vip == b.vip);
+            if !same {
+                *cur = owned;
+            }
+            !same
+        });
+    }
 }
 
 pub(crate) async fn serve_metrics(addr: SocketAddr, metrics: Metrics) -> Result<(), SpeakerError> {
@@ -339,10 +393,6 @@ impl<L: Link> Speaker<L> {
     /// for our VIPs are handovers, not conflicts.
     pub fn friends(&self) -> Friends {
         Friends(self.engine.clone())
-    }
-
-    pub fn metrics(&self) -> &Metrics {
-        &self.metrics
     }
 
     /// Announces `vips` and answers for them until `shutdown`, or until a conflict that

@@ -30,8 +30,8 @@ use super::decide::{self, ClassPolicy, ANN_ANNOUNCING};
 use crate::announce::engine::{Iface, Timing};
 use crate::announce::link::{self, LinkInfo};
 use crate::announce::metrics::Metrics;
-use crate::announce::{open_links, wire, Owned, Speaker, SpeakerError};
-use crate::election::{owner_with_hold, NodeFacts, VipFacts};
+use crate::announce::{open_links, wire, OwnerTracker, Speaker, SpeakerError};
+use crate::election::{owners_by_start, NodeFacts, VipFacts};
 use crate::membership::{GossipTiming, Live, Membership, Sealer};
 use crate::model::ServiceKey;
 
@@ -176,8 +176,7 @@ pub fn node_facts<'a>(nodes: impl IntoIterator<Item = &'a Node>, members: &Live)
         .collect()
 }
 
-/// The owner of every VIP. A member is settled once it has been up for `hold`; settled
-/// members are preferred, so a (re)joining node takes VIPs back only after the hold time.
+/// The owner of every VIP ([`crate::election::owners_by_start`] over the members' start times).
 pub fn owners(
     vips: &BTreeMap<IpAddr, (VipFacts, Vec<ServiceKey>)>,
     nodes: &[NodeFacts],
@@ -185,9 +184,17 @@ pub fn owners(
     now_ms: i64,
     hold: Duration,
 ) -> BTreeMap<IpAddr, Option<String>> {
-    let hold_ms = i64::try_from(hold.as_millis()).unwrap_or(i64::MAX);
-    let settled = |n: &NodeFacts| members.get(&n.name).is_some_and(|m| now_ms.saturating_sub(m.started_ms) >= hold_ms);
-    vips.iter().map(|(vip, (f, _))| (*vip, owner_with_hold(f, nodes, settled))).collect()
+    owners_by_start(vips.values().map(|(f, _)| f), nodes, |n| members.get(n).map(|m| m.started_ms), now_ms, hold)
+}
+
+/// The gossip addresses of every Node but `me`: their InternalIP on `port`.
+fn peer_addrs(nodes: &[Arc<Node>], me: &str, port: u16) -> Vec<SocketAddr> {
+    nodes
+        .iter()
+        .filter(|n| n.metadata.name.as_deref() != Some(me))
+        .filter_map(|n| internal_ip(n))
+        .map(|ip| SocketAddr::new(ip, port))
+        .collect()
 }
 
 /// The `vipvisor.io/announcing` annotation, per VIP: `node,interface` when one node
@@ -383,14 +390,6 @@ pub async fn run(
         .or_else(|| me_node.as_deref().and_then(internal_ip))
         .or_else(|| links.iter().flat_map(|l| l.subnets.iter()).find(|n| n.is_ipv4()).map(|n| n.ip()))
         .ok_or_else(|| anyhow::anyhow!("no address to bind gossip to; expected --gossip-bind or a Node InternalIP"))?;
-    let peers = |nodes: &[Arc<Node>]| -> Vec<SocketAddr> {
-        nodes
-            .iter()
-            .filter(|n| n.metadata.name.as_deref() != Some(cfg.node_name.as_str()))
-            .filter_map(|n| internal_ip(n))
-            .map(|ip| SocketAddr::new(ip, cfg.gossip_port))
-            .collect()
-    };
     let bind = SocketAddr::new(bind_ip, cfg.gossip_port);
     let macs: Vec<[u8; 6]> = links.iter().map(|l| l.mac.0).collect();
     let membership = Arc::new(
@@ -398,7 +397,7 @@ pub async fn run(
             &cfg.node_name,
             macs,
             bind,
-            peers(&node_reader.state()),
+            peer_addrs(&node_reader.state(), &cfg.node_name, cfg.gossip_port),
             cfg.sealer.clone(),
             cfg.gossip_timing,
         )
@@ -412,68 +411,32 @@ pub async fn run(
         let _ = tokio::time::timeout(Duration::from_secs(1), live.wait_for(|l| l.len() > 1)).await;
     }
 
-    let (owned_tx, owned_rx) = watch::channel(Vec::<Owned>::new());
     let (announcing_tx, announcing_rx) = watch::channel(Announcing::new());
+    let (mut tracker, owned_rx) = OwnerTracker::new(&speaker, &cfg.node_name);
     let ownership = {
         let (svc_reader, node_reader, slices, mut changed, membership) =
             (svc_reader.clone(), node_reader.clone(), slices.clone(), changed.subscribe(), membership.clone());
         let (me, policy, hold, port) = (cfg.node_name.clone(), cfg.policy.clone(), cfg.hold, cfg.gossip_port);
         let links = links.clone();
-        let metrics = metrics.clone();
-        let friends = speaker.friends();
         tokio::spawn(async move {
-            let mut previous: HashMap<IpAddr, Option<String>> = HashMap::new();
             let mut no_iface_warned: BTreeSet<IpAddr> = BTreeSet::new();
             loop {
                 let members = live.borrow_and_update().clone();
-                metrics.set_members(members.len());
-                friends.set(
-                    members.iter().filter(|(n, _)| **n != me).flat_map(|(_, m)| m.macs.iter().map(|b| wire::Mac(*b))),
-                );
+                tracker.members(&members);
                 let nodes = node_reader.state();
-                membership.set_peers(
-                    nodes
-                        .iter()
-                        .filter(|n| n.metadata.name.as_deref() != Some(me.as_str()))
-                        .filter_map(|n| internal_ip(n))
-                        .map(|ip| SocketAddr::new(ip, port))
-                        .collect(),
-                );
+                membership.set_peers(peer_addrs(&nodes, &me, port));
                 let services = svc_reader.state();
                 let slice_list: Vec<SliceInfo> = lock_slices(&slices).values().cloned().collect();
                 let vips = vip_facts(services.iter().map(|s| s.as_ref()), &slice_list, &policy);
                 let facts = node_facts(nodes.iter().map(|n| n.as_ref()), &members);
-                let now_ms = crate::model::Timestamp::now().0;
-                let chosen = owners(&vips, &facts, &members, now_ms, hold);
-                let mut owned = Vec::new();
-                let mut announcing = Announcing::new();
-                for (vip, owner) in &chosen {
-                    let before = previous.insert(*vip, owner.clone());
-                    if before.as_ref() != Some(owner) {
-                        let services: Vec<String> = vips[vip].1.iter().map(ToString::to_string).collect();
-                        info!(%vip, owner = ?owner, previous = ?before.clone().flatten(), ?services, "owner chosen");
-                        metrics.owner_changed(vip, before.clone().flatten().as_deref(), owner.as_deref());
+                let chosen = owners(&vips, &facts, &members, crate::model::Timestamp::now().0, hold);
+                let owned = tracker.round(&chosen, |vip| {
+                    let i = links.iter().position(|l| l.subnet_of(vip).is_some());
+                    if i.is_none() && no_iface_warned.insert(*vip) {
+                        warn!(%vip, "this node owns the VIP but has no interface in a subnet containing it; not announcing");
                     }
-                    if owner.as_deref() != Some(me.as_str()) {
-                        continue;
-                    }
-                    let Some(i) = links.iter().position(|l| l.subnet_of(vip).is_some()) else {
-                        if no_iface_warned.insert(*vip) {
-                            warn!(%vip, "this node owns the VIP but has no interface in a subnet containing it; not announcing");
-                        }
-                        continue;
-                    };
-                    let takeover = before.flatten().is_some_and(|b| b != me);
-                    owned.push(Owned { vip: *vip, iface: i, takeover });
-                    announcing.insert(*vip, links[i].name.clone());
-                }
-                for (vip, owner) in previous.iter_mut() {
-                    if !chosen.contains_key(vip) && owner.is_some() {
-                        metrics.owner_changed(vip, owner.as_deref(), None);
-                        *owner = None;
-                    }
-                }
-                previous.retain(|v, _| chosen.contains_key(v));
+                    i
+                });
                 no_iface_warned.retain(|v| chosen.contains_key(v));
                 // Solicited-node groups for the IPv6 VIPs this node answers for.
                 for (i, g) in groups.iter_mut().enumerate() {
@@ -485,13 +448,8 @@ pub async fn run(
                         }
                     }
                 }
-                owned_tx.send_if_modified(|cur| {
-                    let same = cur.len() == owned.len() && cur.iter().zip(&owned).all(|(a, b)| a.vip == b.vip);
-                    if !same {
-                        *cur = owned;
-                    }
-                    !same
-                });
+                let announcing: Announcing = owned.iter().map(|o| (o.vip, links[o.iface].name.clone())).collect();
+                tracker.publish(owned);
                 announcing_tx.send_if_modified(|cur| {
                     let changed = *cur != announcing;
                     if changed {
