@@ -278,7 +278,8 @@ impl OwnerTracker {
         for (vip, owner) in chosen {
             let before = self.previous.insert(*vip, owner.clone()).flatten();
             if before.as_ref() != owner.as_ref() {
-                info!(%vip, owner = ?owner, previous = ?before, "owner chosen");
+                let none = "none";
+                info!(%vip, owner = owner.as_deref().unwrap_or(none), previous = before.as_deref().unwrap_or(none), "owner chosen");
                 self.metrics.owner_changed(vip, before.as_deref(), owner.as_deref());
             }
             if owner.as_deref() != Some(self.me.as_str()) {
