@@ -3,6 +3,8 @@
 //! drop. In CI a missing testbed fails the tests; elsewhere they are skipped, loudly.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -20,19 +22,7 @@ const VIPVISOR: &str = env!("CARGO_BIN_EXE_vipvisor");
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/testbed/kube.sh")
-}
-
-fn missing() -> Option<String> {
-    let cached = Command::new("sh")
-        .args(["-c", "ls /var/tmp/vipvisor-kube/*/kube-apiserver && command -v etcd && command -v kubectl && command -v openssl && command -v curl"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    (!cached)
-        .then(|| "the kube testbed is not built (run `tests/testbed/kube.sh build`, as tests/run does)".to_string())
+    common::repo("tests/testbed/kube.sh")
 }
 
 struct Testbed {
@@ -53,11 +43,7 @@ impl Drop for Testbed {
 }
 
 async fn testbed(tag: &str) -> Option<Testbed> {
-    if let Some(why) = missing() {
-        if std::env::var_os("CI").is_some() {
-            panic!("controller test {tag} cannot run in CI: {why}");
-        }
-        eprintln!("SKIPPED controller test {tag}: {why}");
+    if common::skip(&format!("controller test {tag}"), common::kube_missing()) {
         return None;
     }
     let serial = SERIAL.lock().await;

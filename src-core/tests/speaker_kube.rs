@@ -12,6 +12,9 @@
 //! elsewhere it is skipped, loudly.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+use common::{repo, wait_until};
+
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -21,25 +24,6 @@ use std::time::{Duration, Instant};
 const VIPVISOR: &str = env!("CARGO_BIN_EXE_vipvisor");
 const VIP: &str = "192.0.2.100";
 const SA: &str = "system:serviceaccount:vipvisor-system:vipvisor-speaker";
-
-fn repo(p: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(p)
-}
-
-fn missing() -> Option<String> {
-    let uid = Command::new("id").arg("-u").output().ok().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
-    if uid.as_deref() != Some("0") {
-        return Some("not running as root (network namespaces and raw sockets need it)".into());
-    }
-    let ok = Command::new("sh")
-        .args(["-c", "ls /var/tmp/vipvisor-kube/*/kube-apiserver && command -v etcd && command -v kubectl && command -v arping && command -v python3"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    (!ok).then(|| "the kube testbed or the lab tools are missing (tests/run installs and builds them)".into())
-}
 
 struct Lab {
     prefix: String,
@@ -56,14 +40,6 @@ impl Drop for Lab {
         }
         let _ = Command::new(repo("tests/testbed/kube.sh")).arg("stop").arg(self.dir.path()).status();
         let _ = Command::new(repo("tests/lab/l2.sh")).args(["down", &self.prefix]).status();
-    }
-}
-
-fn wait_until(limit: Duration, mut f: impl FnMut() -> bool, what: &str) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -171,7 +147,7 @@ impl Lab {
     }
     /// Waits until the annotation names `node` and only that node answers ARP.
     fn wait_owner(&self, node: &str, why: &str) {
-        let mac = format!("02:00:00:00:00:{}", 10 + node[1..].parse::<usize>().unwrap());
+        let mac = mac_of(node);
         let start = Instant::now();
         loop {
             let last = (self.annotation(), self.answerers());
@@ -201,6 +177,11 @@ impl Lab {
     }
 }
 
+/// The lab MAC of node `nN`.
+fn mac_of(node: &str) -> String {
+    format!("02:00:00:00:00:{}", 10 + node[1..].parse::<usize>().unwrap_or(0))
+}
+
 fn slice(api_version: &str, nodes: &[(&str, bool)]) -> String {
     let endpoints: Vec<serde_json::Value> = nodes
         .iter()
@@ -227,11 +208,8 @@ fn slice(api_version: &str, nodes: &[(&str, bool)]) -> String {
 
 #[test]
 fn speakers_elect_report_and_follow_endpoints_and_node_readiness() {
-    if let Some(why) = missing() {
-        if std::env::var_os("CI").is_some() {
-            panic!("Kubernetes speaker lab cannot run in CI: {why}");
-        }
-        eprintln!("SKIPPED Kubernetes speaker lab: {why}");
+    let why = common::lab_missing(&["ip", "arping", "python3"]).or_else(common::kube_missing);
+    if common::skip("Kubernetes speaker lab", why) {
         return;
     }
     let prefix = format!("vk{}", std::process::id() % 1000);
@@ -302,8 +280,17 @@ fn speakers_elect_report_and_follow_endpoints_and_node_readiness() {
 
     // 1. One owner: it reports itself in the annotation and an Event, answers ARP alone,
     //    and every speaker's metrics name it.
-    wait_until(Duration::from_secs(20), || !lab.owner().is_empty(), "the owner annotation");
-    let first = lab.owner();
+    // Speakers starting within milliseconds of each other may briefly pick an owner before
+    // the whole group has met: wait until the annotation and the ARP answers agree.
+    let mut first = String::new();
+    wait_until(
+        Duration::from_secs(20),
+        || {
+            first = lab.owner();
+            !first.is_empty() && lab.answerers() == BTreeSet::from([mac_of(&first)])
+        },
+        "the owner annotation and the only ARP answerer to agree",
+    );
     lab.wait_owner(&first, "initial election");
     let events = lab.kubectl(&["get", "events.events.k8s.io", "-n", "default", "-o", "json"], None);
     assert!(

@@ -6,6 +6,9 @@
 //! always deleted (also on panic, by Drop).
 #![allow(clippy::unwrap_used)]
 
+mod common;
+use common::wait_until;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
@@ -22,21 +25,7 @@ const VIP6: &str = "2001:db8::100";
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn lab_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/lab/l2.sh")
-}
-
-fn missing_requirements() -> Option<String> {
-    let uid = Command::new("id").arg("-u").output().ok().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
-    if uid.as_deref() != Some("0") {
-        return Some("not running as root (network namespaces and raw sockets need it)".into());
-    }
-    for tool in ["ip", "arping", "ndisc6", "ping", "tcpdump", "tshark", "python3"] {
-        let found = Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().map(|o| o.status.success());
-        if !found.unwrap_or(false) {
-            return Some(format!("{tool} is not installed (tests/run installs it)"));
-        }
-    }
-    None
+    common::repo("tests/lab/l2.sh")
 }
 
 /// A lab, deleted on drop. `None` (after a loud message) when it cannot run here.
@@ -52,11 +41,8 @@ fn lab(tag: &str) -> Option<Lab> {
 }
 
 fn lab_n(tag: &str, nodes: usize) -> Option<Lab> {
-    if let Some(why) = missing_requirements() {
-        if std::env::var_os("CI").is_some() {
-            panic!("speaker lab test {tag} cannot run in CI: {why}");
-        }
-        eprintln!("SKIPPED speaker lab test {tag}: {why}");
+    let tools = ["ip", "arping", "ndisc6", "ping", "tcpdump", "tshark", "python3"];
+    if common::skip(&format!("speaker lab test {tag}"), common::lab_missing(&tools)) {
         return None;
     }
     let serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -167,14 +153,6 @@ impl Lab {
 fn stop_capture(mut c: Child) {
     let _ = Command::new("kill").args(["-INT", &c.id().to_string()]).status();
     let _ = c.wait();
-}
-
-fn wait_until(limit: Duration, mut f: impl FnMut() -> bool, what: &str) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 impl Speaker {
