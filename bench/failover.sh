@@ -7,18 +7,11 @@
 #        SYSTEMS=vipvisor bench/failover.sh 10   (only some of: vipvisor keepalived)
 #        VIPVISOR_ARGS="--gossip-suspicion 100ms" bench/failover.sh   (non-default speaker flags)
 set -euo pipefail
-cd "$(dirname "$0")/.."
-root=$(pwd)
 trials=${1:-20}
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/vipvisor-target}"
 command -v keepalived >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends keepalived >/dev/null
-cargo build -q --release -p vipvisor-core --bin vipvisor
-V="$CARGO_TARGET_DIR/release/vipvisor"
-P="vf$(( $$ % 1000 ))"
+LAB_TAG=vf
+source "$(dirname "$0")/lab.sh"
 VIP=192.0.2.100
-work=$(mktemp -d)
-cleanup() { "$root/tests/lab/l2.sh" down "$P" || true; rm -rf "$work"; }
-trap cleanup EXIT
 "$root/tests/lab/l2.sh" up "$P" 3
 for n in 1 2 3; do
   ip netns exec "${P}n$n" sysctl -qw net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.eth0.arp_ignore=1

@@ -7,21 +7,15 @@
 # Usage: bench/false-failover.sh [SECONDS] [CPU_HOGS]   (default 600 s, 1 hog = "the other
 #        core busy" on 2 cores; needs root; installs stress-ng)
 set -euo pipefail
-cd "$(dirname "$0")/.."
-root=$(pwd)
 secs=${1:-600}
 hogs=${2:-1}
 [[ $secs =~ ^[0-9]+$ && $secs -ge 10 && $secs -le 7200 ]] || { echo "SECONDS must be 10..7200" >&2; exit 2; }
 [[ $hogs =~ ^[0-9]+$ && $hogs -le 16 ]] || { echo "CPU_HOGS must be 0..16" >&2; exit 2; }
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/vipvisor-target}"
 command -v stress-ng >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends stress-ng >/dev/null
-cargo build -q --release -p vipvisor-core --bin vipvisor
-V="$CARGO_TARGET_DIR/release/vipvisor"
-P="vff$(( $$ % 100 ))"
-work=$(mktemp -d)
 hog=""
-cleanup() { [ -n "$hog" ] && kill "$hog" 2>/dev/null; "$root/tests/lab/l2.sh" down "$P" || true; rm -rf "$work"; }
-trap cleanup EXIT
+before_cleanup() { [ -z "$hog" ] || kill "$hog" 2>/dev/null; }
+LAB_TAG=vff
+source "$(dirname "$0")/lab.sh"
 "$root/tests/lab/l2.sh" up "$P" 3
 head -c 32 /dev/urandom | base64 >"$work/key"
 vips=(); for i in $(seq 100 111); do vips+=(--vip "192.0.2.$i"); done

@@ -6,19 +6,12 @@
 # after the group has settled.
 # Usage: bench/gossip.sh [SECONDS] [SIZES...]   (default 30 s, sizes 3 20; needs root)
 set -euo pipefail
-cd "$(dirname "$0")/.."
-root=$(pwd)
 secs=${1:-30}
 shift || true
 sizes=("${@:-3 20}")
 [[ $secs =~ ^[0-9]+$ && $secs -ge 5 && $secs -le 600 ]] || { echo "SECONDS must be 5..600" >&2; exit 2; }
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/vipvisor-target}"
-cargo build -q --release -p vipvisor-core --bin vipvisor
-V="$CARGO_TARGET_DIR/release/vipvisor"
-P="vgo$(( $$ % 100 ))"
-work=$(mktemp -d)
-cleanup() { "$root/tests/lab/l2.sh" down "$P" || true; rm -rf "$work"; }
-trap cleanup EXIT
+LAB_TAG=vgo
+source "$(dirname "$0")/lab.sh"
 head -c 32 /dev/urandom | base64 >"$work/key"
 echo "date: $(date -u +%Y-%m-%dT%H:%MZ)  machine: $(nproc) cores, kernel $(uname -r)  capture: ${secs} s"
 for size in ${sizes[*]}; do

@@ -7,16 +7,9 @@
 #  3. speaker RSS with 1,000 VIPs, and CPU while idle.
 # Usage: bench/speaker.sh [SAMPLES]   (default 1000 arping samples per target). Needs root.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-root=$(pwd)
 samples=${1:-1000}
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/vipvisor-target}"
-cargo build -q --release -p vipvisor-core --bin vipvisor
-V="$CARGO_TARGET_DIR/release/vipvisor"
-P="vb$(( $$ % 1000 ))"
-work=$(mktemp -d)
-cleanup() { "$root/tests/lab/l2.sh" down "$P" || true; rm -rf "$work"; }
-trap cleanup EXIT
+LAB_TAG=vb
+source "$(dirname "$0")/lab.sh"
 "$root/tests/lab/l2.sh" up "$P" 2
 ns() { local h=$1; shift; ip netns exec "$P$h" "$@"; }
 wait_log() { # file pattern count

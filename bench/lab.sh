@@ -1,0 +1,18 @@
+# Sourced by the benchmarks that run in the netns lab, after they have read their
+# arguments: builds the release binary ($V), names the caller's lab ($P = $LAB_TAG + part of
+# the pid), makes a work directory ($work), and on exit — also on failure — calls the
+# caller's `before_cleanup` if it defines one, deletes the lab and the work directory.
+# $root is the repository; the working directory becomes it.
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+root=$(pwd)
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/vipvisor-target}"
+cargo build -q --release -p vipvisor-core --bin vipvisor
+V="$CARGO_TARGET_DIR/release/vipvisor"
+P="${LAB_TAG:?set LAB_TAG before sourcing bench/lab.sh}$(( $$ % 1000 ))"
+work=$(mktemp -d)
+cleanup() {
+  if declare -F before_cleanup >/dev/null; then before_cleanup || true; fi
+  "$root/tests/lab/l2.sh" down "$P" || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
