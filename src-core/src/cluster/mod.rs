@@ -320,46 +320,22 @@ pub async fn run(
     let mut tasks = Vec::new();
     {
         let tx = work_tx.clone();
-        // managedFields are most of a cached Service and never read here: drop them.
-        let stream = watcher(svc_api, watcher::Config::default())
-            .default_backoff()
-            .modify(|s: &mut Service| s.metadata.managed_fields = None)
-            .reflect(svc_writer);
-        tasks.push(tokio::spawn(async move {
-            futures::pin_mut!(stream);
-            while let Some(ev) = stream.next().await {
-                match ev {
-                    Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s)) => {
-                        if let Some(key) = key_of(&s) {
-                            let _ = tx.send(Work { key, deleted_uid: None });
-                        }
-                    }
-                    Ok(watcher::Event::Delete(s)) => {
-                        if let Some(key) = key_of(&s) {
-                            let uid = s.metadata.uid.as_deref().and_then(|u| u.parse().ok());
-                            let _ = tx.send(Work { key, deleted_uid: uid });
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => warn!(error = %e, "service watch error"),
+        tasks.push(reflect(svc_api, svc_writer, "service", move |ev| match ev {
+            watcher::Event::Apply(s) | watcher::Event::InitApply(s) => {
+                if let Some(key) = key_of(s) {
+                    let _ = tx.send(Work { key, deleted_uid: None });
                 }
             }
-        }));
-    }
-    {
-        let stream = watcher(ns_api, watcher::Config::default())
-            .default_backoff()
-            .modify(|n: &mut Namespace| n.metadata.managed_fields = None)
-            .reflect(ns_writer);
-        tasks.push(tokio::spawn(async move {
-            futures::pin_mut!(stream);
-            while let Some(ev) = stream.next().await {
-                if let Err(e) = ev {
-                    warn!(error = %e, "namespace watch error");
+            watcher::Event::Delete(s) => {
+                if let Some(key) = key_of(s) {
+                    let uid = s.metadata.uid.as_deref().and_then(|u| u.parse().ok());
+                    let _ = tx.send(Work { key, deleted_uid: uid });
                 }
             }
+            _ => {}
         }));
     }
+    tasks.push(reflect(ns_api, ns_writer, "namespace", |_| {}));
     let (leader_tx, mut leader_rx) = watch::channel(false);
     let (stop_tx, stop_rx) = watch::channel(false);
     let lease_task = tokio::spawn(lease::run(client.clone(), cfg.lease.clone(), leader_tx, stop_rx));
@@ -441,6 +417,34 @@ pub async fn run(
     ctx.store.close().await;
     info!("controller stopped");
     Ok(())
+}
+
+/// Keeps `writer`'s cache of every `K` up to date (without managedFields: most of a cached
+/// object, never read here), logs watch errors, and calls `on_event` for every event after
+/// the cache has applied it. Shared by the controller and the speaker.
+pub(crate) fn reflect<K>(
+    api: Api<K>,
+    writer: reflector::store::Writer<K>,
+    what: &'static str,
+    mut on_event: impl FnMut(&watcher::Event<K>) + Send + 'static,
+) -> tokio::task::JoinHandle<()>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    tokio::spawn(async move {
+        let stream = watcher(api, watcher::Config::default())
+            .default_backoff()
+            .modify(|o: &mut K| o.meta_mut().managed_fields = None)
+            .reflect(writer);
+        futures::pin_mut!(stream);
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(ev) => on_event(&ev),
+                Err(e) => warn!(error = %e, "{what} watch error"),
+            }
+        }
+    })
 }
 
 async fn handle(ctx: &Ctx, w: &Work) -> Result<(), ReconcileError> {

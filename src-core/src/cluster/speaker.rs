@@ -27,6 +27,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::decide::{self, ClassPolicy, ANN_ANNOUNCING};
+use super::reflect;
 use crate::announce::engine::{Iface, Timing};
 use crate::announce::link::{self, LinkInfo};
 use crate::announce::metrics::Metrics;
@@ -254,6 +255,16 @@ type Slices = Arc<Mutex<HashMap<String, SliceInfo>>>;
 /// misses a change another consumed.
 type Changes = Arc<watch::Sender<u64>>;
 
+fn note_change(changed: &Changes) {
+    changed.send_modify(|g| *g = g.wrapping_add(1));
+}
+
+/// An event handler that notes a change.
+fn bump<E>(changed: &Changes) -> impl FnMut(&E) + Send + 'static {
+    let changed = changed.clone();
+    move |_| note_change(&changed)
+}
+
 fn lock_slices(s: &Slices) -> std::sync::MutexGuard<'_, HashMap<String, SliceInfo>> {
     s.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -295,34 +306,8 @@ async fn watch_slices(api: Api<DynamicObject>, slices: Slices, changed: Changes,
                 continue;
             }
         }
-        changed.send_modify(|g| *g = g.wrapping_add(1));
+        note_change(&changed);
     }
-}
-
-/// Runs a reflector for `K`, poking `changed` on every event.
-fn reflect<K>(
-    api: Api<K>,
-    writer: reflector::store::Writer<K>,
-    changed: Changes,
-    what: &'static str,
-) -> tokio::task::JoinHandle<()>
-where
-    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
-{
-    tokio::spawn(async move {
-        let stream = watcher(api, watcher::Config::default())
-            .default_backoff()
-            .modify(|o: &mut K| o.meta_mut().managed_fields = None)
-            .reflect(writer);
-        futures::pin_mut!(stream);
-        while let Some(ev) = stream.next().await {
-            if let Err(e) = ev {
-                warn!(error = %e, what, "watch error");
-            }
-            changed.send_modify(|g| *g = g.wrapping_add(1));
-        }
-    })
 }
 
 /// What this node announces now: VIP → interface name.
@@ -359,8 +344,8 @@ pub async fn run(
     let version = endpointslice_version(&client).await;
     let (slices_synced_tx, mut slices_synced) = watch::channel(false);
     let mut tasks = vec![
-        reflect(Api::<Service>::all(client.clone()), svc_writer, changed.clone(), "services"),
-        reflect(Api::<Node>::all(client.clone()), node_writer, changed.clone(), "nodes"),
+        reflect(Api::<Service>::all(client.clone()), svc_writer, "service", bump(&changed)),
+        reflect(Api::<Node>::all(client.clone()), node_writer, "node", bump(&changed)),
         tokio::spawn(watch_slices(
             Api::all_with(client.clone(), &endpointslice_resource(version)),
             slices.clone(),
