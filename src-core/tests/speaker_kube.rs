@@ -168,12 +168,7 @@ impl Lab {
         self.annotation().split(',').next().unwrap_or_default().to_owned()
     }
     fn metrics(&self, i: usize) -> String {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &format!("{}n{i}", self.prefix), "python3", "-c"])
-            .arg("import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:9472/metrics', timeout=2).read().decode())")
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        common::speaker_metrics(&format!("{}n{i}", self.prefix))
     }
 }
 

@@ -160,12 +160,7 @@ impl Speaker {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
     fn metrics(&self) -> String {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.ns, "python3", "-c"])
-            .arg("import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:9472/metrics', timeout=2).read().decode())")
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        common::speaker_metrics(&self.ns)
     }
     fn metric(&self, name_and_labels: &str) -> f64 {
         self.metrics()

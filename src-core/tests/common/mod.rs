@@ -60,3 +60,13 @@ pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool, what: &str) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// The metrics text of the speaker serving on 127.0.0.1:9472 inside network namespace `ns`
+/// (empty if it does not answer).
+pub fn speaker_metrics(ns: &str) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "python3", "-c"])
+        .arg("import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:9472/metrics', timeout=2).read().decode())")
+        .output();
+    out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
+}
