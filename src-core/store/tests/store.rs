@@ -5,9 +5,10 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use sqlx::SqlitePool;
-use vipvisor_core::ipam::{Change, IpamError};
-use vipvisor_core::model::{AllocRequest, Pool, PoolOptions, Reservation, Timestamp};
-use vipvisor_core::store::{Desired, Store, StoreError, MIGRATOR};
+use vipvisor_ipam::{Change, IpamError};
+use vipvisor_model::{AllocRequest, Pool, PoolOptions, Reservation, Timestamp};
+use vipvisor_model::config::Config as Desired;
+use vipvisor_store::{Store, StoreError, MIGRATOR};
 
 const HOLD: Duration = Duration::from_secs(60);
 const T0: Timestamp = Timestamp(1_700_000_000_000);
@@ -58,12 +59,12 @@ async fn migrations_apply_from_empty_and_are_idempotent(pool: SqlitePool) {
 
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn allocations_persist_and_are_idempotent(pool: SqlitePool) {
-    let s = Store::from_pool(pool.clone()).with_actor("test");
+    let s = Store::from_sqlite(pool.clone()).with_actor("test");
     s.add_pool(pool_of("web"), T0).await.unwrap();
     let a = s.allocate(&req("ns/a"), T0, HOLD).await.unwrap();
     assert_eq!(a.change, Change::Created);
     // A second store on the same database: cold cache, same answer.
-    let s2 = Store::from_pool(pool.clone());
+    let s2 = Store::from_sqlite(pool.clone());
     let again = s2.allocate(&req("ns/a"), T0, HOLD).await.unwrap();
     assert_eq!(again.change, Change::Unchanged, "asking again returns the same allocation");
     assert_eq!(again.allocation.addresses, a.allocation.addresses);
@@ -88,7 +89,7 @@ fn pool_of(name: &str) -> Pool {
 
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn schema_refuses_double_allocation_even_if_logic_were_wrong(pool: SqlitePool) {
-    let s = Store::from_pool(pool.clone());
+    let s = Store::from_sqlite(pool.clone());
     s.add_pool(pool_of("web"), T0).await.unwrap();
     let a = s.allocate(&req("ns/a"), T0, HOLD).await.unwrap();
     let addr = a.allocation.addresses[0].to_string();
@@ -112,7 +113,7 @@ async fn schema_refuses_double_allocation_even_if_logic_were_wrong(pool: SqliteP
 
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn sharing_ports_are_unique_per_address(pool: SqlitePool) {
-    let s = Store::from_pool(pool.clone());
+    let s = Store::from_sqlite(pool.clone());
     s.add_pool(pool_of("web"), T0).await.unwrap();
     let mut a = req("ns/a");
     a.sharing_key = Some("k".parse().unwrap());
@@ -136,12 +137,12 @@ async fn sharing_ports_are_unique_per_address(pool: SqlitePool) {
 
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn quarantine_survives_restart_and_expires(pool: SqlitePool) {
-    let s = Store::from_pool(pool.clone());
+    let s = Store::from_sqlite(pool.clone());
     s.add_pool(ip_pool("tiny", &["192.0.2.0/32"]), T0).await.unwrap();
     s.allocate(&req("ns/a"), T0, HOLD).await.unwrap();
     let r = s.release(&"ns/a".parse().unwrap(), None, T0, HOLD).await.unwrap().unwrap();
     assert_eq!(r.quarantined.len(), 1);
-    let s2 = Store::from_pool(pool.clone());
+    let s2 = Store::from_sqlite(pool.clone());
     let e = s2.allocate(&req("ns/b"), T0.plus(Duration::from_secs(59)), HOLD).await.unwrap_err();
     assert!(
         matches!(e, StoreError::Ipam(IpamError::Exhausted { .. })),
@@ -152,14 +153,14 @@ async fn quarantine_survives_restart_and_expires(pool: SqlitePool) {
     assert_eq!(count(&pool, "quarantine").await, 0);
     s2.release(&"ns/a".parse().unwrap(), None, T0.plus(Duration::from_secs(40)), HOLD).await.unwrap();
     let later = T0.plus(Duration::from_secs(101));
-    let b = Store::from_pool(pool.clone()).allocate(&req("ns/b"), later, HOLD).await.unwrap();
+    let b = Store::from_sqlite(pool.clone()).allocate(&req("ns/b"), later, HOLD).await.unwrap();
     assert_eq!(b.allocation.addresses, vec![ip("192.0.2.0")], "after the quarantine anyone may have it");
     assert_eq!(count(&pool, "quarantine").await, 0, "the expired quarantine row is gone");
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn removing_or_shrinking_pools_in_use_needs_force(pool: SqlitePool) {
-    let s = Store::from_pool(pool.clone());
+    let s = Store::from_sqlite(pool.clone());
     s.add_pool(pool_of("web"), T0).await.unwrap();
     for n in ["a", "b", "c"] {
         s.allocate(&req(&format!("ns/{n}")), T0, HOLD).await.unwrap();
@@ -186,7 +187,7 @@ async fn removing_or_shrinking_pools_in_use_needs_force(pool: SqlitePool) {
 
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn apply_is_idempotent_and_prunes(pool: SqlitePool) {
-    let s = Store::from_pool(pool.clone());
+    let s = Store::from_sqlite(pool.clone());
     let desired = Desired {
         pools: vec![pool_of("web"), ip_pool("lab", &["198.51.100.0/28"])],
         reservations: vec![Reservation { block: "192.0.2.1".parse().unwrap(), note: "gw".into() }],
@@ -212,7 +213,7 @@ async fn apply_is_idempotent_and_prunes(pool: SqlitePool) {
 
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn overlaps_and_reserved_allocations_are_refused(pool: SqlitePool) {
-    let s = Store::from_pool(pool.clone());
+    let s = Store::from_sqlite(pool.clone());
     s.add_pool(pool_of("web"), T0).await.unwrap();
     let e = s.add_pool(ip_pool("x", &["192.0.2.4/30"]), T0).await.unwrap_err();
     assert!(e.to_string().contains("overlaps pool \"web\""), "{e}");
@@ -235,7 +236,7 @@ async fn overlaps_and_reserved_allocations_are_refused(pool: SqlitePool) {
 
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn uid_mismatch_refuses_release(pool: SqlitePool) {
-    let s = Store::from_pool(pool.clone());
+    let s = Store::from_sqlite(pool.clone());
     s.add_pool(pool_of("web"), T0).await.unwrap();
     let mut r = req("ns/a");
     r.uid = Some("1111".parse().unwrap());
@@ -249,7 +250,7 @@ async fn uid_mismatch_refuses_release(pool: SqlitePool) {
 
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn events_filter_by_time_and_limit(pool: SqlitePool) {
-    let s = Store::from_pool(pool.clone());
+    let s = Store::from_sqlite(pool.clone());
     s.add_pool(pool_of("web"), T0).await.unwrap();
     s.allocate(&req("ns/a"), T0.plus(Duration::from_secs(10)), HOLD).await.unwrap();
     s.allocate(&req("ns/b"), T0.plus(Duration::from_secs(20)), HOLD).await.unwrap();
@@ -262,4 +263,29 @@ async fn events_filter_by_time_and_limit(pool: SqlitePool) {
         vec!["ns/a", "ns/b"],
         "the newest two, oldest first"
     );
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn renaming_a_pool_rehomes_its_allocations(pool: SqlitePool) {
+    let s = Store::from_sqlite(pool.clone()).with_actor("test");
+    s.add_pool(ip_pool("old", &["192.0.2.0/29"]), T0).await.unwrap();
+    let a = s.allocate(&req("ns/a"), T0, HOLD).await.unwrap().allocation;
+    s.allocate(&req("ns/b"), T0, HOLD).await.unwrap();
+    s.release(&"ns/b".parse().unwrap(), None, T0, HOLD).await.unwrap();
+    let renamed = Desired { pools: vec![ip_pool("new", &["192.0.2.0/29"])], reservations: vec![] };
+    let r = s.apply(renamed, true, false, T0).await.unwrap();
+    assert!(r.released.is_empty(), "a rename releases nothing (was: every allocation, with --force)");
+    assert_eq!(r.rehomed.len(), 1, "ns/a moves to the new pool");
+    // A second store over the same database reads what was written.
+    let fresh = Store::from_sqlite(pool.clone()).snapshot().await.unwrap();
+    let kept = fresh.allocation(&"ns/a".parse().unwrap()).unwrap();
+    assert_eq!((kept.pool.as_str(), &kept.addresses), ("new", &a.addresses), "same address, new pool");
+    assert_eq!(fresh.quarantined().len(), 1, "ns/b's quarantine survives the rename");
+    assert!(fresh.pool(&"old".parse().unwrap()).is_none());
+    let kinds: Vec<String> = s.events(None, None).await.unwrap().into_iter().map(|e| e.kind).collect();
+    assert!(kinds.contains(&"address.rehomed".to_string()), "the move is audited: {kinds:?}");
+    assert!(s.integrity_check().await.unwrap().is_empty());
+    // The cached index after the change is the committed state.
+    assert_eq!(s.snapshot().await.unwrap().allocations().len(), 1);
+    assert_eq!(s.read(|i| i.allocations().len()).await.unwrap(), 1);
 }

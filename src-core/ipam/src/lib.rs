@@ -1,4 +1,8 @@
-//! Pure address decisions: which address a service gets, given the state.
+//! vipvisor-ipam: pure address decisions: which address a service gets, given the state,
+//! and what a new configuration does to the allocations ([`plan`]).
+//!
+//! Owns: the in-memory index and every allocation rule. Must not: touch SQL, clocks,
+//! sockets or Kubernetes types (time is an argument).
 //!
 //! [`Ipam`] is an in-memory index of pools, reservations, allocations and quarantine.
 //! It does no I/O and reads no clock (time is passed in). Every pool keeps, per family, a
@@ -13,17 +17,22 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::model::{
-    ip_to_u128, selector_matches, u128_to_ip, AddressBlock, AddressRange, AllocRequest, Allocation, Family,
+pub use vipvisor_model::config::{check_config, Config, ConfigError};
+pub use vipvisor_model::space::Space;
+use vipvisor_model::{
+    ip_to_u128, selector_matches, u128_to_ip, AddressBlock, AllocRequest, Allocation, Family, FamilyRequest,
     InvalidValue, Pool, PoolName, Port, Quarantined, Reservation, ServiceKey, SharingKey, Timestamp, Uid,
 };
+
+mod plan;
+pub use plan::{plan, Action, Plan, PlanError, Rehomed};
 
 /// Why an allocation, release or configuration change was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IpamError {
     #[error(transparent)]
     Invalid(#[from] InvalidValue),
-    #[error("unknown pool {0:?}; expected the name of an existing pool (see `vipvisor pool list`)")]
+    #[error("unknown pool {0:?}; expected the name of an existing pool")]
     UnknownPool(PoolName),
     #[error("no eligible pool for {service}: {}", reasons_text(.reasons))]
     NoEligiblePool { service: ServiceKey, reasons: Vec<(PoolName, String)> },
@@ -51,7 +60,7 @@ pub enum IpamError {
 
 fn reasons_text(r: &[(PoolName, String)]) -> String {
     if r.is_empty() {
-        return "there are no pools; expected at least one (see `vipvisor pool add`)".into();
+        return "there are no pools; expected at least one".into();
     }
     r.iter().map(|(p, why)| format!("{p}: {why}")).collect::<Vec<_>>().join("; ")
 }
@@ -65,57 +74,6 @@ fn key_text(k: &Option<SharingKey>) -> String {
     match k {
         Some(k) => format!("sharing key {:?}", k.as_str()),
         None => "not shared".into(),
-    }
-}
-
-/// Maps the addresses of one family of one pool onto consecutive integers.
-/// With `avoid_buggy_ips` on IPv4, `.0` and `.255` have no image: x.y.z.1 ↦ 254·(x.y.z) + 0 …
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Space {
-    skip_buggy: bool,
-}
-
-impl Space {
-    pub fn of(pool: &Pool, family: Family) -> Space {
-        Space { skip_buggy: pool.avoid_buggy_ips && family == Family::V4 }
-    }
-    pub fn to_dense(self, v: u128) -> Option<u128> {
-        if !self.skip_buggy {
-            return Some(v);
-        }
-        let low = v & 0xff;
-        if low == 0 || low == 255 {
-            None
-        } else {
-            Some((v >> 8) * 254 + (low - 1))
-        }
-    }
-    pub fn from_dense(self, d: u128) -> u128 {
-        if !self.skip_buggy {
-            return d;
-        }
-        ((d / 254) << 8) | (d % 254 + 1)
-    }
-    /// The dense image of a range, or `None` when it holds no usable address.
-    pub fn dense(self, r: &AddressRange) -> Option<(u128, u128)> {
-        let (mut a, mut b) = (r.first_raw(), r.last_raw());
-        if self.skip_buggy {
-            match a & 0xff {
-                0 => a += 1,
-                255 => a += 2,
-                _ => {}
-            }
-            match b & 0xff {
-                255 => b = b.checked_sub(1)?,
-                0 => b = b.checked_sub(2)?,
-                _ => {}
-            }
-            if a > b {
-                return None;
-            }
-            return Some((self.to_dense(a)?, self.to_dense(b)?));
-        }
-        Some((a, b))
     }
 }
 
@@ -549,31 +507,44 @@ impl Ipam {
     /// was named, so auto_assign does not matter.
     fn ineligible(&self, pool: &Pool, req: &AllocRequest, families: &[Family], explicit: bool) -> Option<String> {
         let ns = req.service.namespace();
-        if !explicit && !pool.auto_assign {
+        if !explicit && !pool.options.auto_assign {
             return Some("auto_assign is off (name the pool or an address to use it)".into());
         }
-        if !pool.namespaces.is_empty() && !pool.namespaces.contains(ns) {
-            let list: Vec<&str> = pool.namespaces.iter().map(String::as_str).collect();
+        if !pool.options.namespaces.is_empty() && !pool.options.namespaces.contains(ns) {
+            let list: Vec<&str> = pool.options.namespaces.iter().map(String::as_str).collect();
             return Some(format!("namespace {ns:?} is not one of its namespaces [{}]", list.join(", ")));
         }
-        if !selector_matches(&pool.namespace_selector, &req.namespace_labels) {
+        if !selector_matches(&pool.options.namespace_selector, &req.namespace_labels) {
             return Some(format!(
                 "namespace labels {} do not match its namespace selector {}",
                 labels_text(&req.namespace_labels),
-                labels_text(&pool.namespace_selector)
+                labels_text(&pool.options.namespace_selector)
             ));
         }
-        if !selector_matches(&pool.service_selector, &req.service_labels) {
+        if !selector_matches(&pool.options.service_selector, &req.service_labels) {
             return Some(format!(
                 "service labels {} do not match its service selector {}",
                 labels_text(&req.service_labels),
-                labels_text(&pool.service_selector)
+                labels_text(&pool.options.service_selector)
             ));
         }
-        if let Some(f) = families.iter().find(|f| !pool.has_family(**f)) {
+        if Self::wanted(pool, req, families).is_empty() {
+            return Some(format!("it has no {} addresses", families_text(families).replace('+', " or ")));
+        }
+        if let Some(f) = Self::wanted(pool, req, families).iter().find(|f| !pool.has_family(**f)) {
             return Some(format!("it has no {f} addresses"));
         }
         None
+    }
+
+    /// The families `req` takes from `pool`: those asked for, except that PreferDualStack
+    /// without addresses takes what the pool has of them.
+    fn wanted(pool: &Pool, req: &AllocRequest, families: &[Family]) -> Vec<Family> {
+        if req.family == Some(FamilyRequest::PreferDual) && req.addresses.is_empty() {
+            families.iter().copied().filter(|f| pool.has_family(*f)).collect()
+        } else {
+            families.to_vec()
+        }
     }
 
     fn satisfies(&self, ex: &Allocation, req: &AllocRequest, families: &[Family]) -> Result<bool, IpamError> {
@@ -582,6 +553,7 @@ impl Ipam {
         };
         let mut have: Vec<Family> = ex.addresses.iter().map(Family::of).collect();
         have.sort();
+        let families = &Self::wanted(&pool.pool, req, families)[..];
         let same_addrs = {
             let mut a = req.addresses.clone();
             let mut b = ex.addresses.clone();
@@ -728,10 +700,20 @@ impl Ipam {
         let has = |set: Option<&BTreeSet<IpAddr>>, p: &PoolName| {
             set.is_some_and(|s| s.iter().any(|ip| self.pool_of(ip) == Some(p)))
         };
-        eligible.sort_by_key(|st| (!has(own, &st.pool.name), !has(shared, &st.pool.name), st.pool.order_key()));
+        // Then, as MetalLB does, pools that select the service (by namespace or selector)
+        // before the ones that admit everyone, and then by priority and name.
+        eligible.sort_by_key(|st| {
+            (
+                !has(own, &st.pool.name),
+                !has(shared, &st.pool.name),
+                !st.pool.options.is_selective(),
+                st.pool.order_key(),
+            )
+        });
         for st in &eligible {
             let name = &st.pool.name;
             let mut picked = Vec::new();
+            let families = &Self::wanted(&st.pool, req, families)[..];
             for &f in families {
                 let in_pool = |ip: &&IpAddr| Family::of(ip) == f && self.pool_of(ip) == Some(name);
                 if let Some(ip) = own.and_then(|s| s.iter().find(in_pool)) {
@@ -908,7 +890,7 @@ impl Ipam {
     }
 }
 
-fn labels_text(l: &crate::model::Labels) -> String {
+fn labels_text(l: &vipvisor_model::Labels) -> String {
     if l.is_empty() {
         return "{}".into();
     }
@@ -916,74 +898,10 @@ fn labels_text(l: &crate::model::Labels) -> String {
     format!("{{{}}}", parts.join(","))
 }
 
-/// A configuration error: overlapping pools or reservations.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ConfigError {
-    #[error(
-        "pool {pool:?} block {block} overlaps pool {other:?} block {other_block}; expected pools that do not overlap"
-    )]
-    PoolOverlap { pool: PoolName, block: AddressBlock, other: PoolName, other_block: AddressBlock },
-    #[error("reservation {block} overlaps reservation {other}; expected reservations that do not overlap")]
-    ReservationOverlap { block: AddressBlock, other: AddressBlock },
-    #[error("duplicate pool {0:?}; expected unique names")]
-    DuplicatePool(PoolName),
-}
-
-/// Checks a whole configuration: unique names, no block shared by two pools (or twice in
-/// one, which [`Pool::new`] already refuses), no overlapping reservations. O(n log n).
-pub fn check_config(pools: &[Pool], reservations: &[Reservation]) -> Result<(), ConfigError> {
-    let mut names = BTreeSet::new();
-    let mut blocks: Vec<(AddressRange, &Pool, &AddressBlock)> = Vec::new();
-    for p in pools {
-        if !names.insert(&p.name) {
-            return Err(ConfigError::DuplicatePool(p.name.clone()));
-        }
-        blocks.extend(p.addresses.iter().map(|b| (b.range(), p, b)));
-    }
-    blocks.sort_by_key(|(r, _, _)| (r.family(), r.first_raw()));
-    for w in blocks.windows(2) {
-        let ((r1, p1, b1), (r2, p2, b2)) = (&w[0], &w[1]);
-        if r1.overlaps(r2) {
-            return Err(ConfigError::PoolOverlap {
-                pool: p2.name.clone(),
-                block: **b2,
-                other: p1.name.clone(),
-                other_block: **b1,
-            });
-        }
-    }
-    let mut res: Vec<&Reservation> = reservations.iter().collect();
-    res.sort_by_key(|r| (r.block.family(), r.block.range().first_raw()));
-    for w in res.windows(2) {
-        if w[0].block.range().overlaps(&w[1].block.range()) {
-            return Err(ConfigError::ReservationOverlap { block: w[1].block, other: w[0].block });
-        }
-    }
-    Ok(())
-}
-
-/// Allocations of `current` that the configuration indexed by `next` would leave without
-/// a valid address: their pool is gone, or one of their addresses is outside the pool's
-/// new blocks, reserved, or a .0/.255 address of a pool that now avoids them.
-pub fn stranded<'a>(current: &'a Ipam, next: &Ipam) -> Vec<&'a Allocation> {
-    current
-        .allocations()
-        .into_iter()
-        .filter(|a| {
-            let Some(st) = next.pools.get(&a.pool) else { return true };
-            a.addresses.iter().any(|ip| {
-                next.pool_of(ip) != Some(&a.pool)
-                    || next.reservation_of(ip).is_some()
-                    || st.fam(Family::of(ip)).space.to_dense(ip_to_u128(ip)).is_none()
-            })
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{FamilyRequest, PoolOptions};
+    use vipvisor_model::PoolOptions;
 
     const HOLD: Duration = Duration::from_secs(60);
     const T0: Timestamp = Timestamp(1_000_000);
@@ -1017,25 +935,6 @@ mod tests {
         assert_eq!(s.first(), Some(13));
         s.insert_range(0, u128::MAX);
         assert_eq!(s.len(), u128::MAX, "saturates instead of overflowing");
-    }
-
-    #[test]
-    fn dense_space_skips_buggy_addresses() {
-        let sp = Space { skip_buggy: true };
-        let r = AddressRange::new(ip("192.0.2.0"), ip("192.0.3.255")).unwrap();
-        let (a, b) = sp.dense(&r).unwrap();
-        assert_eq!(b - a + 1, 2 * 254, "two /24s hold 254 usable addresses each");
-        assert_eq!(u128_to_ip(Family::V4, sp.from_dense(a)), ip("192.0.2.1"));
-        assert_eq!(u128_to_ip(Family::V4, sp.from_dense(a + 254)), ip("192.0.3.1"));
-        assert_eq!(u128_to_ip(Family::V4, sp.from_dense(b)), ip("192.0.3.254"));
-        for d in a..=b {
-            let v = sp.from_dense(d);
-            assert_eq!(sp.to_dense(v), Some(d), "the mapping is a bijection on usable addresses");
-        }
-        let none = AddressRange::new(ip("192.0.2.255"), ip("192.0.3.0")).unwrap();
-        assert_eq!(sp.dense(&none), None);
-        let low = AddressRange::new(ip("0.0.0.0"), ip("0.0.0.0")).unwrap();
-        assert_eq!(sp.dense(&low), None, "no underflow at the bottom of the space");
     }
 
     /// Named cases, in the manner of MetalLB's allocator tests.
@@ -1136,6 +1035,67 @@ mod tests {
     }
 
     #[test]
+    fn pools_that_select_the_service_are_tried_first() {
+        // "a team's pool wins over a-default, whatever their names" (MetalLB's order).
+        let mut m = Ipam::new(
+            vec![
+                pool("a-default", &["192.0.2.0/30"], |_| {}),
+                pool("team", &["198.51.100.0/30"], |o| o.namespaces = ["team".to_string()].into()),
+                pool("labelled", &["203.0.113.0/30"], |o| {
+                    o.service_selector = [("tier".to_string(), "web".to_string())].into()
+                }),
+            ],
+            vec![],
+        );
+        assert_eq!(m.allocate(&req("team/x"), T0, HOLD).unwrap().allocation.pool.as_str(), "team");
+        assert_eq!(m.allocate(&req("other/y"), T0, HOLD).unwrap().allocation.pool.as_str(), "a-default");
+        let mut web = req("other/w");
+        web.service_labels = [("tier".to_string(), "web".to_string())].into();
+        assert_eq!(m.allocate(&web, T0, HOLD).unwrap().allocation.pool.as_str(), "labelled");
+        // Among pools that select the service, priority still orders.
+        let mut m = Ipam::new(
+            vec![
+                pool("sel-late", &["192.0.2.0/30"], |o| o.namespaces = ["t".to_string()].into()),
+                pool("sel-first", &["198.51.100.0/30"], |o| {
+                    o.namespaces = ["t".to_string()].into();
+                    o.priority = Some(1);
+                }),
+                pool("open", &["203.0.113.0/30"], |o| o.priority = Some(0)),
+            ],
+            vec![],
+        );
+        assert_eq!(m.allocate(&req("t/a"), T0, HOLD).unwrap().allocation.pool.as_str(), "sel-first");
+    }
+
+    #[test]
+    fn prefer_dual_stack_takes_what_the_pool_has() {
+        let mut m = Ipam::new(
+            vec![
+                pool("v4only", &["192.0.2.0/31"], |o| o.priority = Some(1)),
+                pool("both", &["198.51.100.0/30", "2001:db8::/126"], |o| o.priority = Some(2)),
+                pool("v6only", &["2001:db8:1::/126"], |o| o.auto_assign = false),
+            ],
+            vec![],
+        );
+        let mut r = req("ns/p");
+        r.family = Some(FamilyRequest::PreferDual);
+        let a = m.allocate(&r, T0, HOLD).unwrap().allocation;
+        assert_eq!((a.pool.as_str(), a.addresses.len()), ("v4only", 1), "one family where the pool has one");
+        r.pool = Some("both".parse().unwrap());
+        let b = m.allocate(&r, T0, HOLD).unwrap();
+        assert_eq!(b.allocation.addresses, vec![ip("198.51.100.0"), ip("2001:db8::")], "dual where it has both");
+        assert_eq!(m.allocate(&r, T0, HOLD).unwrap().change, Change::Unchanged, "asking again is idempotent");
+        r.pool = Some("v6only".parse().unwrap());
+        let c = m.allocate(&r, T0, HOLD).unwrap().allocation;
+        assert_eq!(c.addresses, vec![ip("2001:db8:1::")], "an IPv6-only pool gives IPv6 alone");
+        let mut s = req("ns/single");
+        s.family = Some(FamilyRequest::Dual);
+        s.pool = Some("v4only".parse().unwrap());
+        assert!(m.allocate(&s, T0, HOLD).is_err(), "RequireDualStack still needs both families");
+        m.check_invariants().unwrap();
+    }
+
+    #[test]
     fn dual_stack_comes_from_one_pool() {
         let mut m = Ipam::new(
             vec![
@@ -1222,17 +1182,6 @@ mod tests {
         let e = m.release(&r.service, Some(&"u2".parse().unwrap()), T0, HOLD).unwrap_err();
         assert!(matches!(e, IpamError::UidMismatch { .. }));
         assert!(m.release(&r.service, Some(&"u1".parse().unwrap()), T0, HOLD).unwrap().is_some());
-    }
-
-    #[test]
-    fn config_overlaps_are_found() {
-        let a = pool("a", &["192.0.2.0/28"], |_| {});
-        let b = pool("b", &["192.0.2.8-192.0.2.30"], |_| {});
-        let e = check_config(&[a.clone(), b], &[]).unwrap_err();
-        assert!(e.to_string().contains("overlaps pool \"a\""), "{e}");
-        let c = pool("c", &["192.0.2.16/28", "2001:db8::/64"], |_| {});
-        check_config(&[a.clone(), c], &[]).unwrap();
-        assert!(matches!(check_config(&[a.clone(), a], &[]), Err(ConfigError::DuplicatePool(_))));
     }
 
     mod props {

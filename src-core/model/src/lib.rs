@@ -1,5 +1,13 @@
-//! Validated domain types. Strings become these at the edge (CLI, YAML, store rows);
-//! everything downstream trusts them. No I/O here.
+//! vipvisor-model: the validated domain types and the pools file. Strings become these at
+//! the edge (CLI, YAML, JSON, store rows); everything downstream trusts them.
+//!
+//! Owns: addresses and blocks ([`AddressBlock`], [`AddressRange`], [`space::Space`]), names
+//! and keys, [`Pool`] with its [`PoolOptions`] (declared once, here), requests and
+//! allocations, [`config::Config`] and its YAML form. Must not: do I/O, read clocks in
+//! decisions, or know about SQL, sockets or Kubernetes.
+
+pub mod config;
+pub mod space;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -465,28 +473,22 @@ pub fn selector_matches(selector: &Labels, labels: &Labels) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
-/// A pool of addresses with its options. Construct through [`Pool::new`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Pool {
-    pub name: PoolName,
-    pub addresses: Vec<AddressBlock>,
+/// Options of a pool besides its name and blocks: the one declaration of them. The pools
+/// file, the JSON API and the store all use this shape (missing keys take the defaults).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PoolOptions {
+    /// Hand the pool's addresses out to services that name neither a pool nor an address.
     pub auto_assign: bool,
+    /// Skip IPv4 addresses ending in .0 and .255.
     pub avoid_buggy_ips: bool,
+    /// Namespaces allowed to use the pool (empty: all).
     pub namespaces: BTreeSet<String>,
+    /// Namespace labels required to use the pool.
     pub namespace_selector: Labels,
+    /// Service labels required to use the pool.
     pub service_selector: Labels,
     /// Lower numbers are tried first; pools without a priority come after all that have one.
-    pub priority: Option<u32>,
-}
-
-/// Options of a pool besides its name and blocks.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PoolOptions {
-    pub auto_assign: bool,
-    pub avoid_buggy_ips: bool,
-    pub namespaces: BTreeSet<String>,
-    pub namespace_selector: Labels,
-    pub service_selector: Labels,
     pub priority: Option<u32>,
 }
 
@@ -503,41 +505,55 @@ impl Default for PoolOptions {
     }
 }
 
+impl PoolOptions {
+    /// Whether the pool limits who may use it (namespaces or selectors). MetalLB tries such
+    /// pools before the ones that admit everyone.
+    pub fn is_selective(&self) -> bool {
+        !self.namespaces.is_empty() || !self.namespace_selector.is_empty() || !self.service_selector.is_empty()
+    }
+}
+
+/// A pool of addresses: `{"name", "addresses", …options}` in YAML and JSON. Construct
+/// through [`Pool::new`] (deserialising validates the same way).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Pool {
+    pub name: PoolName,
+    pub addresses: Vec<AddressBlock>,
+    #[serde(flatten)]
+    pub options: PoolOptions,
+}
+
 impl Pool {
     /// Validates a pool on its own: at least one block, no two blocks overlapping,
     /// at least one usable address, valid namespaces and selectors.
-    pub fn new(name: PoolName, addresses: Vec<AddressBlock>, opts: PoolOptions) -> Result<Self, InvalidValue> {
+    pub fn new(name: PoolName, addresses: Vec<AddressBlock>, options: PoolOptions) -> Result<Self, InvalidValue> {
         if addresses.is_empty() {
             return Err(
                 InvalidValue::new("pool", name.as_str(), "at least one address block").because("the pool is empty")
             );
         }
-        for (i, a) in addresses.iter().enumerate() {
-            for b in &addresses[i + 1..] {
-                if a.range().overlaps(&b.range()) {
-                    return Err(InvalidValue::new("pool", name.as_str(), "blocks that do not overlap")
-                        .because(format!("{a} overlaps {b}")));
-                }
+        let mut sorted: Vec<(AddressRange, &AddressBlock)> = addresses.iter().map(|b| (b.range(), b)).collect();
+        sorted.sort_by_key(|(r, _)| (r.family(), r.first_raw()));
+        for w in sorted.windows(2) {
+            if w[0].0.overlaps(&w[1].0) {
+                let (a, b) = if addresses.iter().position(|x| x == w[0].1) < addresses.iter().position(|x| x == w[1].1) {
+                    (w[0].1, w[1].1)
+                } else {
+                    (w[1].1, w[0].1)
+                };
+                return Err(InvalidValue::new("pool", name.as_str(), "blocks that do not overlap")
+                    .because(format!("{a} overlaps {b}")));
             }
         }
-        for ns in &opts.namespaces {
+        for ns in &options.namespaces {
             if !is_dns_label(ns) {
                 return Err(InvalidValue::new("namespace", ns.as_str(), LABEL_EXPECTED));
             }
         }
-        check_labels(&opts.namespace_selector)?;
-        check_labels(&opts.service_selector)?;
-        let pool = Self {
-            name,
-            addresses,
-            auto_assign: opts.auto_assign,
-            avoid_buggy_ips: opts.avoid_buggy_ips,
-            namespaces: opts.namespaces,
-            namespace_selector: opts.namespace_selector,
-            service_selector: opts.service_selector,
-            priority: opts.priority,
-        };
-        if pool.addresses.iter().all(|b| crate::ipam::Space::of(&pool, b.family()).dense(&b.range()).is_none()) {
+        check_labels(&options.namespace_selector)?;
+        check_labels(&options.service_selector)?;
+        let pool = Self { name, addresses, options };
+        if pool.addresses.iter().all(|b| space::Space::of(&pool, b.family()).dense(&b.range()).is_none()) {
             return Err(InvalidValue::new(
                 "pool",
                 pool.name.as_str(),
@@ -558,25 +574,34 @@ impl Pool {
 
     /// `(sorted key)`: pools with a priority first by that number, then the others, then by name.
     pub fn order_key(&self) -> (bool, u32, &PoolName) {
-        (self.priority.is_none(), self.priority.unwrap_or(0), &self.name)
+        (self.options.priority.is_none(), self.options.priority.unwrap_or(0), &self.name)
     }
+}
 
-    pub fn options(&self) -> PoolOptions {
-        PoolOptions {
-            auto_assign: self.auto_assign,
-            avoid_buggy_ips: self.avoid_buggy_ips,
-            namespaces: self.namespaces.clone(),
-            namespace_selector: self.namespace_selector.clone(),
-            service_selector: self.service_selector.clone(),
-            priority: self.priority,
-        }
+impl<'de> Deserialize<'de> for Pool {
+    /// `{"name", "addresses", …options}`; unknown keys are errors, and the pool is
+    /// validated as [`Pool::new`] does.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut m = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
+        let name: PoolName =
+            serde_json::from_value(m.remove("name").ok_or_else(|| D::Error::missing_field("name"))?)
+                .map_err(D::Error::custom)?;
+        let addresses: Vec<AddressBlock> =
+            serde_json::from_value(m.remove("addresses").ok_or_else(|| D::Error::missing_field("addresses"))?)
+                .map_err(|e| D::Error::custom(format!("pool {:?}: {e}", name.as_str())))?;
+        let options: PoolOptions = serde_json::from_value(serde_json::Value::Object(m))
+            .map_err(|e| D::Error::custom(format!("pool {:?}: {e}", name.as_str())))?;
+        Pool::new(name, addresses, options).map_err(D::Error::custom)
     }
 }
 
 /// Addresses that are never handed out.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Reservation {
     pub block: AddressBlock,
+    #[serde(default)]
     pub note: String,
 }
 
@@ -586,15 +611,20 @@ pub struct Reservation {
 pub enum FamilyRequest {
     Ipv4,
     Ipv6,
+    /// One address of each family (`ipFamilyPolicy: RequireDualStack`).
     Dual,
+    /// Both families where a pool has both, else one (`ipFamilyPolicy: PreferDualStack`).
+    #[serde(rename = "prefer-dual")]
+    PreferDual,
 }
 
 impl FamilyRequest {
+    /// The families asked for; for `PreferDual`, the most it would take.
     pub fn families(self) -> &'static [Family] {
         match self {
             FamilyRequest::Ipv4 => &[Family::V4],
             FamilyRequest::Ipv6 => &[Family::V6],
-            FamilyRequest::Dual => &[Family::V4, Family::V6],
+            FamilyRequest::Dual | FamilyRequest::PreferDual => &[Family::V4, Family::V6],
         }
     }
 }
@@ -606,7 +636,8 @@ impl FromStr for FamilyRequest {
             "ipv4" => Ok(Self::Ipv4),
             "ipv6" => Ok(Self::Ipv6),
             "dual" => Ok(Self::Dual),
-            _ => Err(InvalidValue::new("family", s, "one of ipv4, ipv6, dual")),
+            "prefer-dual" => Ok(Self::PreferDual),
+            _ => Err(InvalidValue::new("family", s, "one of ipv4, ipv6, dual, prefer-dual")),
         }
     }
 }
@@ -653,13 +684,15 @@ impl AllocRequest {
         match self.family {
             None if from_addrs.is_empty() => Ok(vec![Family::V4]),
             None => Ok(from_addrs),
+            // Whatever the addresses name; without addresses, the pool decides (ipam).
+            Some(FamilyRequest::PreferDual) if !from_addrs.is_empty() => Ok(from_addrs),
             Some(f) => {
                 let want = f.families().to_vec();
                 if !from_addrs.is_empty() && from_addrs != want {
                     return Err(InvalidValue::new(
                         "requested addresses",
                         shown(),
-                        format!("one address of each family of --family {}", f.as_str()),
+                        format!("one address of each family asked for ({})", f.as_str()),
                     ));
                 }
                 Ok(want)
@@ -674,6 +707,7 @@ impl FamilyRequest {
             FamilyRequest::Ipv4 => "ipv4",
             FamilyRequest::Ipv6 => "ipv6",
             FamilyRequest::Dual => "dual",
+            FamilyRequest::PreferDual => "prefer-dual",
         }
     }
 }

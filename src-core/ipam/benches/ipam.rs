@@ -2,15 +2,15 @@
 //! (issue #2: the larger within 2× of the smaller). The pool is fragmented first (every
 //! tenth service released), so the free set has thousands of intervals, not one.
 //!
-//! Run: `cargo bench -p vipvisor-core --bench ipam`
+//! Run: `cargo bench -p vipvisor-ipam --bench ipam`
 #![allow(clippy::unwrap_used)]
 
 use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use vipvisor_core::ipam::Ipam;
-use vipvisor_core::model::{AllocRequest, FamilyRequest, Pool, PoolOptions, ServiceKey, Timestamp};
+use vipvisor_ipam::Ipam;
+use vipvisor_model::{AllocRequest, FamilyRequest, Pool, PoolOptions, ServiceKey, Timestamp};
 
 const NOW: Timestamp = Timestamp(1_700_000_000_000);
 

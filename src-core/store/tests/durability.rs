@@ -11,9 +11,9 @@ use std::net::IpAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vipvisor_core::ipam::IpamError;
-use vipvisor_core::model::{AllocRequest, FamilyRequest, Pool, PoolOptions, Timestamp};
-use vipvisor_core::store::{Store, StoreError};
+use vipvisor_ipam::IpamError;
+use vipvisor_model::{AllocRequest, FamilyRequest, Pool, PoolOptions, Timestamp};
+use vipvisor_store::{Store, StoreError};
 
 const CHILD_DB: &str = "VIPVISOR_TEST_CHILD_DB";
 const CHILD_PREFIX: &str = "VIPVISOR_TEST_CHILD_PREFIX";

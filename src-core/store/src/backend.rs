@@ -1,0 +1,75 @@
+//! What a database must do for the [`crate::Store`]: take the write lock, keep the
+//! generation counter, read every row, and write typed changes. The store's logic (cache,
+//! decisions, audit) is written once above this trait; SQLite implements it today
+//! ([`crate::sqlite`]) and a PostgreSQL backend implements the same ~10 calls.
+
+use std::net::IpAddr;
+
+use async_trait::async_trait;
+use vipvisor_model::{AddressBlock, Allocation, Pool, PoolName, Quarantined, Reservation, Timestamp};
+
+use crate::audit::Audit;
+use crate::{Event, Result};
+
+/// Every row, read in one consistent transaction, at `generation`.
+#[derive(Debug, Clone, Default)]
+pub struct Rows {
+    pub generation: i64,
+    pub pools: Vec<Pool>,
+    pub reservations: Vec<Reservation>,
+    pub allocations: Vec<Allocation>,
+    pub quarantine: Vec<Quarantined>,
+}
+
+/// One change to the rows. The store issues them in an order the schema's foreign keys
+/// accept (blocks of changed pools go before new blocks are written, allocations move
+/// before old pools are deleted).
+#[derive(Debug, Clone, Copy)]
+pub enum Write<'a> {
+    InsertAllocation(&'a Allocation),
+    DeleteAllocation(&'a Allocation),
+    /// The allocation keeps its addresses in another pool.
+    MoveAllocation(&'a Allocation),
+    InsertQuarantine(&'a [Quarantined]),
+    DeleteQuarantine(&'a [IpAddr]),
+    /// Deletes a pool's blocks (the row stays, for [`Write::UpsertPool`] or
+    /// [`Write::DeletePool`]).
+    DeletePoolBlocks(&'a PoolName),
+    UpsertPool(&'a Pool),
+    DeletePool(&'a PoolName),
+    UpsertReservation(&'a Reservation),
+    DeleteReservation(&'a AddressBlock),
+    /// Forgets every allocation and quarantine entry (a new leader rebuilding from the
+    /// cluster).
+    ClearAllocations,
+    Audit { actor: &'a str, event: &'a Audit },
+}
+
+/// A database the store can run on.
+#[async_trait]
+pub trait Backend: Send + Sync + std::fmt::Debug {
+    /// Starts a write: takes the database's write lock before anything is read.
+    async fn begin(&self) -> Result<Box<dyn WriteTx>>;
+    /// The generation counter as committed now.
+    async fn generation(&self) -> Result<i64>;
+    /// Every row, consistently.
+    async fn rows(&self) -> Result<Rows>;
+    /// The audit log, oldest first, from `since` on, at most `limit` newest.
+    async fn events(&self, since: Option<Timestamp>, limit: Option<u32>) -> Result<Vec<Event>>;
+    /// The database's own consistency checks; empty when all is well.
+    async fn integrity_check(&self) -> Result<Vec<String>>;
+    async fn close(&self);
+}
+
+/// A write transaction, holding the write lock until commit or rollback (or drop, which
+/// rolls back).
+#[async_trait]
+pub trait WriteTx: Send {
+    /// Bumps the generation counter (undone by a rollback) and returns the value before.
+    async fn bump_generation(&mut self) -> Result<i64>;
+    /// Every row as this transaction sees it.
+    async fn rows(&mut self) -> Result<Rows>;
+    async fn write(&mut self, w: Write<'_>, now: Timestamp) -> Result<()>;
+    async fn commit(self: Box<Self>) -> Result<()>;
+    async fn rollback(self: Box<Self>) -> Result<()>;
+}

@@ -1,0 +1,454 @@
+//! The SQLite backend, through sqlx: WAL, `synchronous=FULL` (an acknowledged write
+//! survives power loss), foreign keys on, a 30 s busy timeout, and `BEGIN IMMEDIATE` for
+//! every write so the lock is taken before anything is read. An SQLite file belongs to one
+//! host: WAL needs that host's shared memory, and network file systems lock badly.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Serialize;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, Sqlite, Transaction};
+use vipvisor_model::{
+    AddressBlock, Allocation, Labels, Pool, PoolName, PoolOptions, Port, Quarantined, Reservation, ServiceKey,
+    SharingKey, Timestamp, Uid,
+};
+
+use crate::backend::{Backend, Rows, Write, WriteTx};
+use crate::{redact_url, Event, Result, StoreError};
+
+/// The embedded migrations of `migrations/`.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => StoreError::Unavailable(e.to_string()),
+            sqlx::Error::Database(d) if d.message().contains("locked") || d.message().contains("busy") => {
+                StoreError::Unavailable(d.message().to_owned())
+            }
+            e => StoreError::Db(e.to_string()),
+        }
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        StoreError::Migrate(e.to_string())
+    }
+}
+
+/// Parses a store URL into connect options, creating the parent directory of the file.
+pub fn connect_options(url: &str) -> Result<SqliteConnectOptions> {
+    let bad = || StoreError::BadUrl(redact_url(url));
+    let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).ok_or_else(bad)?;
+    let file = path.split('?').next().unwrap_or_default();
+    if file.is_empty() || file == ":memory:" {
+        return Err(bad());
+    }
+    if let Some(dir) = Path::new(file).parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|source| StoreError::CreateDir { path: dir.display().to_string(), source })?;
+    }
+    let opts = SqliteConnectOptions::from_str(&format!("sqlite://{path}")).map_err(|_| bad())?;
+    Ok(opts
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .foreign_keys(true)
+        .busy_timeout(Duration::from_secs(30)))
+}
+
+/// SQLite as the store's backend.
+#[derive(Debug, Clone)]
+pub struct SqliteBackend {
+    pool: SqlitePool,
+}
+
+impl SqliteBackend {
+    /// Opens (creating it on first use) and migrates the database at `url`.
+    pub async fn open(url: &str) -> Result<SqliteBackend> {
+        let opts = connect_options(url)?;
+        let pool = SqlitePoolOptions::new().max_connections(2).connect_with(opts).await?;
+        let b = SqliteBackend { pool };
+        b.migrate().await?;
+        Ok(b)
+    }
+
+    /// Wraps an existing pool (already migrated, or call [`SqliteBackend::migrate`]).
+    pub fn from_pool(pool: SqlitePool) -> SqliteBackend {
+        SqliteBackend { pool }
+    }
+
+    /// Applies pending migrations. A second process migrating at the same moment may lose
+    /// the race; then the migrations are simply found applied on the retry.
+    pub async fn migrate(&self) -> Result<()> {
+        match MIGRATOR.run(&self.pool).await {
+            Ok(()) => Ok(()),
+            Err(first) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                MIGRATOR.run(&self.pool).await.map_err(|_| first.into())
+            }
+        }
+    }
+}
+
+struct SqliteTx(Transaction<'static, Sqlite>);
+
+#[async_trait]
+impl Backend for SqliteBackend {
+    async fn begin(&self) -> Result<Box<dyn WriteTx>> {
+        Ok(Box::new(SqliteTx(self.pool.begin_with("BEGIN IMMEDIATE").await?)))
+    }
+
+    async fn generation(&self) -> Result<i64> {
+        Ok(sqlx::query_scalar("SELECT value FROM meta WHERE key = 'generation'").fetch_one(&self.pool).await?)
+    }
+
+    async fn rows(&self) -> Result<Rows> {
+        let mut tx = self.pool.begin().await?;
+        let rows = load(&mut tx).await?;
+        tx.rollback().await?;
+        Ok(rows)
+    }
+
+    async fn events(&self, since: Option<Timestamp>, limit: Option<u32>) -> Result<Vec<Event>> {
+        let rows = sqlx::query(
+            "SELECT * FROM (SELECT id, at_ms, actor, kind, subject, detail FROM events WHERE at_ms >= ?1 \
+             ORDER BY id DESC LIMIT ?2) ORDER BY id",
+        )
+        .bind(since.map_or(i64::MIN, |t| t.0))
+        .bind(limit.map_or(-1, i64::from))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                let at_ms: i64 = r.get("at_ms");
+                let detail: String = r.get("detail");
+                Ok(Event {
+                    id: r.get("id"),
+                    at: Timestamp(at_ms).rfc3339(),
+                    at_ms,
+                    actor: r.get("actor"),
+                    kind: r.get("kind"),
+                    subject: r.get("subject"),
+                    detail: serde_json::from_str(&detail).map_err(|e| corrupt("event detail", e))?,
+                })
+            })
+            .collect()
+    }
+
+    async fn integrity_check(&self) -> Result<Vec<String>> {
+        let mut out: Vec<String> = sqlx::query_scalar("PRAGMA integrity_check").fetch_all(&self.pool).await?;
+        out.retain(|s| s != "ok");
+        let fk = sqlx::query("PRAGMA foreign_key_check").fetch_all(&self.pool).await?;
+        for r in fk {
+            let table: String = r.get(0);
+            out.push(format!("foreign key violation in {table}"));
+        }
+        Ok(out)
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+#[async_trait]
+impl WriteTx for SqliteTx {
+    async fn bump_generation(&mut self) -> Result<i64> {
+        let bumped: i64 =
+            sqlx::query_scalar("UPDATE meta SET value = value + 1 WHERE key = 'generation' RETURNING value")
+                .fetch_one(&mut *self.0)
+                .await?;
+        Ok(bumped - 1)
+    }
+
+    async fn rows(&mut self) -> Result<Rows> {
+        load(&mut self.0).await
+    }
+
+    async fn write(&mut self, w: Write<'_>, now: Timestamp) -> Result<()> {
+        let tx = &mut self.0;
+        match w {
+            Write::InsertAllocation(a) => insert_allocation(tx, a, now).await,
+            Write::DeleteAllocation(a) => delete_allocation(tx, a).await,
+            Write::MoveAllocation(a) => {
+                sqlx::query("UPDATE services SET pool = ?3, updated_ms = ?4 WHERE namespace = ?1 AND name = ?2")
+                    .bind(a.service.namespace())
+                    .bind(a.service.name())
+                    .bind(a.pool.as_str())
+                    .bind(now.0)
+                    .execute(&mut **tx)
+                    .await?;
+                sqlx::query("UPDATE addresses SET pool = ?2 WHERE address IN (SELECT value FROM json_each(?1))")
+                    .bind(json_vec(&a.addresses))
+                    .bind(a.pool.as_str())
+                    .execute(&mut **tx)
+                    .await?;
+                Ok(())
+            }
+            Write::InsertQuarantine(q) => insert_quarantine(tx, q).await,
+            Write::DeleteQuarantine(addrs) => delete_quarantine(tx, addrs).await,
+            Write::DeletePoolBlocks(name) => {
+                sqlx::query("DELETE FROM pool_blocks WHERE pool = ?1").bind(name.as_str()).execute(&mut **tx).await?;
+                Ok(())
+            }
+            Write::UpsertPool(p) => upsert_pool(tx, p, now).await,
+            Write::DeletePool(name) => {
+                sqlx::query("DELETE FROM pools WHERE name = ?1").bind(name.as_str()).execute(&mut **tx).await?;
+                Ok(())
+            }
+            Write::UpsertReservation(r) => {
+                sqlx::query(
+                    "INSERT INTO reservations (block, note, created_ms) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (block) DO UPDATE SET note = ?2",
+                )
+                .bind(r.block.to_string())
+                .bind(&r.note)
+                .bind(now.0)
+                .execute(&mut **tx)
+                .await?;
+                Ok(())
+            }
+            Write::DeleteReservation(b) => {
+                sqlx::query("DELETE FROM reservations WHERE block = ?1").bind(b.to_string()).execute(&mut **tx).await?;
+                Ok(())
+            }
+            Write::ClearAllocations => {
+                for table in ["ports", "holders", "addresses", "services", "quarantine"] {
+                    sqlx::query(&format!("DELETE FROM {table}")).execute(&mut **tx).await?;
+                }
+                Ok(())
+            }
+            Write::Audit { actor, event } => {
+                sqlx::query("INSERT INTO events (at_ms, actor, kind, subject, detail) VALUES (?1, ?2, ?3, ?4, ?5)")
+                    .bind(now.0)
+                    .bind(actor)
+                    .bind(event.kind())
+                    .bind(event.subject())
+                    .bind(event.detail().to_string())
+                    .execute(&mut **tx)
+                    .await?;
+                Ok(())
+            }
+        }
+    }
+
+    async fn commit(self: Box<Self>) -> Result<()> {
+        Ok(self.0.commit().await?)
+    }
+
+    async fn rollback(self: Box<Self>) -> Result<()> {
+        Ok(self.0.rollback().await?)
+    }
+}
+
+fn json_vec<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "[]".into())
+}
+
+fn corrupt(what: impl std::fmt::Display, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+async fn upsert_pool(tx: &mut Transaction<'static, Sqlite>, p: &Pool, now: Timestamp) -> Result<()> {
+    let o = &p.options;
+    sqlx::query(
+        "INSERT INTO pools (name, auto_assign, avoid_buggy_ips, namespaces, namespace_selector, service_selector, priority, created_ms, updated_ms) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8) \
+         ON CONFLICT (name) DO UPDATE SET auto_assign = ?2, avoid_buggy_ips = ?3, namespaces = ?4, \
+         namespace_selector = ?5, service_selector = ?6, priority = ?7, updated_ms = ?8",
+    )
+    .bind(p.name.as_str())
+    .bind(o.auto_assign)
+    .bind(o.avoid_buggy_ips)
+    .bind(json_vec(&o.namespaces))
+    .bind(json_vec(&o.namespace_selector))
+    .bind(json_vec(&o.service_selector))
+    .bind(o.priority.map(i64::from))
+    .bind(now.0)
+    .execute(&mut **tx)
+    .await?;
+    for (i, b) in p.addresses.iter().enumerate() {
+        sqlx::query("INSERT INTO pool_blocks (pool, position, block) VALUES (?1, ?2, ?3)")
+            .bind(p.name.as_str())
+            .bind(i64::try_from(i).unwrap_or(i64::MAX))
+            .bind(b.to_string())
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+async fn insert_allocation(tx: &mut Transaction<'static, Sqlite>, a: &Allocation, now: Timestamp) -> Result<()> {
+    let key = a.sharing_key.as_ref().map_or("", SharingKey::as_str);
+    sqlx::query(
+        "INSERT INTO services (namespace, name, uid, pool, sharing_key, ports, created_ms, updated_ms) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+    )
+    .bind(a.service.namespace())
+    .bind(a.service.name())
+    .bind(a.uid.as_ref().map(Uid::as_str))
+    .bind(a.pool.as_str())
+    .bind(key)
+    .bind(json_vec(&a.ports))
+    .bind(now.0)
+    .execute(&mut **tx)
+    .await?;
+    for ip in &a.addresses {
+        let ip = ip.to_string();
+        sqlx::query(
+            "INSERT INTO addresses (address, pool, sharing_key) VALUES (?1, ?2, ?3) ON CONFLICT (address) DO NOTHING",
+        )
+        .bind(&ip)
+        .bind(a.pool.as_str())
+        .bind(key)
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query("INSERT INTO holders (address, sharing_key, namespace, name) VALUES (?1, ?2, ?3, ?4)")
+            .bind(&ip)
+            .bind(key)
+            .bind(a.service.namespace())
+            .bind(a.service.name())
+            .execute(&mut **tx)
+            .await?;
+        for p in &a.ports {
+            sqlx::query("INSERT INTO ports (address, port, namespace, name) VALUES (?1, ?2, ?3, ?4)")
+                .bind(&ip)
+                .bind(p.to_string())
+                .bind(a.service.namespace())
+                .bind(a.service.name())
+                .execute(&mut **tx)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn delete_allocation(tx: &mut Transaction<'static, Sqlite>, a: &Allocation) -> Result<()> {
+    sqlx::query("DELETE FROM services WHERE namespace = ?1 AND name = ?2")
+        .bind(a.service.namespace())
+        .bind(a.service.name())
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query(
+        "DELETE FROM addresses WHERE address IN (SELECT value FROM json_each(?1)) \
+         AND NOT EXISTS (SELECT 1 FROM holders h WHERE h.address = addresses.address)",
+    )
+    .bind(json_vec(&a.addresses))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn insert_quarantine(tx: &mut Transaction<'static, Sqlite>, q: &[Quarantined]) -> Result<()> {
+    for q in q {
+        sqlx::query("INSERT OR REPLACE INTO quarantine (address, namespace, name, until_ms) VALUES (?1, ?2, ?3, ?4)")
+            .bind(q.address.to_string())
+            .bind(q.service.namespace())
+            .bind(q.service.name())
+            .bind(q.until.0)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+async fn delete_quarantine(tx: &mut Transaction<'static, Sqlite>, addrs: &[IpAddr]) -> Result<()> {
+    if addrs.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("DELETE FROM quarantine WHERE address IN (SELECT value FROM json_each(?1))")
+        .bind(json_vec(&addrs))
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(what: &str, s: &str) -> Result<T> {
+    serde_json::from_str(s).map_err(|e| corrupt(what, e))
+}
+
+/// Reads every row.
+async fn load(tx: &mut Transaction<'static, Sqlite>) -> Result<Rows> {
+    let generation: i64 =
+        sqlx::query_scalar("SELECT value FROM meta WHERE key = 'generation'").fetch_one(&mut **tx).await?;
+    let mut blocks: BTreeMap<String, Vec<AddressBlock>> = BTreeMap::new();
+    for r in sqlx::query("SELECT pool, block FROM pool_blocks ORDER BY pool, position").fetch_all(&mut **tx).await? {
+        let block: String = r.get("block");
+        let b = block.parse().map_err(|e| corrupt(format!("block {block}"), e))?;
+        blocks.entry(r.get("pool")).or_default().push(b);
+    }
+    let mut pools = Vec::new();
+    for r in sqlx::query("SELECT * FROM pools ORDER BY name").fetch_all(&mut **tx).await? {
+        let name: String = r.get("name");
+        let pname: PoolName = name.parse().map_err(|e| corrupt("pool name", e))?;
+        let priority: Option<i64> = r.get("priority");
+        let opts = PoolOptions {
+            auto_assign: r.get("auto_assign"),
+            avoid_buggy_ips: r.get("avoid_buggy_ips"),
+            namespaces: parse_json::<BTreeSet<String>>("namespaces", r.get("namespaces"))?,
+            namespace_selector: parse_json::<Labels>("namespace selector", r.get("namespace_selector"))?,
+            service_selector: parse_json::<Labels>("service selector", r.get("service_selector"))?,
+            priority: priority.map(|p| u32::try_from(p).unwrap_or(u32::MAX)),
+        };
+        let pool = Pool::new(pname, blocks.remove(&name).unwrap_or_default(), opts)
+            .map_err(|e| corrupt(format!("pool {name}"), e))?;
+        pools.push(pool);
+    }
+    let mut reservations = Vec::new();
+    for r in sqlx::query("SELECT block, note FROM reservations ORDER BY block").fetch_all(&mut **tx).await? {
+        let block: String = r.get("block");
+        reservations.push(Reservation {
+            block: block.parse().map_err(|e| corrupt(format!("reservation {block}"), e))?,
+            note: r.get("note"),
+        });
+    }
+    let rows = sqlx::query(
+        "SELECT s.namespace, s.name, s.uid, s.pool, s.sharing_key, s.ports, h.address \
+         FROM services s JOIN holders h ON h.namespace = s.namespace AND h.name = s.name \
+         ORDER BY s.namespace, s.name, h.address",
+    )
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut allocations: Vec<Allocation> = Vec::new();
+    for r in rows {
+        let ns: String = r.get("namespace");
+        let name: String = r.get("name");
+        let service = ServiceKey::new(&ns, &name).map_err(|e| corrupt("service", e))?;
+        let addr: String = r.get("address");
+        let ip: IpAddr = addr.parse().map_err(|e| corrupt(format!("address {addr}"), e))?;
+        if let Some(c) = allocations.last_mut().filter(|c| c.service == service) {
+            c.addresses.push(ip);
+            continue;
+        }
+        let uid: Option<String> = r.get("uid");
+        let key: String = r.get("sharing_key");
+        let pool: String = r.get("pool");
+        allocations.push(Allocation {
+            service,
+            uid: uid.map(|u| u.parse()).transpose().map_err(|e| corrupt("uid", e))?,
+            pool: pool.parse().map_err(|e| corrupt("pool", e))?,
+            addresses: vec![ip],
+            sharing_key: if key.is_empty() { None } else { Some(key.parse().map_err(|e| corrupt("sharing key", e))?) },
+            ports: parse_json::<BTreeSet<Port>>("ports", r.get("ports"))?,
+        });
+    }
+    let mut quarantine = Vec::new();
+    for r in sqlx::query("SELECT address, namespace, name, until_ms FROM quarantine").fetch_all(&mut **tx).await? {
+        let addr: String = r.get("address");
+        let ns: String = r.get("namespace");
+        let name: String = r.get("name");
+        quarantine.push(Quarantined {
+            address: addr.parse().map_err(|e| corrupt(format!("quarantined address {addr}"), e))?,
+            service: ServiceKey::new(&ns, &name).map_err(|e| corrupt("service", e))?,
+            until: Timestamp(r.get("until_ms")),
+        });
+    }
+    Ok(Rows { generation, pools, reservations, allocations, quarantine })
+}
