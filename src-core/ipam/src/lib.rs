@@ -310,6 +310,21 @@ impl Ipam {
         self.hold(q.address, q.service, q.until);
     }
 
+    /// Quarantines a free address of a pool for its last holder, as recorded elsewhere
+    /// (the cluster). `false`, changing nothing, when the entry is over at `now`, the
+    /// address is outside every pool, reserved, in use or already quarantined.
+    pub fn quarantine_if_free(&mut self, q: Quarantined, now: Timestamp) -> bool {
+        let free = q.until > now
+            && self.pool_of(&q.address).is_some()
+            && self.reservation_of(&q.address).is_none()
+            && !self.addresses.contains_key(&q.address)
+            && !self.quarantine.contains_key(&q.address);
+        if free {
+            self.hold(q.address, q.service, q.until);
+        }
+        free
+    }
+
     pub fn pools(&self) -> impl Iterator<Item = &Pool> {
         self.pools.values().map(|p| &p.pool)
     }

@@ -98,8 +98,8 @@ impl Engine {
         Engine { ifaces, timing, vips: HashMap::new(), metrics, friends: Default::default() }
     }
 
-    pub fn iface(&self, i: usize) -> &Iface {
-        &self.ifaces[i]
+    pub fn iface(&self, i: usize) -> Option<&Iface> {
+        self.ifaces.get(i)
     }
     pub fn ifaces(&self) -> &[Iface] {
         &self.ifaces
@@ -122,7 +122,8 @@ impl Engine {
     /// member of our group that is gone, so announce at once without probing.
     pub fn add_vip(&mut self, vip: IpAddr, iface: usize, now: Instant, takeover: bool) -> Output {
         let mut out = Output::default();
-        if self.vips.contains_key(&vip) {
+        // An interface we do not have (a caller's bug) gets nothing, rather than a panic.
+        if self.vips.contains_key(&vip) || iface >= self.ifaces.len() {
             return out;
         }
         let state = if takeover || self.timing.probe_timeout.is_zero() {
@@ -267,7 +268,7 @@ impl Engine {
     /// Handles a received frame on interface `iface`.
     pub fn on_frame(&mut self, iface: usize, frame: &[u8], now: Instant) -> Output {
         let mut out = Output::default();
-        let name = self.ifaces[iface].name.clone();
+        let Some(name) = self.ifaces.get(iface).map(|i| i.name.clone()) else { return out };
         let incoming = match wire::parse(frame) {
             Ok(i) => i,
             Err(reason) => {
@@ -323,7 +324,8 @@ impl Engine {
                 self.conflict(vip, iface, sender_mac, Proto::Arp, out);
             }
         }
-        if op != ArpOp::Request {
+        // A gratuitous request (sender = target) announces, it does not ask.
+        if op != ArpOp::Request || sender_ip == target_ip {
             return Err(Drop::NotARequest);
         }
         let name = &self.ifaces[iface].name;
@@ -384,6 +386,12 @@ impl Engine {
     ) {
         let Some(v) = self.vips.get(&vip).cloned() else { return };
         if v.iface != iface {
+            return;
+        }
+        // A fellow group member announcing one of our VIPs is a handover in progress (its
+        // view of the group moved first): neither a conflict nor a reason to defend, which
+        // would only make clients' caches flap between the two.
+        if self.friends.contains(&other) {
             return;
         }
         match v.state {
@@ -603,6 +611,42 @@ mod tests {
         assert_eq!(m.conflicts("eth0", Proto::Arp), 0);
         let stranger = Mac([2, 0, 0x5e, 0, 0, 0x99]);
         assert!(!e.on_frame(0, &wire::garp_reply(stranger, v4("192.0.2.100")), t0).events.is_empty());
+    }
+
+    #[test]
+    fn a_members_announcement_while_we_own_is_a_handover() {
+        // Owned (no probe, no burst left): before, a fellow member's gratuitous ARP during a
+        // handover raised a conflict and a defending round, so clients flapped between us.
+        for takeover in [true, false] {
+            let t = Timing { probe_timeout: Duration::ZERO, garp_duration: Duration::ZERO, ..Timing::default() };
+            let (mut e, m) = engine(t);
+            e.set_friends([OTHER]);
+            let t0 = Instant::now();
+            let vip = IpAddr::V4(v4("192.0.2.100"));
+            e.add_vip(vip, 0, t0, takeover);
+            assert!(e.owned().any(|(v, _)| v == vip), "the VIP is ours");
+            for frame in [wire::garp_reply(OTHER, v4("192.0.2.100")), wire::garp_request(OTHER, v4("192.0.2.100"))] {
+                let out = e.on_frame(0, &frame, t0 + Duration::from_millis(50));
+                assert!(out.events.is_empty(), "no AddressConflict for a fellow member: {:?}", out.events);
+                assert!(out.frames.is_empty(), "no defending burst against a fellow member");
+            }
+            let na = wire::neighbor_advert(OTHER, v6("2001:db8::100"), None);
+            e.add_vip(IpAddr::V6(v6("2001:db8::100")), 0, t0, takeover);
+            let out = e.on_frame(0, &na, t0 + Duration::from_millis(50));
+            assert!(out.events.is_empty() && out.frames.is_empty(), "the same for an unsolicited NA");
+            assert_eq!(m.conflicts("eth0", Proto::Arp) + m.conflicts("eth0", Proto::Ndp), 0);
+        }
+    }
+
+    #[test]
+    fn unknown_interfaces_are_ignored_not_panics() {
+        let (mut e, _) = engine(Timing::default());
+        let t0 = Instant::now();
+        assert!(e.add_vip(IpAddr::V4(v4("192.0.2.100")), 7, t0, false).frames.is_empty());
+        assert_eq!(e.owned().count(), 0);
+        let req = wire::arp(Mac::BROADCAST, ArpOp::Request, CLIENT, v4("192.0.2.1"), Mac::ZERO, v4("192.0.2.100"));
+        assert!(e.on_frame(9, &req, t0).frames.is_empty());
+        assert!(e.iface(9).is_none());
     }
 
     #[test]

@@ -1,33 +1,46 @@
-//! L2 announcements: the speaker answers ARP and NDP for its VIPs with the interface's own
-//! MAC, from user space, without adding the VIPs to any interface.
+//! vipvisor-l2: L2 announcements. The speaker answers ARP and NDP for its VIPs with the
+//! interface's own MAC, from user space, without adding the VIPs to any interface.
 //!
 //! - [`wire`]: frames (smoltcp codecs), classification, builders;
 //! - [`engine`]: the pure state machine (probe → burst → owned; answers; conflicts);
 //! - [`sys`]: AF_PACKET sockets with a BPF filter, multicast joins (the only `unsafe`);
 //! - [`link`]: interface facts; [`metrics`]: Prometheus counters;
-//! - this module: the runner that wires them together, and static mode.
+//! - this module: the runner ([`Speaker`]) that wires them together, and static mode.
+//!
+//! Owns: what goes on the wire for the VIPs it is told it owns. Must not: decide
+//! ownership (gossip does), talk to Kubernetes, or serve HTTP (the binary does).
 
 pub mod engine;
+pub mod groups;
 pub mod link;
 pub mod metrics;
 pub mod sys;
 pub mod wire;
 
-use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
-
 use std::collections::HashMap;
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch, Notify};
 use tracing::{info, warn};
+use vipvisor_health::Health;
 
 use engine::{Engine, Event, Iface, Output, Timing};
+use groups::Groups;
 use link::{LinkError, LinkInfo};
 use metrics::Metrics;
-use sys::{Link, Multicast, PacketSocket};
+use sys::{Link, PacketSocket};
 use wire::Mac;
+
+/// How often a waiting loop wakes to tell [`Health`] it is alive.
+pub const BEAT_EVERY: Duration = Duration::from_secs(1);
+/// A loop that has not turned for this long is stalled (`/healthz` fails).
+pub const STALLED_AFTER: Duration = Duration::from_secs(10);
+/// At most this many engine events wait for the runner; more are dropped (and counted as
+/// a drop reason), so a flood cannot grow memory.
+const EVENT_QUEUE: usize = 1024;
 
 /// A VIP this node should announce now, on interface `iface`. `takeover`: another group
 /// member owned it before, so it is announced at once without a probe.
@@ -45,7 +58,6 @@ pub struct StaticConfig {
     pub vips: Vec<IpAddr>,
     pub node_name: String,
     pub timing: Timing,
-    pub metrics_addr: Option<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,8 +76,8 @@ pub enum SpeakerError {
     Socket { iface: String, source: std::io::Error },
     #[error("cannot join the solicited-node group of {vip} on {iface}: {source}")]
     Multicast { vip: IpAddr, iface: String, source: std::io::Error },
-    #[error("cannot serve metrics on {addr}: {source}")]
-    Metrics { addr: SocketAddr, source: std::io::Error },
+    #[error("{interfaces} interface(s) but {links} socket(s); expected one socket per interface")]
+    LinkCount { interfaces: usize, links: usize },
     #[error("gossip: {0}")]
     Gossip(String),
     #[error("address conflict: {vip} is already in use by {other} on {iface}; not announcing it (pass --allow-conflicts to announce anyway)")]
@@ -98,222 +110,63 @@ pub fn place_vips(links: &[LinkInfo], vips: &[IpAddr]) -> Result<Vec<(IpAddr, us
     Ok(out)
 }
 
-/// Opens a raw socket and a multicast membership set per interface.
-pub fn open_links(links: &[LinkInfo]) -> Result<(Vec<PacketSocket>, Vec<Multicast>), SpeakerError> {
+/// Opens a raw socket per interface.
+pub fn open_links(links: &[LinkInfo]) -> Result<Vec<PacketSocket>, SpeakerError> {
     let mut sockets = Vec::new();
-    let mut groups = Vec::new();
     for l in links {
         let sock = PacketSocket::open(l.index).map_err(|source| match source.raw_os_error() {
             Some(libc::EPERM) | Some(libc::EACCES) => SpeakerError::NoCapability { iface: l.name.clone(), source },
             _ => SpeakerError::Socket { iface: l.name.clone(), source },
         })?;
         sockets.push(sock);
-        groups.push(Multicast::new(l.index).map_err(|source| SpeakerError::Socket { iface: l.name.clone(), source })?);
     }
-    Ok((sockets, groups))
+    Ok(sockets)
 }
 
-/// Runs a static speaker until `shutdown` completes (Ok) or a conflict stops it (Err).
-pub async fn run_static(
-    cfg: StaticConfig,
-    group: Option<GroupConfig>,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), SpeakerError> {
-    let links: Vec<LinkInfo> = cfg.interfaces.iter().map(|n| link::lookup(n)).collect::<Result<_, _>>()?;
-    let placed = place_vips(&links, &cfg.vips)?;
-    let (sockets, mut groups) = open_links(&links)?;
-    for (vip, i) in &placed {
-        if let IpAddr::V6(v6) = vip {
-            groups[*i].join(wire::solicited_node(*v6)).map_err(|source| SpeakerError::Multicast {
-                vip: *vip,
-                iface: links[*i].name.clone(),
-                source,
-            })?;
-        }
-    }
-    let metrics = Metrics::new();
-    if let Some(addr) = cfg.metrics_addr {
-        serve_metrics(addr, metrics.clone()).await?;
-    }
-    info!(node = %cfg.node_name, interfaces = ?cfg.interfaces, vips = placed.len(), "speaker starting");
-    let ifaces = links.iter().map(|l| Iface { name: l.name.clone(), mac: l.mac }).collect();
-    let speaker = Speaker::new(ifaces, sockets, cfg.timing, metrics);
-    let result = match group {
-        None => speaker.run(placed.clone(), shutdown).await,
-        Some(g) => run_group(&speaker, &cfg.node_name, &links, &placed, g, shutdown).await,
-    };
-    for (vip, i) in &placed {
-        if let IpAddr::V6(v6) = vip {
-            let _ = groups[*i].leave(wire::solicited_node(*v6));
-        }
-    }
-    info!("speaker stopped");
-    result
-}
-
-/// Group mode: speakers that share the VIP list; each VIP is announced by one owner, chosen
-/// by [`crate::election`] over the live members of the gossip group.
-#[derive(Debug, Clone)]
-pub struct GroupConfig {
-    /// Gossip address to bind; default: the first IPv4 (else IPv6) address of the first
-    /// interface, on `port`.
-    pub bind: Option<IpAddr>,
-    pub port: u16,
-    pub join: Vec<SocketAddr>,
-    pub sealer: crate::membership::Sealer,
-    pub timing: crate::membership::GossipTiming,
-    /// A (re)joining member takes VIPs from others only after it has been up this long.
-    pub hold: std::time::Duration,
-    /// How long to wait for the group before deciding ownership alone.
-    pub settle: std::time::Duration,
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn run_group(
-    speaker: &Speaker<PacketSocket>,
-    me: &str,
-    links: &[LinkInfo],
-    placed: &[(IpAddr, usize)],
-    g: GroupConfig,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), SpeakerError> {
-    use crate::election::{owners_by_start, NodeFacts, VipFacts};
-    let bind_ip = g
-        .bind
-        .or_else(|| {
-            links.first().and_then(|l| l.subnets.iter().find(|n| n.is_ipv4()).or(l.subnets.first()).map(|n| n.ip()))
-        })
-        .ok_or_else(|| {
-            SpeakerError::Gossip(
-                "no address to bind gossip to; expected --gossip-bind or an address on the interface".into(),
-            )
-        })?;
-    let bind = SocketAddr::new(bind_ip, g.port);
-    let macs: Vec<[u8; 6]> = links.iter().map(|l| l.mac.0).collect();
-    let membership = crate::membership::Membership::start(me, macs, bind, g.join.clone(), g.sealer.clone(), g.timing)
-        .await
-        .map_err(|e| SpeakerError::Gossip(e.to_string()))?;
-    let mut live = membership.live();
-    info!(%bind, peers = ?g.join, "gossip started");
-    // Give the group a moment to answer, so a joining node does not decide alone.
-    if !g.join.is_empty() {
-        let _ = tokio::time::timeout(g.settle, live.wait_for(|l| l.len() > 1)).await;
-    }
-    let (mut tracker, owned_rx) = OwnerTracker::new(speaker, me);
-    let hold = g.hold;
-    // The VIPs are fixed: every member is a candidate for each.
-    let vips: Vec<VipFacts> =
-        placed.iter().map(|(vip, _)| VipFacts { vip: *vip, etp_local: false, local_endpoints: vec![] }).collect();
-    let place: HashMap<IpAddr, usize> = placed.iter().copied().collect();
-    let ownership = tokio::spawn(async move {
-        loop {
-            let members = live.borrow_and_update().clone();
-            tracker.members(&members);
-            let nodes: Vec<NodeFacts> = members
-                .keys()
-                .map(|n| NodeFacts { name: n.clone(), live: true, ready: true, excluded: false, candidate_since: None })
-                .collect();
-            let now_ms = crate::model::Timestamp::now().0;
-            let chosen = owners_by_start(&vips, &nodes, |n| members.get(n).map(|m| m.started_ms), now_ms, hold);
-            let owned = tracker.round(&chosen, |vip| place.get(vip).copied());
-            tracker.publish(owned);
-            // Membership changes, and the passing of hold times, can move VIPs.
-            tokio::select! {
-                r = live.changed() => if r.is_err() { return },
-                _ = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
-            }
-        }
-    });
-    let result = speaker.run_owned(owned_rx, false, shutdown).await;
-    ownership.abort();
-    // Say goodbye so the others take over at once instead of waiting to detect us.
-    membership.leave();
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    result
-}
-
-/// Turns each round's computed owners into what this node announces: remembers the last
-/// owner of every VIP (a VIP taken from another member is a takeover, announced without a
-/// probe), logs and counts owner changes, passes the members' MACs to the engine as
-/// friends, and publishes this node's share when it changes. Shared by static groups and
-/// Kubernetes mode.
+/// A speaker on real interfaces, ready to run: the links, the VIPs placed on them (static
+/// mode), the runner and the multicast memberships.
 #[derive(Debug)]
-pub struct OwnerTracker {
-    me: String,
-    previous: HashMap<IpAddr, Option<String>>,
-    metrics: Metrics,
-    friends: Friends,
-    owned: watch::Sender<Vec<Owned>>,
+pub struct Prepared {
+    pub links: Vec<LinkInfo>,
+    pub placed: Vec<(IpAddr, usize)>,
+    pub speaker: Speaker<PacketSocket>,
+    pub groups: Groups,
 }
 
-impl OwnerTracker {
-    /// The tracker, and the receiver to hand to [`Speaker::run_owned`].
-    pub fn new<L: Link>(speaker: &Speaker<L>, me: &str) -> (Self, watch::Receiver<Vec<Owned>>) {
-        let (tx, rx) = watch::channel(Vec::new());
-        let t = OwnerTracker {
-            me: me.to_owned(),
-            previous: HashMap::new(),
-            metrics: speaker.metrics.clone(),
-            friends: speaker.friends(),
-            owned: tx,
-        };
-        (t, rx)
+impl Prepared {
+    /// Looks up the interfaces, places the VIPs, opens the sockets and joins the
+    /// solicited-node groups of the IPv6 VIPs (any of them may become ours).
+    pub fn open(cfg: &StaticConfig, metrics: Metrics, health: &Health) -> Result<Prepared, SpeakerError> {
+        let links: Vec<LinkInfo> = cfg.interfaces.iter().map(|n| link::lookup(n)).collect::<Result<_, _>>()?;
+        let placed = place_vips(&links, &cfg.vips)?;
+        Prepared::on_links(links, placed, cfg.timing, metrics, health)
     }
 
-    /// The live members changed (or may have): count them, and befriend their MACs.
-    pub fn members(&self, members: &crate::membership::Live) {
-        self.metrics.set_members(members.len());
-        self.friends
-            .set(members.iter().filter(|(n, _)| **n != self.me).flat_map(|(_, m)| m.macs.iter().map(|b| Mac(*b))));
+    /// The same on interfaces found by the caller (Kubernetes mode), with `placed` VIPs.
+    pub fn on_links(
+        links: Vec<LinkInfo>,
+        placed: Vec<(IpAddr, usize)>,
+        timing: Timing,
+        metrics: Metrics,
+        health: &Health,
+    ) -> Result<Prepared, SpeakerError> {
+        let sockets = open_links(&links)?;
+        let mut groups = Groups::new(&links).map_err(|(iface, source)| SpeakerError::Socket { iface, source })?;
+        groups.sync(&placed).map_err(|(vip, iface, source)| SpeakerError::Multicast { vip, iface, source })?;
+        let ifaces = links.iter().map(|l| Iface { name: l.name.clone(), mac: l.mac }).collect();
+        let speaker = Speaker::new(ifaces, sockets, timing, metrics)?.with_health(health.clone());
+        Ok(Prepared { links, placed, speaker, groups })
     }
 
-    /// Records `chosen` (every VIP's owner this round) and returns the VIPs this node owns,
-    /// on the interface `place` gives (a VIP without one is left out).
-    pub fn round(
-        &mut self,
-        chosen: &std::collections::BTreeMap<IpAddr, Option<String>>,
-        mut place: impl FnMut(&IpAddr) -> Option<usize>,
-    ) -> Vec<Owned> {
-        let mut owned = Vec::new();
-        for (vip, owner) in chosen {
-            let before = self.previous.insert(*vip, owner.clone()).flatten();
-            if before.as_ref() != owner.as_ref() {
-                let none = "none";
-                info!(%vip, owner = owner.as_deref().unwrap_or(none), previous = before.as_deref().unwrap_or(none), "owner chosen");
-                self.metrics.owner_changed(vip, before.as_deref(), owner.as_deref());
-            }
-            if owner.as_deref() != Some(self.me.as_str()) {
-                continue;
-            }
-            let Some(iface) = place(vip) else { continue };
-            let takeover = before.is_some_and(|b| b != self.me);
-            owned.push(Owned { vip: *vip, iface, takeover });
-        }
-        // VIPs that are gone have no owner any more.
-        for (vip, owner) in &self.previous {
-            if owner.is_some() && !chosen.contains_key(vip) {
-                self.metrics.owner_changed(vip, owner.as_deref(), None);
-            }
-        }
-        self.previous.retain(|v, _| chosen.contains_key(v));
-        owned
+    /// Static mode alone: announces every placed VIP until `shutdown`, or until a conflict
+    /// stops it.
+    pub async fn run_alone(&mut self, node: &str, shutdown: impl Future<Output = ()>) -> Result<(), SpeakerError> {
+        info!(%node, interfaces = ?self.links.iter().map(|l| l.name.as_str()).collect::<Vec<_>>(), vips = self.placed.len(), "speaker starting");
+        let result = self.speaker.run(self.placed.clone(), shutdown).await;
+        self.groups.leave_all();
+        info!("speaker stopped");
+        result
     }
-
-    /// Hands `owned` to the speaker if it differs from what it announces now.
-    pub fn publish(&self, owned: Vec<Owned>) {
-        self.owned.send_if_modified(|cur| {
-            let same = cur.len() == owned.len() && cur.iter().zip(&owned).all(|(a, b)| a.vip == b.vip);
-            if !same {
-                *cur = owned;
-            }
-            !same
-        });
-    }
-}
-
-pub(crate) async fn serve_metrics(addr: SocketAddr, metrics: Metrics) -> Result<(), SpeakerError> {
-    let router = crate::server::metrics_router(move || metrics.encode());
-    crate::server::spawn(addr, router).await.map_err(|source| SpeakerError::Metrics { addr, source })
 }
 
 /// The runner: one reader task per interface, one timer task, all sharing the engine.
@@ -323,7 +176,8 @@ pub struct Speaker<L: Link> {
     links: Arc<Vec<L>>,
     wake: Arc<Notify>,
     metrics: Metrics,
-    conflicts: Option<mpsc::UnboundedSender<ConflictReport>>,
+    conflicts: Option<mpsc::Sender<ConflictReport>>,
+    health: Health,
 }
 
 /// Another host was seen using a VIP (Kubernetes mode reports it as an Event).
@@ -351,7 +205,7 @@ fn lock(e: &Mutex<Engine>) -> std::sync::MutexGuard<'_, Engine> {
     e.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-async fn dispatch<L: Link>(links: &[L], out: Output, events: &mpsc::UnboundedSender<Event>) {
+async fn dispatch<L: Link>(links: &[L], out: Output, events: &mpsc::Sender<Event>, metrics: &Metrics) {
     let n = out.frames.len();
     let started = Instant::now();
     for (i, frame) in out.frames {
@@ -365,25 +219,43 @@ async fn dispatch<L: Link>(links: &[L], out: Output, events: &mpsc::UnboundedSen
         info!(frames = n, elapsed_us = started.elapsed().as_micros() as u64, "sent a round of frames");
     }
     for ev in out.events {
-        let _ = events.send(ev);
+        if events.try_send(ev).is_err() {
+            metrics.events_dropped();
+        }
     }
 }
 
 impl<L: Link> Speaker<L> {
-    pub fn new(ifaces: Vec<Iface>, links: Vec<L>, timing: Timing, metrics: Metrics) -> Self {
-        Speaker {
+    /// A runner over one link per interface (`links[i]` carries `ifaces[i]`).
+    pub fn new(ifaces: Vec<Iface>, links: Vec<L>, timing: Timing, metrics: Metrics) -> Result<Self, SpeakerError> {
+        if ifaces.len() != links.len() {
+            return Err(SpeakerError::LinkCount { interfaces: ifaces.len(), links: links.len() });
+        }
+        Ok(Speaker {
             engine: Arc::new(Mutex::new(Engine::new(ifaces, timing, metrics.clone()))),
             links: Arc::new(links),
             wake: Arc::new(Notify::new()),
             metrics,
             conflicts: None,
-        }
+            health: Health::new(),
+        })
     }
 
-    /// Sends every conflict to `tx` as well as to the log.
-    pub fn report_conflicts(mut self, tx: mpsc::UnboundedSender<ConflictReport>) -> Self {
+    /// Registers the runner's loops with `health` (for `/healthz`).
+    pub fn with_health(mut self, health: Health) -> Self {
+        self.health = health;
+        self
+    }
+
+    /// Sends every conflict to `tx` as well as to the log (when `tx` is full, the report
+    /// is dropped: the log has it).
+    pub fn report_conflicts(mut self, tx: mpsc::Sender<ConflictReport>) -> Self {
         self.conflicts = Some(tx);
         self
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     pub fn links(&self) -> &[L] {
@@ -417,60 +289,67 @@ impl<L: Link> Speaker<L> {
         exit_on_conflict: bool,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), SpeakerError> {
-        let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
+        let (tx, mut rx) = mpsc::channel::<Event>(EVENT_QUEUE);
         let mut tasks = Vec::new();
         for i in 0..self.links.len() {
-            let (engine, links, tx) = (self.engine.clone(), self.links.clone(), tx.clone());
+            let (engine, links, tx, metrics) = (self.engine.clone(), self.links.clone(), tx.clone(), self.metrics.clone());
+            let beat = self.health.register("l2-receive", STALLED_AFTER);
             tasks.push(tokio::spawn(async move {
                 let mut buf = vec![0u8; 65536];
                 loop {
-                    let n = match links[i].recv(&mut buf).await {
-                        Ok(n) => n,
-                        Err(e) => {
+                    beat.beat();
+                    let n = match tokio::time::timeout(BEAT_EVERY, links[i].recv(&mut buf)).await {
+                        Err(_idle) => continue,
+                        Ok(Ok(n)) => n,
+                        Ok(Err(e)) => {
                             warn!(error = %e, "receive failed");
-                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                            tokio::time::sleep(Duration::from_millis(100)).await;
                             continue;
                         }
                     };
                     let out = lock(&engine).on_frame(i, &buf[..n], Instant::now());
                     if !out.frames.is_empty() || !out.events.is_empty() {
-                        dispatch(&links, out, &tx).await;
+                        dispatch(&links, out, &tx, &metrics).await;
                     }
                 }
             }));
         }
         {
             let (engine, links, tx, wake) = (self.engine.clone(), self.links.clone(), tx.clone(), self.wake.clone());
+            let metrics = self.metrics.clone();
+            let beat = self.health.register("l2-timers", STALLED_AFTER);
             tasks.push(tokio::spawn(async move {
                 loop {
-                    let next = lock(&engine).next_deadline();
-                    match next {
-                        Some(t) => {
-                            tokio::select! {
-                                _ = tokio::time::sleep_until(t.into()) => {}
-                                _ = wake.notified() => continue,
-                            }
-                        }
-                        None => {
-                            wake.notified().await;
-                            continue;
-                        }
+                    beat.beat();
+                    let now = tokio::time::Instant::now();
+                    let next = lock(&engine).next_deadline().map(tokio::time::Instant::from_std);
+                    let until = next.map_or(now + BEAT_EVERY, |t| t.min(now + BEAT_EVERY));
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(until) => {}
+                        _ = wake.notified() => continue,
+                    }
+                    if next.is_none_or(|t| t > tokio::time::Instant::now()) {
+                        continue;
                     }
                     let out = lock(&engine).on_tick(Instant::now());
-                    dispatch(&links, out, &tx).await;
+                    dispatch(&links, out, &tx, &metrics).await;
                 }
             }));
         }
+        let beat = self.health.register("l2-runner", STALLED_AFTER);
+        let mut tick = tokio::time::interval(BEAT_EVERY);
         let mut current: HashMap<IpAddr, usize> = HashMap::new();
         let first = owned.borrow_and_update().clone();
         let out = self.apply_owned(&mut current, &first);
         self.wake.notify_one();
-        dispatch(&self.links, out, &tx).await;
+        dispatch(&self.links, out, &tx, &self.metrics).await;
         tokio::pin!(shutdown);
         let mut owned_open = true;
         let result = loop {
+            beat.beat();
             tokio::select! {
                 () = &mut shutdown => break Ok(()),
+                _ = tick.tick() => {}
                 ev = rx.recv() => {
                     let Some(ev) = ev else { break Ok(()) };
                     if let Some(err) = self.on_event(ev) {
@@ -488,13 +367,14 @@ impl<L: Link> Speaker<L> {
                     let list = owned.borrow_and_update().clone();
                     let out = self.apply_owned(&mut current, &list);
                     self.wake.notify_one();
-                    dispatch(&self.links, out, &tx).await;
+                    dispatch(&self.links, out, &tx, &self.metrics).await;
                 }
             }
         };
         for t in tasks {
             t.abort();
         }
+        beat.done();
         result
     }
 
@@ -530,17 +410,17 @@ impl<L: Link> Speaker<L> {
         let e = lock(&self.engine);
         match ev {
             Event::Announced { vip, iface } => {
-                let name = e.iface(iface).name.clone();
+                let name = e.iface(iface).map(|i| i.name.clone()).unwrap_or_default();
                 let n = e.owned().filter(|(_, i)| *i == iface).count();
                 self.metrics.set_announced(&name, i64::try_from(n).unwrap_or(i64::MAX));
                 info!(%vip, interface = %name, "announced");
                 None
             }
             Event::Conflict { vip, iface, other, announced } => {
-                let name = e.iface(iface).name.clone();
+                let name = e.iface(iface).map(|i| i.name.clone()).unwrap_or_default();
                 warn!(%vip, interface = %name, other_mac = %other, announced, "address conflict: another host uses the VIP");
                 if let Some(tx) = &self.conflicts {
-                    let _ = tx.send(ConflictReport { vip, iface: name.clone(), other, announced });
+                    let _ = tx.try_send(ConflictReport { vip, iface: name.clone(), other, announced });
                 }
                 (!announced).then_some(SpeakerError::Conflict { vip, iface: name, other })
             }
@@ -561,12 +441,10 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn runner_answers_over_the_in_memory_link() {
         let timing = Timing { probe_timeout: Duration::from_millis(200), ..Timing::default() };
-        let sp = Arc::new(Speaker::new(
-            vec![Iface { name: "mem0".into(), mac: NODE }],
-            vec![MemLink::default()],
-            timing,
-            Metrics::new(),
-        ));
+        let sp = Arc::new(
+            Speaker::new(vec![Iface { name: "mem0".into(), mac: NODE }], vec![MemLink::default()], timing, Metrics::new())
+                .unwrap(),
+        );
         let vip: std::net::Ipv4Addr = "192.0.2.100".parse().unwrap();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let run = {
@@ -591,6 +469,13 @@ mod tests {
         );
         stop_tx.send(()).unwrap();
         assert!(run.await.unwrap().is_ok());
+    }
+
+    #[test]
+    fn interfaces_and_links_must_pair_up() {
+        let ifaces = vec![Iface { name: "a".into(), mac: NODE }, Iface { name: "b".into(), mac: CLIENT }];
+        let e = Speaker::new(ifaces, vec![MemLink::default()], Timing::default(), Metrics::new()).unwrap_err();
+        assert!(matches!(e, SpeakerError::LinkCount { interfaces: 2, links: 1 }), "{e}");
     }
 
     #[test]

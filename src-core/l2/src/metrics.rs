@@ -63,6 +63,7 @@ pub struct Metrics {
     members: Gauge,
     owners: Family<VipOwner, Gauge>,
     owner_changes: Counter,
+    events_dropped: Counter,
     registry: Arc<Registry>,
 }
 
@@ -95,6 +96,12 @@ impl Metrics {
         r.register("group_members", "Live members of the speaker group, this one included", members.clone());
         r.register("vip_owner", "1 for the node that owns each VIP, as this speaker computes it", owners.clone());
         r.register("owner_changes", "VIP owner changes this speaker has computed", owner_changes.clone());
+        let events_dropped = Counter::default();
+        r.register(
+            "events_dropped",
+            "Engine events (conflicts, announcements) dropped because the runner's queue was full",
+            events_dropped.clone(),
+        );
         Metrics {
             requests,
             replies,
@@ -106,6 +113,7 @@ impl Metrics {
             members,
             owners,
             owner_changes,
+            events_dropped,
             registry: Arc::new(r),
         }
     }
@@ -136,6 +144,9 @@ impl Metrics {
         self.announced.get_or_create(&IfOnly { interface: i.to_owned() }).set(n);
     }
 
+    pub fn events_dropped(&self) {
+        self.events_dropped.inc();
+    }
     pub fn set_members(&self, n: usize) {
         self.members.set(i64::try_from(n).unwrap_or(i64::MAX));
     }

@@ -107,7 +107,8 @@ pub enum Drop {
     BadHopLimit,
     /// A frame this host sent.
     OwnFrame,
-    /// An ARP reply or unknown operation, or an NA: nothing to answer.
+    /// An ARP reply, a gratuitous ARP request (an announcement) or unknown operation, or an
+    /// NA: nothing to answer.
     NotARequest,
     /// A request for an address this speaker does not announce.
     NotForUs,

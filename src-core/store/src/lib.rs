@@ -22,7 +22,7 @@ use tokio::sync::{Mutex, MutexGuard};
 use vipvisor_ipam::{self as ipam, Action, Change, ConfigError, Ipam, IpamError, Outcome, PlanError, Released};
 use vipvisor_model::config::Config;
 use vipvisor_model::{AddressBlock, AllocRequest, Allocation, InvalidValue, Pool, PoolName, Reservation, ServiceKey};
-use vipvisor_model::{Timestamp, Uid};
+use vipvisor_model::{Quarantined, Timestamp, Uid};
 
 pub use audit::Audit;
 pub use backend::{Backend, Rows, Write, WriteTx};
@@ -440,6 +440,22 @@ impl Store {
             tx.write(Write::ClearAllocations, now).await?;
             *ipam = Ipam::new(ipam.pools().cloned().collect(), ipam.reservations().cloned().collect());
             Ok((n, true))
+        }
+        .await;
+        self.finish(tx, guard, generation, res).await
+    }
+
+    /// Puts quarantine entries recorded elsewhere back (see
+    /// [`Ipam::quarantine_if_free`]); returns the entries restored.
+    pub async fn restore_quarantine(&self, entries: Vec<Quarantined>, now: Timestamp) -> Result<Vec<Quarantined>> {
+        let (mut tx, mut guard, generation) = self.begin().await?;
+        let res: Result<(Vec<Quarantined>, bool)> = async {
+            let ipam = &mut guard.as_mut().ok_or_else(|| StoreError::Corrupt("cache".into()))?.ipam;
+            let restored: Vec<Quarantined> =
+                entries.into_iter().filter(|q| ipam.quarantine_if_free(q.clone(), now)).collect();
+            tx.write(Write::InsertQuarantine(&restored), now).await?;
+            let wrote = !restored.is_empty();
+            Ok((restored, wrote))
         }
         .await;
         self.finish(tx, guard, generation, res).await

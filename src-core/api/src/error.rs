@@ -1,0 +1,195 @@
+//! The one error of the application layer: a stable machine-readable [`ErrorCode`] (front
+//! ends branch on it, never on the message), the HTTP status it maps to, and a message that
+//! names the bad value and what was expected.
+
+use serde::Serialize;
+use vipvisor_ipam::IpamError;
+use vipvisor_model::config::{ConfigError, ConfigFileError};
+use vipvisor_model::InvalidValue;
+use vipvisor_store::StoreError;
+
+/// What went wrong, as front ends branch on it. The strings are stable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// A value failed validation (address, name, label, file syntax).
+    InvalidValue,
+    /// A configuration conflicts with itself (overlapping pools or reservations).
+    ConfigConflict,
+    UnknownPool,
+    PoolExists,
+    UnknownReservation,
+    ReservationExists,
+    /// The change would leave allocations without a valid address; `force` releases them.
+    WouldStrand,
+    PoolExhausted,
+    NoEligiblePool,
+    AddressNotInPool,
+    PoolNotEligible,
+    AddressReserved,
+    AddressInUse,
+    PortInUse,
+    AddressQuarantined,
+    UidMismatch,
+    /// A file could not be read.
+    Unreadable,
+    /// The store did not answer in time; retrying later may work.
+    StoreUnavailable,
+    /// Anything else: the store holds something it should not, or could not be opened.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The HTTP status a front end answers with.
+    pub fn http_status(self) -> u16 {
+        use ErrorCode::*;
+        match self {
+            InvalidValue | ConfigConflict | Unreadable => 400,
+            UnknownPool | UnknownReservation => 404,
+            PoolExists | ReservationExists | WouldStrand | AddressInUse | PortInUse | AddressQuarantined
+            | UidMismatch => 409,
+            PoolExhausted | NoEligiblePool | AddressNotInPool | PoolNotEligible | AddressReserved => 422,
+            StoreUnavailable => 503,
+            Internal => 500,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        use ErrorCode::*;
+        match self {
+            InvalidValue => "invalid_value",
+            ConfigConflict => "config_conflict",
+            UnknownPool => "unknown_pool",
+            PoolExists => "pool_exists",
+            UnknownReservation => "unknown_reservation",
+            ReservationExists => "reservation_exists",
+            WouldStrand => "would_strand",
+            PoolExhausted => "pool_exhausted",
+            NoEligiblePool => "no_eligible_pool",
+            AddressNotInPool => "address_not_in_pool",
+            PoolNotEligible => "pool_not_eligible",
+            AddressReserved => "address_reserved",
+            AddressInUse => "address_in_use",
+            PortInUse => "port_in_use",
+            AddressQuarantined => "address_quarantined",
+            UidMismatch => "uid_mismatch",
+            Unreadable => "unreadable",
+            StoreUnavailable => "store_unavailable",
+            Internal => "internal",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `{code, message}`, as every front end shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError { code, message: message.into() }
+    }
+    pub fn http_status(&self) -> u16 {
+        self.code.http_status()
+    }
+}
+
+impl From<InvalidValue> for ApiError {
+    fn from(e: InvalidValue) -> Self {
+        ApiError::new(ErrorCode::InvalidValue, e.to_string())
+    }
+}
+
+impl From<ConfigError> for ApiError {
+    fn from(e: ConfigError) -> Self {
+        ApiError::new(ErrorCode::ConfigConflict, e.to_string())
+    }
+}
+
+impl From<ConfigFileError> for ApiError {
+    fn from(e: ConfigFileError) -> Self {
+        let code = match &e {
+            ConfigFileError::Yaml { .. } => ErrorCode::InvalidValue,
+            ConfigFileError::Config { .. } => ErrorCode::ConfigConflict,
+        };
+        ApiError::new(code, e.to_string())
+    }
+}
+
+impl From<IpamError> for ApiError {
+    fn from(e: IpamError) -> Self {
+        use ErrorCode::*;
+        let code = match &e {
+            IpamError::Invalid(_) => InvalidValue,
+            IpamError::UnknownPool(_) => UnknownPool,
+            IpamError::NoEligiblePool { .. } => NoEligiblePool,
+            IpamError::Exhausted { .. } => PoolExhausted,
+            IpamError::NotInPool { .. } => AddressNotInPool,
+            IpamError::PoolNotEligible { .. } | IpamError::SplitPools { .. } => PoolNotEligible,
+            IpamError::Reserved { .. } | IpamError::Buggy { .. } => AddressReserved,
+            IpamError::InUse { .. } => AddressInUse,
+            IpamError::PortClash { .. } => PortInUse,
+            IpamError::Quarantined { .. } => AddressQuarantined,
+            IpamError::UidMismatch { .. } => UidMismatch,
+        };
+        ApiError::new(code, e.to_string())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        use ErrorCode::*;
+        let code = match e {
+            StoreError::Ipam(e) => return e.into(),
+            StoreError::Config(e) => return e.into(),
+            StoreError::Invalid(e) => return e.into(),
+            StoreError::PoolExists(_) => PoolExists,
+            StoreError::UnknownPool(_) => UnknownPool,
+            StoreError::ReservationExists(_) => ReservationExists,
+            StoreError::UnknownReservation(_) => UnknownReservation,
+            StoreError::InUse { .. } => WouldStrand,
+            StoreError::BadUrl(_) => InvalidValue,
+            StoreError::Unavailable(_) => StoreUnavailable,
+            StoreError::CreateDir { .. }
+            | StoreError::Corrupt(_)
+            | StoreError::Db(_)
+            | StoreError::Migrate(_) => Internal,
+        };
+        ApiError::new(code, e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_stable_strings_and_statuses() {
+        let cases = [
+            (ErrorCode::InvalidValue, "invalid_value", 400),
+            (ErrorCode::UnknownPool, "unknown_pool", 404),
+            (ErrorCode::WouldStrand, "would_strand", 409),
+            (ErrorCode::PoolExhausted, "pool_exhausted", 422),
+            (ErrorCode::StoreUnavailable, "store_unavailable", 503),
+        ];
+        for (code, s, status) in cases {
+            assert_eq!(code.as_str(), s);
+            assert_eq!(serde_json::to_value(code).unwrap(), s, "serde and as_str agree on {s}");
+            assert_eq!(code.http_status(), status, "{s} maps to {status}");
+        }
+        let e = ApiError::new(ErrorCode::UnknownPool, "unknown pool \"x\"");
+        assert_eq!(
+            serde_json::to_value(&e).unwrap(),
+            serde_json::json!({"code": "unknown_pool", "message": "unknown pool \"x\""})
+        );
+    }
+}
