@@ -1,4 +1,4 @@
-//! Pure owner election: which node announces a VIP (groundwork for issue #5).
+//! Pure owner election: which node announces a VIP.
 //!
 //! Candidates are the live members that are not excluded, and — in Kubernetes mode — Ready
 //! and not labelled `node.kubernetes.io/exclude-from-external-load-balancers`, and under
@@ -6,14 +6,11 @@
 //! a stable hash of (node, VIP) (SHA-256, as MetalLB does), so every speaker computes the same
 //! ranking from the same facts and VIPs spread over nodes.
 //!
-//! [`Election`] adds memory against flapping: the current owner keeps a VIP while it stays
-//! a candidate; a better-ranked node (say, one that came back) takes it only after it has
-//! been a candidate for `hold`. When the owner stops being a candidate, the best remaining
-//! candidate takes over at once.
+//! Against flapping, a node that (re)joined takes VIPs from settled nodes only once it is
+//! settled itself ([`owners`]); settledness is a fact every member shares through gossip.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
@@ -27,8 +24,6 @@ pub struct NodeFacts {
     pub ready: bool,
     /// Excluded by configuration or the exclude-from-external-load-balancers label.
     pub excluded: bool,
-    /// Since when this node has been a candidate (for the hold time), if known.
-    pub candidate_since: Option<Instant>,
 }
 
 /// What a speaker knows about one VIP.
@@ -74,72 +69,25 @@ pub fn owner_with_hold(vip: &VipFacts, nodes: &[NodeFacts], settled: impl Fn(&No
     ranked.iter().find(|n| settled(n)).or(ranked.first()).map(|n| n.name.clone())
 }
 
-/// The owner of every VIP, where a node counts as settled once it has been up for `hold`
-/// by its start time (Unix ms, as gossip carries it: a fact every member shares), so a
-/// (re)joining node takes VIPs from settled ones only after the hold time.
-pub fn owners_by_start<'a>(
+/// The owner of every VIP: the best-ranked settled candidate, or the best-ranked one when
+/// none is settled. `settled` must be a fact every member shares (gossip carries it), so
+/// that every speaker picks the same owner.
+pub fn owners<'a>(
     vips: impl IntoIterator<Item = &'a VipFacts>,
     nodes: &[NodeFacts],
-    started_ms: impl Fn(&str) -> Option<i64>,
-    now_ms: i64,
-    hold: Duration,
+    settled: impl Fn(&str) -> bool,
 ) -> BTreeMap<IpAddr, Option<String>> {
-    let hold_ms = i64::try_from(hold.as_millis()).unwrap_or(i64::MAX);
-    let settled = |n: &NodeFacts| started_ms(&n.name).is_some_and(|s| now_ms.saturating_sub(s) >= hold_ms);
-    vips.into_iter().map(|f| (f.vip, owner_with_hold(f, nodes, settled))).collect()
-}
-
-/// Owners with memory, so ownership moves only when facts change, and a returning node
-/// takes its VIPs back only after `hold`.
-#[derive(Debug, Clone, Default)]
-pub struct Election {
-    hold: Duration,
-    owners: HashMap<IpAddr, String>,
-}
-
-impl Election {
-    pub fn new(hold: Duration) -> Self {
-        Election { hold, owners: HashMap::new() }
-    }
-
-    /// Recomputes every VIP's owner from the facts at `now`.
-    pub fn update(&mut self, now: Instant, vips: &[VipFacts], nodes: &[NodeFacts]) -> BTreeMap<IpAddr, Option<String>> {
-        let mut out = BTreeMap::new();
-        for v in vips {
-            let ranked = rank(v, nodes);
-            let current = self.owners.get(&v.vip).filter(|o| ranked.iter().any(|n| &n.name == *o)).cloned();
-            let settled =
-                |n: &&NodeFacts| n.candidate_since.is_none_or(|t| now.saturating_duration_since(t) >= self.hold);
-            let chosen = match current {
-                Some(cur) => {
-                    // A better-ranked node takes over only once it has held still for `hold`.
-                    let better = ranked.iter().take_while(|n| n.name != cur).find(|n| settled(n));
-                    Some(better.map_or(cur, |n| n.name.clone()))
-                }
-                None => ranked.first().map(|n| n.name.clone()),
-            };
-            match &chosen {
-                Some(o) => {
-                    self.owners.insert(v.vip, o.clone());
-                }
-                None => {
-                    self.owners.remove(&v.vip);
-                }
-            }
-            out.insert(v.vip, chosen);
-        }
-        self.owners.retain(|ip, _| vips.iter().any(|v| &v.vip == ip));
-        out
-    }
+    vips.into_iter().map(|f| (f.vip, owner_with_hold(f, nodes, |n| settled(&n.name)))).collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::collections::HashMap;
 
     fn node(name: &str) -> NodeFacts {
-        NodeFacts { name: name.into(), live: true, ready: true, excluded: false, candidate_since: None }
+        NodeFacts { name: name.into(), live: true, ready: true, excluded: false }
     }
     fn vip(s: &str) -> VipFacts {
         VipFacts { vip: s.parse().unwrap(), etp_local: false, local_endpoints: vec![] }
@@ -178,30 +126,9 @@ mod tests {
         assert_eq!(owner_with_hold(&v, &nodes, |_| false), Some(best.clone()), "nobody settled: plain ranking");
         let other = owner_with_hold(&v, &nodes, |n| n.name != best).unwrap();
         assert_ne!(other, best, "a node within its hold time does not take the VIP from settled ones");
-        assert_eq!(owner_with_hold(&v, &nodes, |_| true), Some(best));
-    }
-
-    #[test]
-    fn returning_node_waits_for_the_hold_time() {
-        let t0 = Instant::now();
-        let v = vec![vip("192.0.2.1")];
-        let all = vec![node("a"), node("b"), node("c")];
-        let best = owner(&v[0], &all).unwrap();
-        let mut e = Election::new(Duration::from_secs(10));
-        assert_eq!(e.update(t0, &v, &all)[&v[0].vip], Some(best.clone()));
-        // The best node dies: the next one takes over at once.
-        let without: Vec<NodeFacts> = all.iter().filter(|n| n.name != best).cloned().collect();
-        let second = e.update(t0, &v, &without)[&v[0].vip].clone().unwrap();
-        assert_ne!(second, best);
-        // It comes back: not before the hold time.
-        let mut back = all.clone();
-        back.iter_mut().find(|n| n.name == best).unwrap().candidate_since = Some(t0 + Duration::from_secs(1));
-        assert_eq!(e.update(t0 + Duration::from_secs(5), &v, &back)[&v[0].vip], Some(second.clone()), "no flap back");
-        assert_eq!(
-            e.update(t0 + Duration::from_secs(12), &v, &back)[&v[0].vip],
-            Some(best),
-            "after the hold it returns"
-        );
+        assert_eq!(owner_with_hold(&v, &nodes, |_| true), Some(best.clone()));
+        let all = owners([&v], &nodes, |n| n != best);
+        assert_ne!(all[&v.vip].as_deref(), Some(best.as_str()), "owners() applies the same rule");
     }
 
     fn facts() -> impl Strategy<Value = (Vec<NodeFacts>, VipFacts)> {
@@ -221,7 +148,6 @@ mod tests {
                         live: live || ready,
                         ready: ready || excluded,
                         excluded: excluded && live,
-                        candidate_since: None,
                     })
                     .collect();
                 let v = VipFacts {

@@ -1,10 +1,15 @@
 //! Liveness of speakers: SWIM membership through `foca` (no home-made heartbeat protocol)
 //! over UDP, every datagram sealed with ChaCha20-Poly1305 under a shared key, so a host
-//! without the key can neither join nor forge a death (groundwork for issue #5).
+//! without the key can neither join nor forge a death.
 //!
-//! foca does no I/O: this module owns the socket and the timers and feeds foca datagrams
-//! and timer events; foca's member up/down notifications become a `watch` of live names.
+//! foca does no I/O: this module owns the socket and one timer queue and feeds foca
+//! datagrams and timer events; foca's member notifications become a `watch` of live
+//! members. A member is *settled* once it has been up for the hold time **by its own
+//! monotonic clock**; it then says so in its identity, so every member learns the same
+//! fact through gossip and no host compares its wall clock with another's.
 
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::Arc;
@@ -16,17 +21,18 @@ use foca::{AccumulatingRuntime, Foca, PostcardCodec, Timer};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-/// A member: its name, gossip address, and a generation bumped when it rejoins.
+/// A member: its name, gossip address, and a generation bumped with every new identity.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct NodeId {
     pub name: String,
     pub addr: SocketAddr,
     pub generation: u64,
-    /// When this member started (Unix ms): lets every member agree on who is "settled".
-    pub started_ms: i64,
+    /// Up for the hold time without being cut off, by its own clock: it may take VIPs
+    /// from others.
+    pub settled: bool,
     /// The MACs it announces with: its frames are a fellow member's, not a conflict.
     pub macs: Vec<[u8; 6]>,
 }
@@ -35,24 +41,20 @@ impl NodeId {
     /// A peer known only by its address (from `--join`): its name and the rest are learnt
     /// from its answer.
     fn seed(addr: SocketAddr) -> NodeId {
-        NodeId { name: String::new(), addr, generation: 0, started_ms: 0, macs: vec![] }
+        NodeId { name: String::new(), addr, generation: 0, settled: false, macs: vec![] }
+    }
+    fn next(&self, settled: bool) -> NodeId {
+        NodeId { generation: self.generation.wrapping_add(1), settled, ..self.clone() }
     }
 }
 
 impl foca::Identity for NodeId {
     type Addr = SocketAddr;
-    /// A member declared down comes back with a new generation. If it was cut off with a
-    /// minority of the group (a crash as others saw it, or the small side of a partition),
-    /// it also gets a new start time: its hold time starts again, so it does not take VIPs
-    /// back from the majority that served them meanwhile. A member of the majority side
-    /// (told it was down by the minority when the partition heals) keeps its start time.
+    /// A member declared down comes back with a new generation. Whether it must also wait
+    /// for its hold time again (it was cut off with a minority) is decided by its own run
+    /// loop, which knows; this function has nothing but the identity.
     fn renew(&self) -> Option<Self> {
-        let minority = lock_minority().get(&self.addr).copied().unwrap_or(true);
-        Some(NodeId {
-            generation: self.generation.wrapping_add(1),
-            started_ms: if minority { crate::model::Timestamp::now().0 } else { self.started_ms },
-            ..self.clone()
-        })
+        Some(self.next(self.settled))
     }
     fn addr(&self) -> SocketAddr {
         self.addr
@@ -60,16 +62,6 @@ impl foca::Identity for NodeId {
     fn win_addr_conflict(&self, adversary: &Self) -> bool {
         self.generation > adversary.generation
     }
-}
-
-/// Per gossip address: does that member of this process see at most half of the largest
-/// group it has seen? Read by [`NodeId::renew`], which foca calls with nothing but the
-/// identity; keyed by address so several members in one process (tests) stay apart.
-static MINORITY: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<SocketAddr, bool>>> =
-    std::sync::LazyLock::new(Default::default);
-
-fn lock_minority() -> std::sync::MutexGuard<'static, std::collections::HashMap<SocketAddr, bool>> {
-    MINORITY.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -158,8 +150,8 @@ fn config(t: GossipTiming) -> foca::Config {
 /// What the group knows about a live member.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberInfo {
-    /// Start time (Unix ms).
-    pub started_ms: i64,
+    /// Up for its hold time (see [`NodeId::settled`]).
+    pub settled: bool,
     pub macs: Vec<[u8; 6]>,
 }
 
@@ -170,30 +162,38 @@ pub type Live = std::collections::BTreeMap<String, MemberInfo>;
 #[derive(Debug)]
 pub struct Membership {
     live: watch::Receiver<Live>,
-    /// `true`: leave gracefully; `false`: stop dead, as a crash would.
-    stop: mpsc::UnboundedSender<bool>,
+    /// `Some(true)`: leave gracefully; `Some(false)`: stop dead, as a crash would.
+    stop: watch::Sender<Option<bool>>,
     peers: watch::Sender<Vec<SocketAddr>>,
     pub local: SocketAddr,
 }
 
+/// How a member starts.
+#[derive(Debug, Clone)]
+pub struct MemberConfig {
+    pub name: String,
+    pub macs: Vec<[u8; 6]>,
+    pub bind: SocketAddr,
+    pub peers: Vec<SocketAddr>,
+    pub sealer: Sealer,
+    pub timing: GossipTiming,
+    /// How long this member waits, after starting or after being cut off, before it counts
+    /// as settled.
+    pub hold: Duration,
+}
+
 impl Membership {
-    /// Binds `bind`, joins through `peers`, and runs until dropped or [`Membership::leave`].
-    pub async fn start(
-        name: &str,
-        macs: Vec<[u8; 6]>,
-        bind: SocketAddr,
-        peers: Vec<SocketAddr>,
-        sealer: Sealer,
-        timing: GossipTiming,
-    ) -> Result<Membership, MembershipError> {
-        let sock = UdpSocket::bind(bind).await.map_err(|source| MembershipError::Bind { addr: bind, source })?;
-        let local = sock.local_addr().map_err(|source| MembershipError::Bind { addr: bind, source })?;
-        let started_ms = crate::model::Timestamp::now().0;
-        let me = NodeId { name: name.to_owned(), addr: local, generation: 0, started_ms, macs: macs.clone() };
-        let (live_tx, live_rx) = watch::channel(Live::from([(name.to_owned(), MemberInfo { started_ms, macs })]));
-        let (stop_tx, stop_rx) = mpsc::unbounded_channel::<bool>();
-        let (peers_tx, peers_rx) = watch::channel(peers);
-        tokio::spawn(run(Arc::new(sock), me, peers_rx, sealer, timing, live_tx, stop_rx));
+    /// Binds, joins through the peers, and runs until dropped or [`Membership::leave`].
+    pub async fn start(cfg: MemberConfig) -> Result<Membership, MembershipError> {
+        let sock = UdpSocket::bind(cfg.bind).await.map_err(|source| MembershipError::Bind { addr: cfg.bind, source })?;
+        let local = sock.local_addr().map_err(|source| MembershipError::Bind { addr: cfg.bind, source })?;
+        let settled = cfg.hold.is_zero();
+        let me = NodeId { name: cfg.name.clone(), addr: local, generation: 0, settled, macs: cfg.macs.clone() };
+        let (live_tx, live_rx) = watch::channel(Live::from([(cfg.name.clone(), MemberInfo { settled, macs: cfg.macs })]));
+        let (stop_tx, stop_rx) = watch::channel(None);
+        let (peers_tx, peers_rx) = watch::channel(cfg.peers);
+        let run = Runner::new(Arc::new(sock), me, cfg.sealer, cfg.timing, cfg.hold, live_tx);
+        tokio::spawn(run.run(peers_rx, stop_rx));
         Ok(Membership { live: live_rx, stop: stop_tx, peers: peers_tx, local })
     }
     pub fn live(&self) -> watch::Receiver<Live> {
@@ -213,17 +213,23 @@ impl Membership {
     }
     /// Announces our departure and stops.
     pub fn leave(&self) {
-        let _ = self.stop.send(true);
+        let _ = self.stop.send(Some(true));
     }
     /// Stops without a word, as a crashed node would (for tests).
     pub fn crash(&self) {
-        let _ = self.stop.send(false);
+        let _ = self.stop.send(Some(false));
     }
 }
 
 impl Drop for Membership {
     fn drop(&mut self) {
-        let _ = self.stop.send(true);
+        self.stop.send_if_modified(|s| {
+            let first = s.is_none();
+            if first {
+                *s = Some(true);
+            }
+            first
+        });
     }
 }
 
@@ -231,116 +237,213 @@ impl Drop for Membership {
 /// cluster where few nodes run a speaker is not flooded.
 const REJOIN_FANOUT: usize = 5;
 
-async fn run(
-    sock: Arc<UdpSocket>,
-    me: NodeId,
-    mut peers: watch::Receiver<Vec<SocketAddr>>,
-    sealer: Sealer,
-    timing: GossipTiming,
-    live_tx: watch::Sender<Live>,
-    mut stop: mpsc::UnboundedReceiver<bool>,
-) {
-    let rng: rand::rngs::StdRng = rand::make_rng();
-    let mut pick: rand::rngs::StdRng = rand::make_rng();
-    let mut foca = Foca::new(me.clone(), config(timing), rng, PostcardCodec);
-    let mut rt = AccumulatingRuntime::new();
-    let (timer_tx, mut timer_rx) = mpsc::unbounded_channel::<Timer<NodeId>>();
-    let mut peak = 1usize;
-    lock_minority().insert(me.addr, false);
-    let initial = peers.borrow_and_update().clone();
-    for p in initial.iter().copied().filter(|p| *p != me.addr).take(REJOIN_FANOUT) {
-        if let Err(e) = foca.announce(NodeId::seed(p), &mut rt) {
-            warn!(error = %e, peer = %p, "cannot announce to a peer");
-        }
+/// foca's timers, in one queue polled by the run loop (no task per timer).
+#[derive(Debug, Default)]
+struct TimerQueue {
+    heap: BinaryHeap<Reverse<(tokio::time::Instant, u64)>>,
+    timers: HashMap<u64, Timer<NodeId>>,
+    seq: u64,
+}
+
+impl TimerQueue {
+    fn schedule(&mut self, at: tokio::time::Instant, t: Timer<NodeId>) {
+        self.seq = self.seq.wrapping_add(1);
+        self.heap.push(Reverse((at, self.seq)));
+        self.timers.insert(self.seq, t);
     }
-    let mut buf = vec![0u8; 65536];
-    // Re-announce to configured peers that are not members: after a partition heals, or a
-    // peer restarts, the group merges again without waiting for anyone's periodic gossip.
-    let mut rejoin = tokio::time::interval(Duration::from_secs(1));
-    rejoin.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        flush(&mut rt, &sock, &sealer, &timer_tx, &mut foca, &live_tx, &mut peak).await;
-        tokio::select! {
-            _ = rejoin.tick() => {
-                let known: std::collections::HashSet<SocketAddr> = foca.iter_members().map(|m| m.id().addr).collect();
-                let me_addr = foca.identity().addr;
-                let unknown: Vec<SocketAddr> =
-                    peers.borrow().iter().copied().filter(|p| *p != me_addr && !known.contains(p)).collect();
-                for p in rand::seq::IndexedRandom::sample(unknown.as_slice(), &mut pick, REJOIN_FANOUT) {
-                    let _ = foca.announce(NodeId::seed(*p), &mut rt);
-                }
+    fn next_at(&self) -> Option<tokio::time::Instant> {
+        self.heap.peek().map(|Reverse((at, _))| *at)
+    }
+    /// Every timer due at `now`, in order.
+    fn due(&mut self, now: tokio::time::Instant) -> Vec<Timer<NodeId>> {
+        let mut out = Vec::new();
+        while let Some(Reverse((at, seq))) = self.heap.peek().copied() {
+            if at > now {
+                break;
             }
-            r = sock.recv_from(&mut buf) => {
-                let Ok((n, from)) = r else { continue };
-                match sealer.open(&buf[..n]) {
-                    Some(plain) => {
-                        if let Err(e) = foca.handle_data(&plain, &mut rt) {
-                            debug!(error = %e, %from, "gossip datagram rejected");
-                        }
-                    }
-                    None => debug!(%from, "dropped a gossip datagram not sealed with our key"),
-                }
-            }
-            Some(t) = timer_rx.recv() => {
-                if let Err(e) = foca.handle_timer(t, &mut rt) {
-                    debug!(error = %e, "timer");
-                }
-            }
-            graceful = stop.recv() => {
-                if graceful != Some(false) {
-                    let _ = foca.leave_cluster(&mut rt);
-                    flush(&mut rt, &sock, &sealer, &timer_tx, &mut foca, &live_tx, &mut peak).await;
-                }
-                lock_minority().remove(&me.addr);
-                return;
+            self.heap.pop();
+            if let Some(t) = self.timers.remove(&seq) {
+                out.push(t);
             }
         }
+        out
+    }
+    fn len(&self) -> usize {
+        self.timers.len()
     }
 }
 
-async fn flush(
-    rt: &mut AccumulatingRuntime<NodeId>,
-    sock: &UdpSocket,
-    sealer: &Sealer,
-    timers: &mpsc::UnboundedSender<Timer<NodeId>>,
-    foca: &mut Foca<NodeId, PostcardCodec, rand::rngs::StdRng, foca::NoCustomBroadcast>,
-    live: &watch::Sender<Live>,
-    peak: &mut usize,
-) {
-    while let Some((to, data)) = rt.to_send() {
-        let _ = sock.send_to(&sealer.seal(&data), to.addr).await;
+type FocaT = Foca<NodeId, PostcardCodec, rand::rngs::StdRng, foca::NoCustomBroadcast>;
+
+struct Runner {
+    sock: Arc<UdpSocket>,
+    sealer: Sealer,
+    foca: FocaT,
+    rt: AccumulatingRuntime<NodeId>,
+    timers: TimerQueue,
+    live: watch::Sender<Live>,
+    hold: Duration,
+    /// When our identity becomes settled (None: it is).
+    settle_at: Option<tokio::time::Instant>,
+    /// The largest group seen; never shrinks: a member that lost the others cannot tell a
+    /// partition from their deaths, so it assumes the former (the cost: a hold time).
+    peak: usize,
+    /// We see at most half of `peak`: if the others declare us down, we were cut off.
+    minority: bool,
+}
+
+impl Runner {
+    fn new(
+        sock: Arc<UdpSocket>,
+        me: NodeId,
+        sealer: Sealer,
+        timing: GossipTiming,
+        hold: Duration,
+        live: watch::Sender<Live>,
+    ) -> Runner {
+        let rng: rand::rngs::StdRng = rand::make_rng();
+        let settle_at = (!me.settled).then(|| tokio::time::Instant::now() + hold);
+        Runner {
+            sock,
+            sealer,
+            foca: Foca::new(me, config(timing), rng, PostcardCodec),
+            rt: AccumulatingRuntime::new(),
+            timers: TimerQueue::default(),
+            live,
+            hold,
+            settle_at,
+            peak: 1,
+            minority: false,
+        }
     }
-    while let Some((after, t)) = rt.to_schedule() {
-        let tx = timers.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(after).await;
-            let _ = tx.send(t);
-        });
+
+    async fn run(mut self, mut peers: watch::Receiver<Vec<SocketAddr>>, mut stop: watch::Receiver<Option<bool>>) {
+        let mut pick: rand::rngs::StdRng = rand::make_rng();
+        let me_addr = self.foca.identity().addr;
+        let initial = peers.borrow_and_update().clone();
+        for p in initial.iter().copied().filter(|p| *p != me_addr).take(REJOIN_FANOUT) {
+            if let Err(e) = self.foca.announce(NodeId::seed(p), &mut self.rt) {
+                warn!(error = %e, peer = %p, "cannot announce to a peer");
+            }
+        }
+        let mut buf = vec![0u8; 65536];
+        // Re-announce to configured peers that are not members: after a partition heals, or
+        // a peer restarts, the group merges again without waiting for anyone's gossip.
+        let mut rejoin = tokio::time::interval(Duration::from_secs(1));
+        rejoin.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            self.flush().await;
+            let far = tokio::time::Instant::now() + Duration::from_secs(3600);
+            let next_timer = self.timers.next_at().unwrap_or(far);
+            let settle_at = self.settle_at.unwrap_or(far);
+            tokio::select! {
+                _ = rejoin.tick() => {
+                    let known: HashSet<SocketAddr> = self.foca.iter_members().map(|m| m.id().addr).collect();
+                    let unknown: Vec<SocketAddr> =
+                        peers.borrow().iter().copied().filter(|p| *p != me_addr && !known.contains(p)).collect();
+                    for p in rand::seq::IndexedRandom::sample(unknown.as_slice(), &mut pick, REJOIN_FANOUT) {
+                        let _ = self.foca.announce(NodeId::seed(*p), &mut self.rt);
+                    }
+                }
+                r = self.sock.recv_from(&mut buf) => {
+                    let Ok((n, from)) = r else { continue };
+                    match self.sealer.open(&buf[..n]) {
+                        Some(plain) => {
+                            if let Err(e) = self.foca.handle_data(&plain, &mut self.rt) {
+                                debug!(error = %e, %from, "gossip datagram rejected");
+                            }
+                        }
+                        None => debug!(%from, "dropped a gossip datagram not sealed with our key"),
+                    }
+                }
+                _ = tokio::time::sleep_until(next_timer) => {
+                    for t in self.timers.due(tokio::time::Instant::now()) {
+                        if let Err(e) = self.foca.handle_timer(t, &mut self.rt) {
+                            debug!(error = %e, "timer");
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(settle_at) => {
+                    self.settle_at = None;
+                    self.set_identity(true);
+                }
+                r = stop.changed() => {
+                    let graceful = r.is_err() || *stop.borrow() != Some(false);
+                    if graceful {
+                        let _ = self.foca.leave_cluster(&mut self.rt);
+                        self.flush().await;
+                    }
+                    return;
+                }
+            }
+        }
     }
-    let mut changed = false;
-    while let Some(n) = rt.to_notify() {
-        changed |= matches!(
-            n,
-            foca::OwnedNotification::MemberUp(_)
-                | foca::OwnedNotification::MemberDown(_)
-                | foca::OwnedNotification::Rejoin(_)
-                | foca::OwnedNotification::Rename(..)
-        );
+
+    /// Takes a new identity that says whether we are settled.
+    fn set_identity(&mut self, settled: bool) {
+        let next = self.foca.identity().next(settled);
+        info!(generation = next.generation, settled, "gossip identity renewed");
+        if let Err(e) = self.foca.change_identity(next, &mut self.rt) {
+            warn!(error = %e, "cannot change the gossip identity");
+        }
+        self.publish();
     }
-    let me = foca.identity().clone();
-    if changed {
-        let mut names: Live = foca
+
+    fn publish(&mut self) {
+        let me = self.foca.identity().clone();
+        let mut names: Live = self
+            .foca
             .iter_members()
-            .map(|m| (m.id().name.clone(), MemberInfo { started_ms: m.id().started_ms, macs: m.id().macs.clone() }))
+            .map(|m| (m.id().name.clone(), MemberInfo { settled: m.id().settled, macs: m.id().macs.clone() }))
             .filter(|(n, _)| !n.is_empty())
             .collect();
-        names.insert(me.name.clone(), MemberInfo { started_ms: me.started_ms, macs: me.macs.clone() });
-        info!(members = ?names.keys().collect::<Vec<_>>(), "membership changed");
-        // The largest group seen never shrinks: a member that lost the others cannot tell a
-        // partition from their deaths, so it assumes the former (the cost: a hold time).
-        *peak = (*peak).max(names.len());
-        lock_minority().insert(me.addr, names.len() * 2 <= *peak);
-        live.send_replace(names);
+        names.insert(me.name.clone(), MemberInfo { settled: me.settled, macs: me.macs.clone() });
+        self.peak = self.peak.max(names.len());
+        self.minority = names.len() * 2 <= self.peak;
+        let changed = *self.live.borrow() != names;
+        if changed {
+            info!(members = ?names.iter().map(|(n, m)| format!("{n}{}", if m.settled { "" } else { " (holding)" })).collect::<Vec<_>>(), "membership changed");
+            self.live.send_replace(names);
+        }
+    }
+
+    async fn flush(&mut self) {
+        while let Some((to, data)) = self.rt.to_send() {
+            let _ = self.sock.send_to(&self.sealer.seal(&data), to.addr).await;
+        }
+        let now = tokio::time::Instant::now();
+        while let Some((after, t)) = self.rt.to_schedule() {
+            self.timers.schedule(now + after, t);
+        }
+        let mut changed = false;
+        let mut rejoined = false;
+        while let Some(n) = self.rt.to_notify() {
+            rejoined |= matches!(n, foca::OwnedNotification::Rejoin(_));
+            changed |= matches!(
+                n,
+                foca::OwnedNotification::MemberUp(_)
+                    | foca::OwnedNotification::MemberDown(_)
+                    | foca::OwnedNotification::Rejoin(_)
+                    | foca::OwnedNotification::Rename(..)
+            );
+        }
+        if rejoined && self.minority {
+            // The others declared us down while we saw a minority: we were the cut-off
+            // side, so our hold time starts again and we do not take VIPs back from the
+            // majority that served them meanwhile. (The majority side keeps its state.)
+            self.settle_at = Some(now + self.hold);
+            if self.foca.identity().settled {
+                self.set_identity(false);
+            }
+            // The new identity's messages must go out now.
+            while let Some((to, data)) = self.rt.to_send() {
+                let _ = self.sock.send_to(&self.sealer.seal(&data), to.addr).await;
+            }
+        }
+        if changed {
+            self.publish();
+        }
+        debug!(timers = self.timers.len(), "gossip round");
     }
 }
 
@@ -386,16 +489,27 @@ mod udp_tests {
         }
     }
 
+    fn member(name: &str, peers: Vec<SocketAddr>, key: &Sealer, hold: Duration) -> MemberConfig {
+        MemberConfig {
+            name: name.into(),
+            macs: vec![],
+            bind: "127.0.0.1:0".parse().unwrap(),
+            peers,
+            sealer: key.clone(),
+            timing: GossipTiming::default(),
+            hold,
+        }
+    }
+
     /// Three members on loopback over real UDP: they find each other, see a crash quickly,
     /// and a member with another key never gets in.
     #[tokio::test(flavor = "current_thread")]
     async fn members_join_detect_a_crash_and_keep_strangers_out() {
         let key = Sealer::new(b"group secret").unwrap();
-        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let t = GossipTiming::default();
-        let a = Membership::start("a", vec![], any, vec![], key.clone(), t).await.unwrap();
-        let b = Membership::start("b", vec![], any, vec![a.local], key.clone(), t).await.unwrap();
-        let c = Membership::start("c", vec![], any, vec![a.local], key.clone(), t).await.unwrap();
+        let z = Duration::ZERO;
+        let a = Membership::start(member("a", vec![], &key, z)).await.unwrap();
+        let b = Membership::start(member("b", vec![a.local], &key, z)).await.unwrap();
+        let c = Membership::start(member("c", vec![a.local], &key, z)).await.unwrap();
         for m in [&a, &b, &c] {
             wait_for(m, &["a", "b", "c"], Duration::from_secs(5)).await;
         }
@@ -404,14 +518,57 @@ mod udp_tests {
         let seen_b = wait_for(&b, &["a", "b"], Duration::from_secs(3)).await;
         eprintln!("crash of c seen by a after {seen_a:?}, by b after {seen_b:?}");
 
-        let stranger = Membership::start("d", vec![], any, vec![a.local, b.local], Sealer::new(b"wrong").unwrap(), t)
-            .await
-            .unwrap();
+        let stranger =
+            Membership::start(member("d", vec![a.local, b.local], &Sealer::new(b"wrong").unwrap(), z)).await.unwrap();
         tokio::time::sleep(Duration::from_millis(800)).await;
         let names = |m: &Membership| m.live().borrow().keys().cloned().collect::<Vec<_>>();
         assert_eq!(names(&a), vec!["a", "b"], "d has the wrong key: not a member");
         assert_eq!(names(&stranger), vec!["d"], "and d sees nobody");
         b.leave();
         wait_for(&a, &["a"], Duration::from_secs(3)).await;
+    }
+
+    /// Settledness is the member's own word, measured on its own monotonic clock and
+    /// spread by gossip: every member sees a newcomer hold for its hold time and then
+    /// settle, whatever the hosts' wall clocks say (before, each host compared the
+    /// newcomer's wall-clock start time with its own, so a skewed clock made it settled at
+    /// once for some and never for others). The newcomer never drops out of the others'
+    /// view when it renews its identity.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_newcomer_settles_by_its_own_clock_and_everyone_agrees() {
+        let key = Sealer::new(b"group secret").unwrap();
+        let a = Membership::start(member("a", vec![], &key, Duration::ZERO)).await.unwrap();
+        let b = Membership::start(member("b", vec![a.local], &key, Duration::ZERO)).await.unwrap();
+        wait_for(&a, &["a", "b"], Duration::from_secs(5)).await;
+        let hold = Duration::from_millis(1500);
+        let started = Instant::now();
+        let c = Membership::start(member("c", vec![a.local], &key, hold)).await.unwrap();
+        for m in [&a, &b, &c] {
+            wait_for(m, &["a", "b", "c"], Duration::from_secs(5)).await;
+        }
+        let settled = |m: &Membership| m.live().borrow().get("c").map(|i| i.settled);
+        assert!(started.elapsed() < hold, "the group formed within the hold time");
+        for m in [&a, &b, &c] {
+            assert_eq!(settled(m), Some(false), "c holds for its hold time in everyone's view");
+        }
+        // Watch a's view until c is settled there: c must stay a member throughout.
+        let mut rx = a.live();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let view = rx.borrow_and_update().clone();
+            assert!(view.contains_key("c"), "c dropped out of a's view while renewing: {view:?}");
+            if view["c"].settled {
+                break;
+            }
+            assert!(Instant::now() < deadline, "c never settled in a's view");
+            let _ = tokio::time::timeout(Duration::from_millis(100), rx.changed()).await;
+        }
+        assert!(started.elapsed() >= hold, "not before its hold time: {:?}", started.elapsed());
+        wait_for(&b, &["a", "b", "c"], Duration::from_secs(1)).await;
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while settled(&b) != Some(true) || settled(&c) != Some(true) {
+            assert!(Instant::now() < deadline, "b and c agree that c is settled");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }

@@ -1,0 +1,77 @@
+//! Static speaker groups (no Kubernetes, a keepalived replacement): speakers that share
+//! one VIP list; each VIP is announced by one owner, chosen over the live members of the
+//! gossip group.
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use tracing::info;
+use vipvisor_health::Health;
+use vipvisor_l2::{Prepared, SpeakerError, STALLED_AFTER};
+
+use crate::membership::{GossipTiming, MemberConfig, Membership, Sealer};
+use crate::ownership::{self, OwnerTracker, StaticFacts};
+
+#[derive(Debug, Clone)]
+pub struct GroupConfig {
+    /// Gossip address to bind; default: the first IPv4 (else IPv6) address of the first
+    /// interface, on `port`.
+    pub bind: Option<IpAddr>,
+    pub port: u16,
+    pub join: Vec<SocketAddr>,
+    pub sealer: Sealer,
+    pub timing: GossipTiming,
+    /// A (re)joining member takes VIPs from others only after it has been up this long.
+    pub hold: Duration,
+    /// How long to wait for the group before deciding ownership alone.
+    pub settle: Duration,
+}
+
+/// Runs `speaker` as a member of the group until `shutdown` (Ok) or a fatal error.
+pub async fn run(
+    p: &mut Prepared,
+    me: &str,
+    g: GroupConfig,
+    health: &Health,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), SpeakerError> {
+    let bind_ip = g
+        .bind
+        .or_else(|| {
+            p.links.first().and_then(|l| l.subnets.iter().find(|n| n.is_ipv4()).or(l.subnets.first()).map(|n| n.ip()))
+        })
+        .ok_or_else(|| {
+            SpeakerError::Gossip("no address to bind gossip to; expected --gossip-bind or an address on the interface".into())
+        })?;
+    let bind = SocketAddr::new(bind_ip, g.port);
+    let membership = Membership::start(MemberConfig {
+        name: me.to_owned(),
+        macs: p.links.iter().map(|l| l.mac.0).collect(),
+        bind,
+        peers: g.join.clone(),
+        sealer: g.sealer.clone(),
+        timing: g.timing,
+        hold: g.hold,
+    })
+    .await
+    .map_err(|e| SpeakerError::Gossip(e.to_string()))?;
+    let mut live = membership.live();
+    info!(%bind, peers = ?g.join, "gossip started");
+    // Give the group a moment to answer, so a joining node does not decide alone.
+    if !g.join.is_empty() {
+        let _ = tokio::time::timeout(g.settle, live.wait_for(|l| l.len() > 1)).await;
+    }
+    let (tracker, owned_rx) = OwnerTracker::new(&p.speaker, me);
+    let beat = health.register("ownership", STALLED_AFTER);
+    let ownership = tokio::spawn(ownership::run(live, tracker, StaticFacts::new(&p.placed), beat.clone()));
+    let result = p.speaker.run_owned(owned_rx, false, shutdown).await;
+    ownership.abort();
+    beat.done();
+    // Say goodbye so the others take over at once instead of waiting to detect us.
+    membership.leave();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    p.groups.leave_all();
+    info!("speaker stopped");
+    result
+}
