@@ -6,7 +6,7 @@
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root=$(pwd)
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/vipvisor-target}"
-cargo build -q --release -p vipvisor-core --bin vipvisor
+cargo build -q --release -p vipvisor --bin vipvisor
 V="$CARGO_TARGET_DIR/release/vipvisor"
 P="${LAB_TAG:?set LAB_TAG before sourcing bench/lab.sh}$(( $$ % 1000 ))"
 work=$(mktemp -d)

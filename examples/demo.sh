@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/vipvisor-target}"
-cargo build -q -p vipvisor-core --bin vipvisor
+cargo build -q -p vipvisor --bin vipvisor
 vv="$CARGO_TARGET_DIR/debug/vipvisor"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -3,7 +3,7 @@
 //! drop. In CI a missing testbed fails the tests; elsewhere they are skipped, loudly.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use vipvisor_testkit as common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::Client;
-use vipvisor_core::store::Store;
+use vipvisor_store::Store;
 
 const VIPVISOR: &str = env!("CARGO_BIN_EXE_vipvisor");
 /// One apiserver at a time (each test has its own runtime; tokio's mutex works across them).
@@ -406,7 +406,7 @@ async fn standby_takes_over_and_no_address_is_given_twice() {
 async fn manifests_apply_and_rbac_is_least_privilege() {
     let Some(mut tb) = testbed("d").await else { return };
     let kc = tb.kubeconfig();
-    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    let deploy = common::repo("deploy");
     for f in ["namespace.yaml", "rbac.yaml", "controller.yaml"] {
         let out = Command::new("kubectl")
             .arg("--kubeconfig")

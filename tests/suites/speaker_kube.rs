@@ -12,8 +12,8 @@
 //! elsewhere it is skipped, loudly.
 #![allow(clippy::unwrap_used)]
 
-mod common;
 use common::{repo, wait_until};
+use vipvisor_testkit as common;
 
 use std::collections::BTreeSet;
 use std::io::Write;

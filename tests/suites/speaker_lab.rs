@@ -6,8 +6,8 @@
 //! always deleted (also on panic, by Drop).
 #![allow(clippy::unwrap_used)]
 
-mod common;
 use common::wait_until;
+use vipvisor_testkit as common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -86,6 +86,6 @@ impl App {
 
     /// Every quarantined address with its last holder and end.
     pub async fn quarantined(&self) -> Result<Vec<Quarantined>> {
-        Ok(self.store.snapshot().await?.quarantined().into_iter().cloned().collect())
+        Ok(self.store.read(|i| i.quarantined().into_iter().cloned().collect()).await?)
     }
 }

@@ -159,10 +159,9 @@ impl From<StoreError> for ApiError {
             StoreError::InUse { .. } => WouldStrand,
             StoreError::BadUrl(_) => InvalidValue,
             StoreError::Unavailable(_) => StoreUnavailable,
-            StoreError::CreateDir { .. }
-            | StoreError::Corrupt(_)
-            | StoreError::Db(_)
-            | StoreError::Migrate(_) => Internal,
+            StoreError::CreateDir { .. } | StoreError::Corrupt(_) | StoreError::Db(_) | StoreError::Migrate(_) => {
+                Internal
+            }
         };
         ApiError::new(code, e.to_string())
     }

@@ -19,7 +19,10 @@ impl App {
     /// Every pool with its usage, by name.
     pub async fn pools(&self) -> Result<Vec<PoolView>> {
         let ipam = self.store.snapshot().await?;
-        Ok(ipam.pools().map(|p| PoolView { pool: p.clone(), families: ipam.stats(&p.name).unwrap_or_default() }).collect())
+        Ok(ipam
+            .pools()
+            .map(|p| PoolView { pool: p.clone(), families: ipam.stats(&p.name).unwrap_or_default() })
+            .collect())
     }
 
     pub async fn pool(&self, name: &PoolName) -> Result<PoolView> {

@@ -5,7 +5,7 @@
 //!    ready and idle (targets < 5 s), with a fresh store (adopting all of them) and with the
 //!    store kept; RSS at that point.
 //!
-//! Run: `cargo bench -p vipvisor-core --bench controller` (needs `tests/testbed/kube.sh
+//! Run: `cargo bench -p vipvisor --bench controller` (needs `tests/testbed/kube.sh
 //! build`; BENCH_SERVICES=N changes the 10,000).
 #![allow(clippy::unwrap_used)]
 
@@ -23,7 +23,7 @@ use kube::Client;
 const VIPVISOR: &str = env!("CARGO_BIN_EXE_vipvisor");
 
 fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/testbed/kube.sh")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/testbed/kube.sh")
 }
 
 fn pct(v: &[Duration], q: f64) -> Duration {

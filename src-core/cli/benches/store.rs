@@ -3,14 +3,14 @@
 //! - a full `vipvisor alloc request` (process start to exit) on a store holding 10,000
 //!   allocations: median and p99.
 //!
-//! Run: `cargo bench -p vipvisor-core --bench store` (BENCH_CLI_RUNS=N to change the 200 runs).
+//! Run: `cargo bench -p vipvisor --bench store` (BENCH_CLI_RUNS=N to change the 200 runs).
 #![allow(clippy::unwrap_used)]
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use vipvisor_core::model::{AllocRequest, FamilyRequest, Pool, PoolOptions, Timestamp};
-use vipvisor_core::store::Store;
+use vipvisor_model::{AllocRequest, FamilyRequest, Pool, PoolOptions, Timestamp};
+use vipvisor_store::Store;
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;

@@ -302,7 +302,7 @@ fn release_quarantine_and_uid() {
 #[test]
 fn apply_is_idempotent_prunes_and_refuses_bad_files() {
     let c = Cli::new();
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/pools.yaml");
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/pools.yaml");
     let first = c.ok(&["apply", "-f", example]);
     assert_mentions(&first, &["pool web created", "pool lab created", "reservation 192.0.2.1 created"]);
     let second = c.ok(&["apply", "-f", example]);

@@ -42,7 +42,9 @@ pub async fn run(
             p.links.first().and_then(|l| l.subnets.iter().find(|n| n.is_ipv4()).or(l.subnets.first()).map(|n| n.ip()))
         })
         .ok_or_else(|| {
-            SpeakerError::Gossip("no address to bind gossip to; expected --gossip-bind or an address on the interface".into())
+            SpeakerError::Gossip(
+                "no address to bind gossip to; expected --gossip-bind or an address on the interface".into(),
+            )
         })?;
     let bind = SocketAddr::new(bind_ip, g.port);
     let membership = Membership::start(MemberConfig {

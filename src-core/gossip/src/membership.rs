@@ -185,11 +185,13 @@ pub struct MemberConfig {
 impl Membership {
     /// Binds, joins through the peers, and runs until dropped or [`Membership::leave`].
     pub async fn start(cfg: MemberConfig) -> Result<Membership, MembershipError> {
-        let sock = UdpSocket::bind(cfg.bind).await.map_err(|source| MembershipError::Bind { addr: cfg.bind, source })?;
+        let sock =
+            UdpSocket::bind(cfg.bind).await.map_err(|source| MembershipError::Bind { addr: cfg.bind, source })?;
         let local = sock.local_addr().map_err(|source| MembershipError::Bind { addr: cfg.bind, source })?;
         let settled = cfg.hold.is_zero();
         let me = NodeId { name: cfg.name.clone(), addr: local, generation: 0, settled, macs: cfg.macs.clone() };
-        let (live_tx, live_rx) = watch::channel(Live::from([(cfg.name.clone(), MemberInfo { settled, macs: cfg.macs })]));
+        let (live_tx, live_rx) =
+            watch::channel(Live::from([(cfg.name.clone(), MemberInfo { settled, macs: cfg.macs })]));
         let (stop_tx, stop_rx) = watch::channel(None);
         let (peers_tx, peers_rx) = watch::channel(cfg.peers);
         let run = Runner::new(Arc::new(sock), me, cfg.sealer, cfg.timing, cfg.hold, live_tx);

@@ -40,7 +40,10 @@ pub struct StaticFacts {
 impl StaticFacts {
     pub fn new(placed: &[(IpAddr, usize)]) -> Self {
         StaticFacts {
-            vips: placed.iter().map(|(vip, _)| VipFacts { vip: *vip, etp_local: false, local_endpoints: vec![] }).collect(),
+            vips: placed
+                .iter()
+                .map(|(vip, _)| VipFacts { vip: *vip, etp_local: false, local_endpoints: vec![] })
+                .collect(),
             place: placed.iter().copied().collect(),
         }
     }
@@ -165,4 +168,3 @@ impl OwnerTracker {
         });
     }
 }
-

@@ -1,25 +1,30 @@
-//! The Kubernetes LoadBalancer controller.
+//! The Kubernetes LoadBalancer controller, on kube-runtime's [`Controller`]: one
+//! `reconcile(Service)` that is never told why it runs (each step checked and fixed on its
+//! own), an `error_policy` with per-Service exponential backoff, per-key deduplication and
+//! bounded concurrency from the runtime, and `reconcile_all_on` for the pools file and for
+//! the start of a leadership term.
 //!
-//! Reflectors keep Services and Namespaces in memory; watcher events put Service keys on a
-//! queue. Only the Lease holder works the queue. A key whose Service is gone is released;
-//! otherwise [`decide`] says what the Service needs and the store allocates it, then the
-//! status and Events are written. On (re)gaining leadership, Services whose status already
-//! shows addresses are adopted first, then the others, then allocations of Services that no
-//! longer exist are released.
+//! Only the Lease holder writes: the pools file is applied, allocations are made and
+//! released, statuses and Events are written by the leader alone; standbys keep their
+//! caches warm and their reconciles return at once. Each replica keeps its own store (an
+//! SQLite file is never shared between hosts); a new leader forgets the allocations its
+//! store holds and rebuilds them from the cluster — adopting every address already in a
+//! Service status before allocating anything — and takes the quarantine over from the
+//! Lease, where the leader keeps it ([`ANN_QUARANTINE`]).
+//!
+//! Deleted Services are released without finalizers: the deletion reaches the controller
+//! as a key whose object is gone, and the release is guarded by the deleted object's UID.
 
-pub mod decide;
-pub mod lease;
-pub mod speaker;
-
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr};
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Config as ControllerRuntimeConfig, Controller, Error as ControllerError};
 use kube::runtime::events::{Event as KEvent, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store as Reflector};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -30,14 +35,26 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
+use vipvisor_api::apply::{read_pools_file, ApplyOptions};
+use vipvisor_api::{ApiError, App, Change, ErrorCode};
+use vipvisor_health::Health;
+use vipvisor_ipam::{IpamError, Outcome};
+use vipvisor_model::{Labels, Quarantined, ServiceKey, Timestamp, Uid};
 
-use crate::ipam::Change;
-use crate::model::{ServiceKey, Timestamp};
-use crate::store::{Store, StoreError};
-use decide::{decide, ClassPolicy, Decision};
-use lease::LeaseConfig;
+use crate::decide::{self, decide, ClassPolicy, Decision};
+use crate::lease::{self, Leadership, LeaseConfig, Notes};
+use crate::reflect::reflect;
+
+/// The Lease annotation where the leader keeps the quarantine for the next leader.
+pub const ANN_QUARANTINE: &str = "vipvisor.io/quarantine";
+/// At most this many quarantine entries travel in the Lease (the newest; the default
+/// quarantine is 60 s, so this is a minute of releases).
+const QUARANTINE_NOTE_MAX: usize = 1000;
+/// A loop that has not turned for this long is stalled (`/healthz` fails).
+const STALLED_AFTER: Duration = Duration::from_secs(30);
 
 /// Everything `vipvisor controller` needs.
 #[derive(Debug, Clone)]
@@ -46,7 +63,6 @@ pub struct ControllerConfig {
     pub pools_file: Option<PathBuf>,
     pub policy: ClassPolicy,
     pub lease: LeaseConfig,
-    pub metrics_addr: Option<SocketAddr>,
     pub quarantine: Duration,
 }
 
@@ -67,25 +83,37 @@ struct PoolLabel {
 pub struct Metrics {
     reconciles: Counter,
     failures: Family<ReasonLabel, Counter>,
+    reconcile_seconds: Histogram,
     allocation_seconds: Histogram,
     addresses: Family<PoolLabel, Gauge>,
+    /// The pool gauges set last time, so gauges of pools that went away are removed.
+    pool_labels: Arc<Mutex<HashSet<PoolLabel>>>,
     leader: Gauge,
     registry: Arc<Registry>,
 }
 
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Metrics {
-    fn new() -> Self {
+    pub fn new() -> Self {
         let mut r = Registry::with_prefix("vipvisor_controller");
         let m = Metrics {
             reconciles: Counter::default(),
             failures: Family::default(),
+            reconcile_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             allocation_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             addresses: Family::default(),
+            pool_labels: Arc::default(),
             leader: Gauge::default(),
             registry: Arc::new(Registry::default()),
         };
         r.register("reconciles", "Service reconciliations", m.reconciles.clone());
         r.register("reconcile_failures", "Failed reconciliations by reason", m.failures.clone());
+        r.register("reconcile_duration_seconds", "Time to reconcile one Service", m.reconcile_seconds.clone());
         r.register("allocation_duration_seconds", "Time to allocate through the store", m.allocation_seconds.clone());
         r.register("pool_addresses", "Addresses per pool, family and state", m.addresses.clone());
         r.register("leader", "1 while this replica holds the lease", m.leader.clone());
@@ -94,39 +122,161 @@ impl Metrics {
     fn fail(&self, reason: &str) {
         self.failures.get_or_create(&ReasonLabel { reason: reason.into() }).inc();
     }
-    fn encode(&self) -> String {
+    pub fn encode(&self) -> String {
         let mut s = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut s, &self.registry);
         s
     }
+    /// Sets the pool gauges to `rows` and removes the gauges of pools not in them.
+    fn set_pools(&self, rows: Vec<(PoolLabel, i64)>) {
+        let mut known = self.pool_labels.lock().unwrap_or_else(PoisonError::into_inner);
+        let now: HashSet<PoolLabel> = rows.iter().map(|(l, _)| l.clone()).collect();
+        for gone in known.difference(&now) {
+            self.addresses.remove(gone);
+        }
+        for (l, n) in rows {
+            self.addresses.get_or_create(&l).set(n);
+        }
+        *known = now;
+    }
+}
+
+/// Readiness as `/readyz` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Starting,
+    Standby,
+    Leading,
 }
 
 #[derive(Debug, thiserror::Error)]
-enum ReconcileError {
+pub enum ReconcileError {
     #[error("kubernetes API: {0}")]
     Kube(#[from] kube::Error),
-    #[error(transparent)]
-    Store(StoreError),
+    #[error("store: {0}")]
+    Store(ApiError),
 }
 
-struct Ctx {
-    client: Client,
-    store: Store,
-    services: Reflector<Service>,
-    namespaces: Reflector<Namespace>,
-    policy: ClassPolicy,
-    recorder: Recorder,
-    metrics: Metrics,
-    quarantine: Duration,
+impl ReconcileError {
+    fn reason(&self) -> &'static str {
+        match self {
+            ReconcileError::Kube(_) => "kubernetes",
+            ReconcileError::Store(_) => "store",
+        }
+    }
+}
+
+/// A refusal (exhaustion, conflicts, addresses outside every pool) is the Service's
+/// problem and becomes an Event; anything else is ours and is retried.
+fn is_refusal(e: &ApiError) -> bool {
+    !matches!(e.code, ErrorCode::StoreUnavailable | ErrorCode::Internal | ErrorCode::Unreadable)
+}
+
+/// A quarantine entry as the Lease carries it. `until_ms` is the releasing leader's wall
+/// clock; replicas' clocks are expected to agree within seconds (NTP), much less than a
+/// quarantine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct QuarantineNote {
+    address: IpAddr,
+    service: ServiceKey,
+    until_ms: i64,
+}
+
+fn quarantine_note(q: &[Quarantined]) -> String {
+    let mut v: Vec<QuarantineNote> = q
+        .iter()
+        .map(|q| QuarantineNote { address: q.address, service: q.service.clone(), until_ms: q.until.0 })
+        .collect();
+    v.sort_by_key(|n| std::cmp::Reverse(n.until_ms));
+    v.truncate(QUARANTINE_NOTE_MAX);
+    serde_json::to_string(&v).unwrap_or_else(|_| "[]".into())
+}
+
+fn parse_quarantine_note(s: &str) -> Vec<Quarantined> {
+    match serde_json::from_str::<Vec<QuarantineNote>>(s) {
+        Ok(v) => v
+            .into_iter()
+            .map(|n| Quarantined { address: n.address, service: n.service, until: Timestamp(n.until_ms) })
+            .collect(),
+        Err(e) => {
+            warn!(error = %e, "the quarantine kept in the Lease is unreadable; starting without it");
+            Vec::new()
+        }
+    }
+}
+
+/// Everything a reconcile needs (built by [`run`], and by tests with a scripted API).
+pub struct Ctx {
+    pub client: Client,
+    pub app: App,
+    pub namespaces: Reflector<Namespace>,
+    pub policy: ClassPolicy,
+    pub recorder: Recorder,
+    pub metrics: Metrics,
+    phase: watch::Sender<Phase>,
+    /// The quarantine as the Lease should carry it.
+    notes: watch::Sender<Notes>,
     /// Last failure / warning note reported per Service and slot, so Events are not repeated.
-    reported: tokio::sync::Mutex<HashMap<(ServiceKey, &'static str), String>>,
+    reported: Mutex<HashMap<(ServiceKey, &'static str), String>>,
+    /// Consecutive failures per Service, for the backoff.
+    attempts: Mutex<HashMap<ServiceKey, u32>>,
+    /// UIDs of deleted Services whose release is due.
+    deleted: Mutex<HashMap<ServiceKey, Option<Uid>>>,
+}
+
+impl std::fmt::Debug for Ctx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx").field("policy", &self.policy).finish_non_exhaustive()
+    }
 }
 
 fn key_of(svc: &Service) -> Option<ServiceKey> {
     ServiceKey::new(svc.metadata.namespace.as_deref()?, svc.metadata.name.as_deref()?).ok()
 }
 
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl Ctx {
+    /// A context; `phase` says whether reconciles act (only while [`Phase::Leading`]).
+    pub fn new(
+        client: Client,
+        app: App,
+        namespaces: Reflector<Namespace>,
+        policy: ClassPolicy,
+        identity: &str,
+        metrics: Metrics,
+    ) -> Ctx {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter { controller: "vipvisor-controller".into(), instance: Some(identity.into()) },
+        );
+        Ctx {
+            client,
+            app,
+            namespaces,
+            policy,
+            recorder,
+            metrics,
+            phase: watch::channel(Phase::Starting).0,
+            notes: watch::channel(Notes::new()).0,
+            reported: Mutex::default(),
+            attempts: Mutex::default(),
+            deleted: Mutex::default(),
+        }
+    }
+
+    pub fn set_phase(&self, p: Phase) {
+        self.phase.send_replace(p);
+    }
+    pub fn phase(&self) -> watch::Receiver<Phase> {
+        self.phase.subscribe()
+    }
+    fn leading(&self) -> bool {
+        *self.phase.borrow() == Phase::Leading
+    }
+
     async fn event(&self, svc: &Service, type_: EventType, reason: &str, note: String) {
         let ev = KEvent { type_, reason: reason.into(), note: Some(note), action: "Allocate".into(), secondary: None };
         if let Err(e) = self.recorder.publish(&ev, &svc.object_ref(&())).await {
@@ -137,14 +287,14 @@ impl Ctx {
     /// Reports `note` once per distinct value per Service and slot.
     async fn once(&self, svc: &Service, slot: &'static str, type_: EventType, reason: &str, note: String) {
         let Some(key) = key_of(svc) else { return };
-        if self.reported.lock().await.insert((key, slot), note.clone()).as_ref() == Some(&note) {
+        if locked(&self.reported).insert((key, slot), note.clone()).as_ref() == Some(&note) {
             return;
         }
         self.event(svc, type_, reason, note).await;
     }
 
     /// The labels of the Service's namespace, from the Namespace cache.
-    fn namespace_labels(&self, svc: &Service) -> crate::model::Labels {
+    fn namespace_labels(&self, svc: &Service) -> Labels {
         svc.metadata
             .namespace
             .as_deref()
@@ -163,7 +313,25 @@ impl Ctx {
         Ok(())
     }
 
-    async fn reconcile(&self, svc: &Service) -> Result<(), ReconcileError> {
+    /// Tells the Lease about the current quarantine (the next leader inherits it).
+    async fn publish_quarantine(&self) {
+        match self.app.quarantined().await {
+            Ok(q) => {
+                let note = quarantine_note(&q);
+                self.notes.send_if_modified(|n| {
+                    let changed = n.get(ANN_QUARANTINE) != Some(&note);
+                    if changed {
+                        n.insert(ANN_QUARANTINE.into(), note);
+                    }
+                    changed
+                });
+            }
+            Err(e) => warn!(error = %e, "cannot read the quarantine"),
+        }
+    }
+
+    /// Makes the cluster and the store agree about one Service.
+    pub async fn reconcile_service(&self, svc: &Service) -> Result<(), ReconcileError> {
         self.metrics.reconciles.inc();
         match decide(svc, &self.namespace_labels(svc), &self.policy) {
             Decision::Invalid(why) => {
@@ -171,15 +339,11 @@ impl Ctx {
                 Ok(())
             }
             Decision::Release { service, uid, clear_status } => {
-                let now = Timestamp::now();
-                let released = self
-                    .store
-                    .release(&service, uid.as_ref(), now, self.quarantine)
-                    .await
-                    .map_err(ReconcileError::Store)?;
-                if let Some(r) = released {
-                    let addrs: Vec<String> = r.allocation.addresses.iter().map(ToString::to_string).collect();
+                let r = self.app.release(&service, uid.as_ref()).await.map_err(ReconcileError::Store)?;
+                if !r.released.is_empty() {
+                    let addrs: Vec<String> = r.released.iter().map(ToString::to_string).collect();
                     info!(%service, addresses = ?addrs, "released");
+                    self.publish_quarantine().await;
                     if clear_status && !decide::status_addresses(svc).is_empty() {
                         self.set_status(svc, &[]).await?;
                     }
@@ -189,11 +353,11 @@ impl Ctx {
             }
             Decision::Allocate { request, status_addresses, warnings } => {
                 let started = Instant::now();
-                let res = self.store.allocate(&request, Timestamp::now(), self.quarantine).await;
+                let res = self.app.allocate_outcome(&request).await;
                 self.metrics.allocation_seconds.observe(started.elapsed().as_secs_f64());
                 let res = match res {
                     Ok(o) => Ok(o),
-                    Err(StoreError::Ipam(e)) => Err(e),
+                    Err(e) if is_refusal(&e) => Err(e),
                     Err(e) => return Err(ReconcileError::Store(e)),
                 };
                 self.apply_outcome(svc, &status_addresses, &warnings, res).await
@@ -207,7 +371,7 @@ impl Ctx {
         svc: &Service,
         status_addresses: &[IpAddr],
         warnings: &[decide::Warning],
-        res: Result<crate::ipam::Outcome, crate::ipam::IpamError>,
+        res: Result<Outcome, ApiError>,
     ) -> Result<(), ReconcileError> {
         let note: Vec<String> = warnings.iter().map(ToString::to_string).collect();
         if !note.is_empty() {
@@ -215,6 +379,9 @@ impl Ctx {
         }
         match res {
             Ok(o) => {
+                if !o.quarantined.is_empty() || !o.reclaimed.is_empty() {
+                    self.publish_quarantine().await;
+                }
                 let mut have = status_addresses.to_vec();
                 have.sort();
                 let status_changes = have != o.allocation.addresses;
@@ -236,8 +403,7 @@ impl Ctx {
                 Ok(())
             }
             Err(e) => {
-                // Exhaustion, conflicts, addresses outside every pool: an Event, not an
-                // error loop. A status address is kept, not renumbered.
+                // An Event, not an error loop. A status address is kept, not renumbered.
                 self.metrics.fail("allocation");
                 let note = if status_addresses.is_empty() {
                     e.to_string()
@@ -250,219 +416,93 @@ impl Ctx {
         }
     }
 
-    /// The Service is gone: release its addresses (guarded by its uid).
-    async fn release_deleted(&self, key: &ServiceKey, uid: Option<&crate::model::Uid>) -> Result<(), ReconcileError> {
-        let released =
-            self.store.release(key, uid, Timestamp::now(), self.quarantine).await.map_err(ReconcileError::Store)?;
-        if let Some(r) = released {
-            info!(service = %key, addresses = ?r.allocation.addresses, "released (service deleted)");
+    /// The Service is gone: release its addresses (guarded by its uid when known).
+    async fn release_deleted(&self, key: &ServiceKey, uid: Option<&Uid>) -> Result<(), ReconcileError> {
+        let r = self.app.release(key, uid).await.map_err(ReconcileError::Store)?;
+        if !r.released.is_empty() {
+            info!(service = %key, addresses = ?r.released, "released (service deleted)");
+            self.publish_quarantine().await;
         }
-        self.reported.lock().await.retain(|(k, _), _| k != key);
+        locked(&self.reported).retain(|(k, _), _| k != key);
         Ok(())
     }
 
     async fn refresh_pool_metrics(&self) {
-        if let Ok(ipam) = self.store.snapshot().await {
-            for p in ipam.pools() {
-                for f in ipam.stats(&p.name).unwrap_or_default() {
-                    for (state, n) in
-                        [("used", f.used), ("free", f.free), ("quarantined", f.quarantined), ("reserved", f.reserved)]
-                    {
-                        let l = PoolLabel {
-                            pool: p.name.to_string(),
-                            family: f.family.as_str().into(),
-                            state: state.into(),
-                        };
-                        self.metrics.addresses.get_or_create(&l).set(i64::try_from(n).unwrap_or(i64::MAX));
+        let rows = self
+            .app
+            .store()
+            .read(|ipam| {
+                let mut rows = Vec::new();
+                for p in ipam.pools() {
+                    for f in ipam.stats(&p.name).unwrap_or_default() {
+                        for (state, n) in [
+                            ("used", f.used),
+                            ("free", f.free),
+                            ("quarantined", f.quarantined),
+                            ("reserved", f.reserved),
+                        ] {
+                            let l = PoolLabel {
+                                pool: p.name.to_string(),
+                                family: f.family.as_str().into(),
+                                state: state.into(),
+                            };
+                            rows.push((l, i64::try_from(n).unwrap_or(i64::MAX)));
+                        }
                     }
                 }
-            }
+                rows
+            })
+            .await;
+        match rows {
+            Ok(rows) => self.metrics.set_pools(rows),
+            Err(e) => warn!(error = %e, "cannot read the pools for metrics"),
         }
     }
 }
 
-/// A queued unit of work: a Service key, with the uid of a deleted object.
-#[derive(Debug, Clone)]
-struct Work {
-    key: ServiceKey,
-    deleted_uid: Option<crate::model::Uid>,
-}
-
-/// Readiness as `/readyz` reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    Starting,
-    Standby,
-    Leading,
-}
-
-/// Runs the controller until `shutdown` completes.
-pub async fn run(
-    client: Client,
-    cfg: ControllerConfig,
-    shutdown: impl std::future::Future<Output = ()>,
-) -> anyhow::Result<()> {
-    let store = Store::open(&cfg.store_url).await?.with_actor(format!("controller:{}", cfg.lease.identity));
-    if let Some(path) = &cfg.pools_file {
-        apply_pools(&store, path).await?;
+/// kube-runtime's reconcile: acts only while leading; never told why it runs.
+pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, ReconcileError> {
+    if !ctx.leading() {
+        return Ok(Action::await_change());
     }
-    let metrics = Metrics::new();
-    let (phase_tx, phase_rx) = watch::channel(Phase::Starting);
-    if let Some(addr) = cfg.metrics_addr {
-        serve(addr, metrics.clone(), phase_rx.clone()).await?;
-    }
-
-    let (svc_reader, svc_writer) = reflector::store::<Service>();
-    let (ns_reader, ns_writer) = reflector::store::<Namespace>();
-    let (work_tx, mut work_rx) = mpsc::unbounded_channel::<Work>();
-    let svc_api: Api<Service> = Api::all(client.clone());
-    let ns_api: Api<Namespace> = Api::all(client.clone());
-    let mut tasks = Vec::new();
-    {
-        let tx = work_tx.clone();
-        tasks.push(reflect(svc_api, svc_writer, "service", move |ev| match ev {
-            watcher::Event::Apply(s) | watcher::Event::InitApply(s) => {
-                if let Some(key) = key_of(s) {
-                    let _ = tx.send(Work { key, deleted_uid: None });
-                }
-            }
-            watcher::Event::Delete(s) => {
-                if let Some(key) = key_of(s) {
-                    let uid = s.metadata.uid.as_deref().and_then(|u| u.parse().ok());
-                    let _ = tx.send(Work { key, deleted_uid: uid });
-                }
-            }
-            _ => {}
-        }));
-    }
-    tasks.push(reflect(ns_api, ns_writer, "namespace", |_| {}));
-    let (leader_tx, mut leader_rx) = watch::channel(false);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let lease_task = tokio::spawn(lease::run(client.clone(), cfg.lease.clone(), leader_tx, stop_rx));
-    if let Some(path) = cfg.pools_file.clone() {
-        let (store_url, tx, reader) = (cfg.store_url.clone(), work_tx.clone(), svc_reader.clone());
-        tasks.push(tokio::spawn(watch_pools_file(path, store_url, tx, reader)));
-    }
-
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter { controller: "vipvisor-controller".into(), instance: Some(cfg.lease.identity.clone()) },
-    );
-    let ctx = Arc::new(Ctx {
-        client,
-        store,
-        services: svc_reader,
-        namespaces: ns_reader,
-        policy: cfg.policy.clone(),
-        recorder,
-        metrics: metrics.clone(),
-        quarantine: cfg.quarantine,
-        reported: tokio::sync::Mutex::new(HashMap::new()),
-    });
     let started = Instant::now();
-    ctx.services.wait_until_ready().await.map_err(|e| anyhow::anyhow!("service reflector: {e}"))?;
-    ctx.namespaces.wait_until_ready().await.map_err(|e| anyhow::anyhow!("namespace reflector: {e}"))?;
-    info!(services = ctx.services.state().len(), elapsed_ms = started.elapsed().as_millis() as u64, "caches synced");
-    let _ = phase_tx.send(Phase::Standby);
-
-    tokio::pin!(shutdown);
-    let mut retry_at: BTreeMap<Instant, Vec<Work>> = BTreeMap::new();
-    let mut metrics_tick = tokio::time::interval(Duration::from_secs(10));
-    'outer: loop {
-        // Standby: wait for the lease, draining the queue (the leader's first pass covers all).
-        while !*leader_rx.borrow() {
-            metrics.leader.set(0);
-            let _ = phase_tx.send(Phase::Standby);
-            tokio::select! {
-                () = &mut shutdown => break 'outer,
-                r = leader_rx.changed() => if r.is_err() { break 'outer },
-                _ = work_rx.recv() => {}
-            }
-        }
-        metrics.leader.set(1);
-        let pass = Instant::now();
-        let adopted = full_pass(&ctx).await;
-        info!(services = adopted, elapsed_ms = pass.elapsed().as_millis() as u64, "leading: initial pass done");
-        let _ = phase_tx.send(Phase::Leading);
-        loop {
-            let next_retry = retry_at.keys().next().copied();
-            tokio::select! {
-                () = &mut shutdown => break 'outer,
-                r = leader_rx.changed() => {
-                    if r.is_err() { break 'outer }
-                    if !*leader_rx.borrow() { info!("lost the lease: standing by"); continue 'outer; }
-                }
-                w = work_rx.recv() => {
-                    let Some(w) = w else { break 'outer };
-                    if let Err(e) = handle(&ctx, &w).await {
-                        warn!(service = %w.key, error = %e, "reconcile failed; retrying");
-                        ctx.metrics.fail(match e { ReconcileError::Kube(_) => "kubernetes", ReconcileError::Store(_) => "store" });
-                        retry_at.entry(Instant::now() + Duration::from_secs(2)).or_default().push(w);
-                    }
-                }
-                _ = async { match next_retry { Some(t) => tokio::time::sleep_until(t.into()).await, None => std::future::pending().await } } => {
-                    if let Some((_, ws)) = retry_at.pop_first() {
-                        for w in ws { let _ = work_tx.send(w); }
-                    }
-                }
-                _ = metrics_tick.tick() => ctx.refresh_pool_metrics().await,
-            }
-        }
+    let res = ctx.reconcile_service(&svc).await;
+    ctx.metrics.reconcile_seconds.observe(started.elapsed().as_secs_f64());
+    res?;
+    if let Some(key) = key_of(&svc) {
+        locked(&ctx.attempts).remove(&key);
     }
-    let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(5), lease_task).await;
-    for t in tasks {
-        t.abort();
-    }
-    ctx.store.close().await;
-    info!("controller stopped");
-    Ok(())
+    Ok(Action::await_change())
 }
 
-/// Keeps `writer`'s cache of every `K` up to date (without managedFields: most of a cached
-/// object, never read here), logs watch errors, and calls `on_event` for every event after
-/// the cache has applied it. Shared by the controller and the speaker.
-pub(crate) fn reflect<K>(
-    api: Api<K>,
-    writer: reflector::store::Writer<K>,
-    what: &'static str,
-    mut on_event: impl FnMut(&watcher::Event<K>) + Send + 'static,
-) -> tokio::task::JoinHandle<()>
-where
-    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
-{
-    tokio::spawn(async move {
-        let stream = watcher(api, watcher::Config::default())
-            .default_backoff()
-            .modify(|o: &mut K| o.meta_mut().managed_fields = None)
-            .reflect(writer);
-        futures::pin_mut!(stream);
-        while let Some(ev) = stream.next().await {
-            match ev {
-                Ok(ev) => on_event(&ev),
-                Err(e) => warn!(error = %e, "{what} watch error"),
-            }
-        }
-    })
+/// The retry delay after `attempts` consecutive failures: 0.5 s doubling up to 60 s.
+pub fn backoff(attempts: u32) -> Duration {
+    let ms = 500u64.saturating_mul(1u64 << attempts.saturating_sub(1).min(7));
+    Duration::from_millis(ms.min(60_000))
 }
 
-async fn handle(ctx: &Ctx, w: &Work) -> Result<(), ReconcileError> {
-    let r = ObjectRef::<Service>::new(w.key.name()).within(w.key.namespace());
-    match ctx.services.get(&r) {
-        Some(svc) => {
-            // A re-created Service with the same name is a new object: serve it.
-            ctx.reconcile(&svc).await
+/// kube-runtime's error policy: count the failure, retry with per-Service backoff.
+pub fn error_policy(svc: Arc<Service>, err: &ReconcileError, ctx: Arc<Ctx>) -> Action {
+    ctx.metrics.fail(err.reason());
+    let n = match key_of(&svc) {
+        Some(key) => {
+            let mut a = locked(&ctx.attempts);
+            let n = a.entry(key).or_insert(0);
+            *n = n.saturating_add(1);
+            *n
         }
-        None => ctx.release_deleted(&w.key, w.deleted_uid.as_ref()).await,
-    }
+        None => 1,
+    };
+    let delay = backoff(n);
+    warn!(service = ?key_of(&svc), error = %err, attempt = n, retry_in_ms = delay.as_millis() as u64, "reconcile failed");
+    Action::requeue(delay)
 }
 
 /// Adopts Services whose status shows addresses, then serves the others, then releases
 /// allocations whose Service no longer exists. All allocations of the pass go through the
 /// store in one transaction. Returns how many Services were seen.
-async fn full_pass(ctx: &Ctx) -> usize {
-    let all = ctx.services.state();
+async fn full_pass(ctx: &Ctx, services: &Reflector<Service>) -> usize {
+    let all = services.state();
     let (with_status, without): (Vec<_>, Vec<_>) = all.iter().partition(|s| !decide::status_addresses(s).is_empty());
     let mut batch = Vec::new();
     for svc in with_status.into_iter().chain(without) {
@@ -471,7 +511,7 @@ async fn full_pass(ctx: &Ctx) -> usize {
                 batch.push((svc, request, status_addresses, warnings))
             }
             _ => {
-                if let Err(e) = ctx.reconcile(svc).await {
+                if let Err(e) = ctx.reconcile_service(svc).await {
                     warn!(service = ?key_of(svc), error = %e, "reconcile failed during the initial pass");
                 }
             }
@@ -479,11 +519,12 @@ async fn full_pass(ctx: &Ctx) -> usize {
     }
     let requests: Vec<_> = batch.iter().map(|(_, r, _, _)| r.clone()).collect();
     let started = Instant::now();
-    match ctx.store.allocate_many(&requests, Timestamp::now(), ctx.quarantine).await {
+    match ctx.app.allocate_many(&requests).await {
         Ok(results) => {
             ctx.metrics.allocation_seconds.observe(started.elapsed().as_secs_f64());
             for ((svc, _, status, warnings), res) in batch.iter().zip(results) {
                 ctx.metrics.reconciles.inc();
+                let res = res.map_err(|e: IpamError| ApiError::from(e));
                 if let Err(e) = ctx.apply_outcome(svc, status, warnings, res).await {
                     warn!(service = ?key_of(svc), error = %e, "could not write the outcome during the initial pass");
                 }
@@ -492,87 +533,284 @@ async fn full_pass(ctx: &Ctx) -> usize {
         Err(e) => {
             warn!(error = %e, "the batched initial pass failed; reconciling services one by one");
             for (svc, _, _, _) in &batch {
-                if let Err(e) = ctx.reconcile(svc).await {
+                if let Err(e) = ctx.reconcile_service(svc).await {
                     warn!(service = ?key_of(svc), error = %e, "reconcile failed during the initial pass");
                 }
             }
         }
     }
     let existing: HashSet<ServiceKey> = all.iter().filter_map(|s| key_of(s)).collect();
-    if let Ok(ipam) = ctx.store.snapshot().await {
-        let gone: Vec<ServiceKey> =
-            ipam.allocations().into_iter().map(|a| a.service.clone()).filter(|k| !existing.contains(k)).collect();
-        for key in gone {
-            if let Err(e) = ctx.release_deleted(&key, None).await {
-                warn!(service = %key, error = %e, "could not release the allocation of a deleted service");
+    match ctx.app.allocations().await {
+        Ok(allocs) => {
+            for key in allocs.into_iter().map(|a| a.service).filter(|k| !existing.contains(k)) {
+                if let Err(e) = ctx.release_deleted(&key, None).await {
+                    warn!(service = %key, error = %e, "could not release the allocation of a deleted service");
+                }
             }
         }
+        Err(e) => warn!(error = %e, "cannot list allocations"),
     }
     ctx.refresh_pool_metrics().await;
     all.len()
 }
 
-async fn apply_pools(store: &Store, path: &std::path::Path) -> anyhow::Result<()> {
-    let desired = crate::config::read_pools_file(&path.display().to_string())?;
-    let report = store.apply(desired, true, false, Timestamp::now()).await?;
+/// Applies the pools file (prune, no force). Leader only.
+async fn apply_pools(app: &App, path: &std::path::Path) -> Result<(), ApiError> {
+    let p = path.display().to_string();
+    let config = tokio::task::spawn_blocking(move || read_pools_file(&p))
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("reading the pools file: {e}")))??;
+    let report = app.apply(config, ApplyOptions { prune: true, force: false }).await?;
     if report.changed {
         info!(file = %path.display(), "pools applied");
     }
     Ok(())
 }
 
-/// Re-applies the pools file when it changes, then re-queues every Service.
-async fn watch_pools_file(
-    path: PathBuf,
-    store_url: String,
-    tx: mpsc::UnboundedSender<Work>,
-    services: Reflector<Service>,
-) {
-    let mtime = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let mut last = mtime(&path);
-    loop {
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let now = mtime(&path);
-        if now == last {
-            continue;
+async fn mtime(p: &std::path::Path) -> Option<SystemTime> {
+    tokio::fs::metadata(p).await.and_then(|m| m.modified()).ok()
+}
+
+/// What the binary serves: metrics, readiness and liveness.
+#[derive(Debug, Clone)]
+pub struct Handles {
+    pub metrics: Metrics,
+    pub phase: watch::Receiver<Phase>,
+    pub health: Health,
+}
+
+/// Runs the controller until `shutdown` completes. `handles` is filled in once the
+/// controller is set up (the binary serves them).
+pub async fn run(
+    client: Client,
+    cfg: ControllerConfig,
+    health: Health,
+    metrics: Metrics,
+    ready: impl FnOnce(Handles),
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ApiError> {
+    // This replica's own store; nothing is written to it before this replica leads.
+    let app = App::open(&cfg.store_url, &format!("controller:{}", cfg.lease.identity), cfg.quarantine).await?;
+    let (ns_reader, ns_writer) = reflector::store::<Namespace>();
+    let ns_task = reflect(Api::<Namespace>::all(client.clone()), ns_writer, "namespace", |_| {});
+    let ctx =
+        Arc::new(Ctx::new(client.clone(), app, ns_reader, cfg.policy.clone(), &cfg.lease.identity, metrics.clone()));
+    ready(Handles { metrics: metrics.clone(), phase: ctx.phase(), health: health.clone() });
+
+    // The Service watch feeds the runtime; deletions are noted with their UIDs.
+    let (svc_reader, svc_writer) = reflector::store::<Service>();
+    let deletions = ctx.clone();
+    let stream = watcher(Api::<Service>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .modify(|o: &mut Service| o.meta_mut().managed_fields = None)
+        .reflect(svc_writer)
+        .inspect(move |ev| {
+            if let Ok(watcher::Event::Delete(s)) = ev {
+                if let Some(key) = key_of(s) {
+                    let uid = s.metadata.uid.as_deref().and_then(|u| u.parse().ok());
+                    locked(&deletions.deleted).insert(key, uid);
+                }
+            }
+        })
+        .touched_objects();
+    let (all_tx, all_rx) = mpsc::channel::<()>(4);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let runtime_stop = {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
         }
-        last = now;
-        let res = async {
-            let store = Store::open(&store_url).await?.with_actor("controller:pools-file");
-            apply_pools(&store, &path).await
+    };
+    let runner = {
+        let ctx = ctx.clone();
+        let results_ctx = ctx.clone();
+        Controller::for_stream(stream, svc_reader.clone())
+            .with_config(ControllerRuntimeConfig::default().concurrency(8))
+            .reconcile_all_on(tokio_stream_from(all_rx))
+            .graceful_shutdown_on(runtime_stop)
+            .run(reconcile, error_policy, ctx)
+            .for_each(move |res| {
+                let ctx = results_ctx.clone();
+                async move {
+                    match res {
+                        Ok(_) => {}
+                        Err(ControllerError::ObjectNotFound(r)) => {
+                            let Some(key) = r.namespace.as_deref().and_then(|ns| ServiceKey::new(ns, &r.name).ok())
+                            else {
+                                return;
+                            };
+                            // Not leading: the entry waits for the next term's pass.
+                            if ctx.leading() {
+                                let uid = locked(&ctx.deleted).remove(&key).flatten();
+                                if let Err(e) = ctx.release_deleted(&key, uid.as_ref()).await {
+                                    warn!(service = %key, error = %e, "could not release a deleted service");
+                                }
+                            }
+                        }
+                        Err(ControllerError::ReconcilerFailed(..)) => {}
+                        Err(e) => warn!(error = %e, "controller"),
+                    }
+                }
+            })
+    };
+    let runner = tokio::spawn(runner);
+
+    let (lead_tx, mut lead_rx) = watch::channel(Leadership::default());
+    let lease_task = tokio::spawn(lease::run(
+        client.clone(),
+        cfg.lease.clone(),
+        lead_tx,
+        ctx.notes.subscribe(),
+        stop_rx.clone(),
+        health.register("lease", STALLED_AFTER),
+    ));
+
+    let started = Instant::now();
+    let synced = async {
+        svc_reader.wait_until_ready().await.map_err(|e| format!("service reflector: {e}"))?;
+        ctx.namespaces.wait_until_ready().await.map_err(|e| format!("namespace reflector: {e}"))
+    };
+    tokio::pin!(shutdown);
+    tokio::select! {
+        r = synced => r.map_err(|e| ApiError::new(ErrorCode::Internal, e))?,
+        () = &mut shutdown => {
+            let _ = stop_tx.send(true);
+            return Ok(());
         }
-        .await;
-        match res {
-            Ok(()) => {
-                for s in services.state() {
-                    if let Some(key) = key_of(&s) {
-                        let _ = tx.send(Work { key, deleted_uid: None });
+    }
+    info!(services = svc_reader.state().len(), elapsed_ms = started.elapsed().as_millis() as u64, "caches synced");
+    ctx.set_phase(Phase::Standby);
+
+    let beat = health.register("leader", STALLED_AFTER);
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut metrics_every = 0u32;
+    'outer: loop {
+        // Standby: keep the caches warm, write nothing.
+        metrics.leader.set(0);
+        ctx.set_phase(Phase::Standby);
+        while !lead_rx.borrow_and_update().leading {
+            beat.beat();
+            tokio::select! {
+                () = &mut shutdown => break 'outer,
+                r = lead_rx.changed() => if r.is_err() { break 'outer },
+                _ = tick.tick() => {}
+            }
+        }
+        let term = lead_rx.borrow().clone();
+        metrics.leader.set(1);
+        let pass = Instant::now();
+        // A new term starts over: the pools file, allocations rebuilt from the cluster,
+        // the quarantine the previous leader left in the Lease.
+        let mut pools_mtime = None;
+        if let Some(path) = &cfg.pools_file {
+            pools_mtime = mtime(path).await;
+            if let Err(e) = apply_pools(&ctx.app, path).await {
+                warn!(file = %path.display(), error = %e, "pools file not applied; keeping the current pools");
+            }
+        }
+        match ctx.app.forget_allocations().await {
+            Ok(n) if n > 0 => {
+                info!(entries = n, "forgot the allocations of the last term; rebuilding from the cluster")
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "cannot reset the store's allocations"),
+        }
+        if let Some(note) = term.inherited.get(ANN_QUARANTINE) {
+            match ctx.app.restore_quarantine(parse_quarantine_note(note)).await {
+                Ok(r) => info!(entries = r.len(), "took the quarantine over from the Lease"),
+                Err(e) => warn!(error = %e, "cannot restore the quarantine"),
+            }
+        }
+        // Deletions seen while standing by are covered by the pass's sweep.
+        locked(&ctx.deleted).clear();
+        let seen = full_pass(&ctx, &svc_reader).await;
+        ctx.set_phase(Phase::Leading);
+        // Deletions that arrived during the pass.
+        let late: Vec<(ServiceKey, Option<Uid>)> = locked(&ctx.deleted).drain().collect();
+        for (key, uid) in late {
+            let present = svc_reader.get(&ObjectRef::new(key.name()).within(key.namespace())).is_some();
+            if !present {
+                if let Err(e) = ctx.release_deleted(&key, uid.as_ref()).await {
+                    warn!(service = %key, error = %e, "could not release a deleted service");
+                }
+            }
+        }
+        ctx.publish_quarantine().await;
+        info!(services = seen, elapsed_ms = pass.elapsed().as_millis() as u64, "leading: initial pass done");
+        let _ = all_tx.try_send(());
+        loop {
+            beat.beat();
+            tokio::select! {
+                () = &mut shutdown => break 'outer,
+                r = lead_rx.changed() => {
+                    if r.is_err() { break 'outer }
+                    let now = lead_rx.borrow().clone();
+                    if !now.leading || now.term != term.term {
+                        info!("lost the lease: standing by");
+                        continue 'outer;
+                    }
+                }
+                _ = tick.tick() => {
+                    if let Some(path) = &cfg.pools_file {
+                        let m = mtime(path).await;
+                        if m != pools_mtime {
+                            pools_mtime = m;
+                            match apply_pools(&ctx.app, path).await {
+                                Ok(()) => { let _ = all_tx.try_send(()); }
+                                Err(e) => warn!(file = %path.display(), error = %e, "pools file not applied; keeping the current pools"),
+                            }
+                        }
+                    }
+                    metrics_every += 1;
+                    if metrics_every % 5 == 0 {
+                        ctx.refresh_pool_metrics().await;
                     }
                 }
             }
-            Err(e) => {
-                warn!(file = %path.display(), error = %format!("{e:#}"), "pools file not applied; keeping the current pools")
-            }
         }
     }
+    beat.done();
+    ctx.set_phase(Phase::Standby);
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), lease_task).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), runner).await;
+    ns_task.abort();
+    ctx.app.close().await;
+    info!("controller stopped");
+    Ok(())
 }
 
-async fn serve(addr: SocketAddr, metrics: Metrics, phase: watch::Receiver<Phase>) -> anyhow::Result<()> {
-    use axum::http::StatusCode;
-    let router = crate::server::metrics_router(move || metrics.encode()).route(
-        "/readyz",
-        axum::routing::get(move || {
-            let p = *phase.borrow();
-            async move {
-                match p {
-                    Phase::Starting => (StatusCode::SERVICE_UNAVAILABLE, "starting\n"),
-                    Phase::Standby => (StatusCode::OK, "standby\n"),
-                    Phase::Leading => (StatusCode::OK, "leading\n"),
-                }
-            }
-        }),
-    );
-    crate::server::spawn(addr, router).await.map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr}: {e}"))?;
-    debug!(%addr, "serving metrics");
-    Ok(())
+/// An mpsc receiver as a stream of `()`.
+fn tokio_stream_from(mut rx: mpsc::Receiver<()>) -> impl futures::Stream<Item = ()> + Send + 'static {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        assert_eq!(backoff(1), Duration::from_millis(500));
+        assert_eq!(backoff(2), Duration::from_secs(1));
+        assert_eq!(backoff(4), Duration::from_secs(4));
+        assert_eq!(backoff(30), Duration::from_secs(60), "capped at a minute");
+    }
+
+    #[test]
+    fn the_quarantine_note_round_trips_and_is_bounded() {
+        let q: Vec<Quarantined> = (0..1500u32)
+            .map(|i| Quarantined {
+                address: IpAddr::V6(std::net::Ipv6Addr::from(0x2001_0db8_u128 << 96 | u128::from(i))),
+                service: format!("ns/s{i}").parse().unwrap(),
+                until: Timestamp(i64::from(i)),
+            })
+            .collect();
+        let note = quarantine_note(&q);
+        let back = parse_quarantine_note(&note);
+        assert_eq!(back.len(), QUARANTINE_NOTE_MAX, "at most {QUARANTINE_NOTE_MAX} entries travel");
+        assert_eq!(back[0].until, Timestamp(1499), "the newest are kept");
+        assert!(parse_quarantine_note("not json").is_empty(), "a broken note is ignored, not fatal");
+    }
 }

@@ -12,7 +12,7 @@ use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::Service;
 
-use crate::model::{AllocRequest, FamilyRequest, Labels, PoolName, Port, ServiceKey, SharingKey, Uid};
+use vipvisor_model::{AllocRequest, FamilyRequest, Labels, PoolName, Port, ServiceKey, SharingKey, Uid};
 
 pub const ANN_ADDRESSES: &str = "vipvisor.io/addresses";
 pub const ANN_POOL: &str = "vipvisor.io/pool";
@@ -171,16 +171,18 @@ pub fn decide(svc: &Service, ns_labels: &Labels, policy: &ClassPolicy) -> Decisi
             });
         }
     }
-    // Dual-stack when asked for and possible; otherwise the first family.
+    // RequireDualStack: both families; PreferDualStack: both where the pool has both (the
+    // cluster assigned both families), else one; otherwise the first family.
     let families = spec.ip_families.clone().unwrap_or_default();
-    let policy_dual = matches!(spec.ip_family_policy.as_deref(), Some("RequireDualStack" | "PreferDualStack"));
     if request.addresses.is_empty() {
-        request.family = match (policy_dual && families.len() > 1, families.first().map(String::as_str)) {
-            (true, _) => Some(FamilyRequest::Dual),
-            (false, Some("IPv6")) => Some(FamilyRequest::Ipv6),
-            (false, Some("IPv4")) => Some(FamilyRequest::Ipv4),
-            _ => None,
-        };
+        request.family =
+            match (spec.ip_family_policy.as_deref(), families.len() > 1, families.first().map(String::as_str)) {
+                (Some("RequireDualStack"), true, _) => Some(FamilyRequest::Dual),
+                (Some("PreferDualStack"), true, _) => Some(FamilyRequest::PreferDual),
+                (_, _, Some("IPv6")) => Some(FamilyRequest::Ipv6),
+                (_, _, Some("IPv4")) => Some(FamilyRequest::Ipv4),
+                _ => None,
+            };
     }
     request.ports = spec
         .ports
@@ -325,5 +327,21 @@ mod tests {
         let v6 =
             lb(serde_json::json!({}), serde_json::json!({"ipFamilies": ["IPv6"], "ipFamilyPolicy": "SingleStack"}));
         assert_eq!(allocate(decide(&v6, &Labels::new(), &P())).0.family, Some(FamilyRequest::Ipv6));
+        let prefer = lb(
+            serde_json::json!({}),
+            serde_json::json!({"ipFamilies": ["IPv6", "IPv4"], "ipFamilyPolicy": "PreferDualStack"}),
+        );
+        assert_eq!(
+            allocate(decide(&prefer, &Labels::new(), &P())).0.family,
+            Some(FamilyRequest::PreferDual),
+            "PreferDualStack: dual where the pool has both families"
+        );
+        let prefer_single =
+            lb(serde_json::json!({}), serde_json::json!({"ipFamilies": ["IPv6"], "ipFamilyPolicy": "PreferDualStack"}));
+        assert_eq!(
+            allocate(decide(&prefer_single, &Labels::new(), &P())).0.family,
+            Some(FamilyRequest::Ipv6),
+            "a single-stack cluster gave the Service one family"
+        );
     }
 }

@@ -3,7 +3,7 @@
 //! Each speaker watches Services with assigned addresses, Nodes and EndpointSlices
 //! (`discovery.k8s.io/v1`, or `v1beta1` where the server has no v1), gossips with the
 //! speakers on the other nodes (peers are the Nodes' InternalIPs on the gossip port), and
-//! computes the owner of every VIP with [`crate::election`] from facts every speaker shares:
+//! computes the owner of every VIP with [`vipvisor_gossip::election`] from facts every speaker shares:
 //! live members that are Ready Nodes without the exclude label, and under
 //! `externalTrafficPolicy: Local` only nodes with a ready endpoint of the Service. It
 //! announces the VIPs it owns. The owner reports itself on the Service
@@ -25,16 +25,19 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
+use vipvisor_gossip::election::{NodeFacts, VipFacts};
+use vipvisor_gossip::membership::{GossipTiming, Live, MemberConfig, Membership, Sealer};
+use vipvisor_gossip::ownership::{self, Facts, OwnerTracker};
+use vipvisor_health::Health;
+use vipvisor_l2::engine::Timing;
+use vipvisor_l2::groups::Groups;
+use vipvisor_l2::link::{self, LinkInfo};
+use vipvisor_l2::metrics::Metrics;
+use vipvisor_l2::{wire, ConflictReport, Owned, Prepared, SpeakerError, STALLED_AFTER};
+use vipvisor_model::ServiceKey;
 
-use super::decide::{self, ClassPolicy, ANN_ANNOUNCING};
-use super::reflect;
-use crate::announce::engine::{Iface, Timing};
-use crate::announce::link::{self, LinkInfo};
-use crate::announce::metrics::Metrics;
-use crate::announce::{open_links, wire, OwnerTracker, Speaker, SpeakerError};
-use crate::election::{owners_by_start, NodeFacts, VipFacts};
-use crate::membership::{GossipTiming, Live, Membership, Sealer};
-use crate::model::ServiceKey;
+use crate::decide::{self, ClassPolicy, ANN_ANNOUNCING};
+use crate::reflect::reflect;
 
 /// The label that keeps a node out of load-balancer duty.
 pub const EXCLUDE_LABEL: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
@@ -48,7 +51,6 @@ pub struct KubeSpeakerConfig {
     /// Interfaces to answer on; empty: every uplink-like interface ([`link::autodetect`]).
     pub interfaces: Vec<String>,
     pub timing: Timing,
-    pub metrics_addr: Option<SocketAddr>,
     pub gossip_port: u16,
     /// Default: this Node's InternalIP (what the other speakers join).
     pub gossip_bind: Option<IpAddr>,
@@ -172,20 +174,21 @@ pub fn node_facts<'a>(nodes: impl IntoIterator<Item = &'a Node>, members: &Live)
         .keys()
         .map(|name| {
             let (ready, excluded) = state.get(name.as_str()).copied().unwrap_or((false, false));
-            NodeFacts { name: name.clone(), live: true, ready, excluded, candidate_since: None }
+            NodeFacts { name: name.clone(), live: true, ready, excluded }
         })
         .collect()
 }
 
-/// The owner of every VIP ([`crate::election::owners_by_start`] over the members' start times).
+/// The owner of every VIP ([`vipvisor_gossip::election::owners`] over the members'
+/// settledness).
 pub fn owners(
     vips: &BTreeMap<IpAddr, (VipFacts, Vec<ServiceKey>)>,
     nodes: &[NodeFacts],
     members: &Live,
-    now_ms: i64,
-    hold: Duration,
 ) -> BTreeMap<IpAddr, Option<String>> {
-    owners_by_start(vips.values().map(|(f, _)| f), nodes, |n| members.get(n).map(|m| m.started_ms), now_ms, hold)
+    vipvisor_gossip::election::owners(vips.values().map(|(f, _)| f), nodes, |n| {
+        members.get(n).is_some_and(|m| m.settled)
+    })
 }
 
 /// The gossip addresses of every Node but `me`: their InternalIP on `port`.
@@ -313,28 +316,100 @@ async fn watch_slices(api: Api<DynamicObject>, slices: Slices, changed: Changes,
 /// What this node announces now: VIP → interface name.
 type Announcing = BTreeMap<IpAddr, String>;
 
+#[derive(Debug, thiserror::Error)]
+pub enum KubeSpeakerError {
+    #[error(transparent)]
+    Speaker(#[from] SpeakerError),
+    #[error(transparent)]
+    Link(#[from] link::LinkError),
+    #[error("no interface that is up with an Ethernet MAC and a global address; expected --interface IF")]
+    NoInterface,
+    #[error("no address to bind gossip to; expected --gossip-bind or a Node InternalIP")]
+    NoGossipAddress,
+    #[error("{0}")]
+    Watch(String),
+}
+
+/// The Kubernetes facts for the ownership loop: VIPs from Services, candidates from Nodes
+/// and EndpointSlices; after each round it keeps the solicited-node groups and the
+/// report of what this node announces in step.
+struct KubeFacts {
+    services: Reflector<Service>,
+    nodes: Reflector<Node>,
+    slices: Slices,
+    changed: watch::Receiver<u64>,
+    membership: Arc<Membership>,
+    me: String,
+    policy: ClassPolicy,
+    port: u16,
+    links: Vec<LinkInfo>,
+    vips: BTreeSet<IpAddr>,
+    no_iface_warned: BTreeSet<IpAddr>,
+    groups: Groups,
+    announcing: watch::Sender<Announcing>,
+}
+
+impl Facts for KubeFacts {
+    fn round(&mut self, members: &Live) -> (Vec<VipFacts>, Vec<NodeFacts>) {
+        let nodes = self.nodes.state();
+        self.membership.set_peers(peer_addrs(&nodes, &self.me, self.port));
+        let services = self.services.state();
+        let slice_list: Vec<SliceInfo> = lock_slices(&self.slices).values().cloned().collect();
+        let vips = vip_facts(services.iter().map(|s| s.as_ref()), &slice_list, &self.policy);
+        self.vips = vips.keys().copied().collect();
+        self.no_iface_warned.retain(|v| self.vips.contains(v));
+        let facts = node_facts(nodes.iter().map(|n| n.as_ref()), members);
+        (vips.into_values().map(|(f, _)| f).collect(), facts)
+    }
+
+    fn place(&mut self, vip: &IpAddr) -> Option<usize> {
+        let i = self.links.iter().position(|l| l.subnet_of(vip).is_some());
+        if i.is_none() && self.no_iface_warned.insert(*vip) {
+            warn!(%vip, "this node owns the VIP but has no interface in a subnet containing it; not announcing");
+        }
+        i
+    }
+
+    fn owned(&mut self, owned: &[Owned]) {
+        // Solicited-node groups for exactly the IPv6 VIPs this node answers for.
+        let placed: Vec<(IpAddr, usize)> = owned.iter().map(|o| (o.vip, o.iface)).collect();
+        if let Err((vip, iface, e)) = self.groups.sync(&placed) {
+            warn!(%vip, %iface, error = %e, "cannot join the solicited-node group");
+        }
+        let announcing: Announcing = owned.iter().map(|o| (o.vip, self.links[o.iface].name.clone())).collect();
+        self.announcing.send_if_modified(|cur| {
+            let changed = *cur != announcing;
+            if changed {
+                *cur = announcing;
+            }
+            changed
+        });
+    }
+
+    async fn changed(&mut self) -> bool {
+        self.changed.changed().await.is_ok()
+    }
+}
+
 /// Runs the speaker in Kubernetes mode until `shutdown`.
 pub async fn run(
     client: Client,
     cfg: KubeSpeakerConfig,
+    metrics: Metrics,
+    health: &Health,
     shutdown: impl std::future::Future<Output = ()>,
-) -> anyhow::Result<()> {
+) -> Result<(), KubeSpeakerError> {
     let links: Vec<LinkInfo> = if cfg.interfaces.is_empty() {
         link::autodetect()?
     } else {
         cfg.interfaces.iter().map(|n| link::lookup(n)).collect::<Result<_, _>>()?
     };
     if links.is_empty() {
-        anyhow::bail!("no interface that is up with an Ethernet MAC and a global address; expected --interface IF");
+        return Err(KubeSpeakerError::NoInterface);
     }
-    let (sockets, mut groups) = open_links(&links)?;
-    let metrics = Metrics::new();
-    if let Some(addr) = cfg.metrics_addr {
-        crate::announce::serve_metrics(addr, metrics.clone()).await?;
-    }
-    let ifaces = links.iter().map(|l| Iface { name: l.name.clone(), mac: l.mac }).collect();
-    let (conflict_tx, conflict_rx) = tokio::sync::mpsc::unbounded_channel();
-    let speaker = Speaker::new(ifaces, sockets, cfg.timing, metrics.clone()).report_conflicts(conflict_tx);
+    let (conflict_tx, conflict_rx) = tokio::sync::mpsc::channel(256);
+    let Prepared { links, speaker, groups, .. } = Prepared::on_links(links, Vec::new(), cfg.timing, metrics, health)?;
+    let speaker = speaker.report_conflicts(conflict_tx);
 
     // Watches.
     let changed: Changes = Arc::new(watch::channel(0u64).0);
@@ -353,8 +428,8 @@ pub async fn run(
             slices_synced_tx,
         )),
     ];
-    svc_reader.wait_until_ready().await.map_err(|e| anyhow::anyhow!("service reflector: {e}"))?;
-    node_reader.wait_until_ready().await.map_err(|e| anyhow::anyhow!("node reflector: {e}"))?;
+    svc_reader.wait_until_ready().await.map_err(|e| KubeSpeakerError::Watch(format!("service reflector: {e}")))?;
+    node_reader.wait_until_ready().await.map_err(|e| KubeSpeakerError::Watch(format!("node reflector: {e}")))?;
     let _ = slices_synced.wait_for(|s| *s).await;
     info!(
         node = %cfg.node_name,
@@ -374,18 +449,18 @@ pub async fn run(
         .gossip_bind
         .or_else(|| me_node.as_deref().and_then(internal_ip))
         .or_else(|| links.iter().flat_map(|l| l.subnets.iter()).find(|n| n.is_ipv4()).map(|n| n.ip()))
-        .ok_or_else(|| anyhow::anyhow!("no address to bind gossip to; expected --gossip-bind or a Node InternalIP"))?;
+        .ok_or(KubeSpeakerError::NoGossipAddress)?;
     let bind = SocketAddr::new(bind_ip, cfg.gossip_port);
-    let macs: Vec<[u8; 6]> = links.iter().map(|l| l.mac.0).collect();
     let membership = Arc::new(
-        Membership::start(
-            &cfg.node_name,
-            macs,
+        Membership::start(MemberConfig {
+            name: cfg.node_name.clone(),
+            macs: links.iter().map(|l| l.mac.0).collect(),
             bind,
-            peer_addrs(&node_reader.state(), &cfg.node_name, cfg.gossip_port),
-            cfg.sealer.clone(),
-            cfg.gossip_timing,
-        )
+            peers: peer_addrs(&node_reader.state(), &cfg.node_name, cfg.gossip_port),
+            sealer: cfg.sealer.clone(),
+            timing: cfg.gossip_timing,
+            hold: cfg.hold,
+        })
         .await
         .map_err(|e| SpeakerError::Gossip(e.to_string()))?,
     );
@@ -397,65 +472,24 @@ pub async fn run(
     }
 
     let (announcing_tx, announcing_rx) = watch::channel(Announcing::new());
-    let (mut tracker, owned_rx) = OwnerTracker::new(&speaker, &cfg.node_name);
-    let ownership = {
-        let (svc_reader, node_reader, slices, mut changed, membership) =
-            (svc_reader.clone(), node_reader.clone(), slices.clone(), changed.subscribe(), membership.clone());
-        let (me, policy, hold, port) = (cfg.node_name.clone(), cfg.policy.clone(), cfg.hold, cfg.gossip_port);
-        let links = links.clone();
-        tokio::spawn(async move {
-            let mut no_iface_warned: BTreeSet<IpAddr> = BTreeSet::new();
-            loop {
-                let members = live.borrow_and_update().clone();
-                tracker.members(&members);
-                let nodes = node_reader.state();
-                membership.set_peers(peer_addrs(&nodes, &me, port));
-                let services = svc_reader.state();
-                let slice_list: Vec<SliceInfo> = lock_slices(&slices).values().cloned().collect();
-                let vips = vip_facts(services.iter().map(|s| s.as_ref()), &slice_list, &policy);
-                let facts = node_facts(nodes.iter().map(|n| n.as_ref()), &members);
-                let chosen = owners(&vips, &facts, &members, crate::model::Timestamp::now().0, hold);
-                let owned = tracker.round(&chosen, |vip| {
-                    let i = links.iter().position(|l| l.subnet_of(vip).is_some());
-                    if i.is_none() && no_iface_warned.insert(*vip) {
-                        warn!(%vip, "this node owns the VIP but has no interface in a subnet containing it; not announcing");
-                    }
-                    i
-                });
-                no_iface_warned.retain(|v| chosen.contains_key(v));
-                // Solicited-node groups for the IPv6 VIPs this node answers for.
-                for (i, g) in groups.iter_mut().enumerate() {
-                    for o in owned.iter().filter(|o| o.iface == i) {
-                        if let IpAddr::V6(v6) = o.vip {
-                            if let Err(e) = g.join(wire::solicited_node(v6)) {
-                                warn!(vip = %o.vip, error = %e, "cannot join the solicited-node group");
-                            }
-                        }
-                    }
-                }
-                let announcing: Announcing = owned.iter().map(|o| (o.vip, links[o.iface].name.clone())).collect();
-                tracker.publish(owned);
-                announcing_tx.send_if_modified(|cur| {
-                    let changed = *cur != announcing;
-                    if changed {
-                        *cur = announcing;
-                    }
-                    changed
-                });
-                // Membership, objects, and the passing of hold times can move VIPs.
-                tokio::select! {
-                    r = live.changed() => if r.is_err() { return },
-                    r = changed.changed() => {
-                        if r.is_err() { return }
-                        // Let a burst of watch events settle into one recomputation.
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-                }
-            }
-        })
+    let (tracker, owned_rx) = OwnerTracker::new(&speaker, &cfg.node_name);
+    let facts = KubeFacts {
+        services: svc_reader.clone(),
+        nodes: node_reader.clone(),
+        slices: slices.clone(),
+        changed: changed.subscribe(),
+        membership: membership.clone(),
+        me: cfg.node_name.clone(),
+        policy: cfg.policy.clone(),
+        port: cfg.gossip_port,
+        links: links.clone(),
+        vips: BTreeSet::new(),
+        no_iface_warned: BTreeSet::new(),
+        groups,
+        announcing: announcing_tx,
     };
-    tasks.push(ownership);
+    let beat = health.register("ownership", STALLED_AFTER);
+    tasks.push(tokio::spawn(ownership::run(live, tracker, facts, beat.clone())));
     let recorder = Recorder::new(
         client.clone(),
         Reporter { controller: "vipvisor-speaker".into(), instance: Some(cfg.node_name.clone()) },
@@ -480,7 +514,9 @@ pub async fn run(
     for t in tasks {
         t.abort();
     }
-    // Say goodbye so the others take over at once instead of waiting to detect us.
+    beat.done();
+    // Say goodbye so the others take over at once instead of waiting to detect us. (The
+    // ownership task held the groups; aborting it dropped them, which leaves them.)
     membership.leave();
     tokio::time::sleep(Duration::from_millis(50)).await;
     info!("speaker stopped");
@@ -576,15 +612,18 @@ async fn report(
 }
 
 /// Reports address conflicts as Warning Events on the Services that use the VIP, once per
-/// VIP and other host.
+/// VIP and other host (entries of VIPs no Service uses any more are forgotten).
 async fn report_conflicts(
     recorder: Recorder,
     services: Reflector<Service>,
     me: String,
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<crate::announce::ConflictReport>,
+    mut rx: tokio::sync::mpsc::Receiver<ConflictReport>,
 ) {
     let mut seen: BTreeSet<(IpAddr, wire::Mac)> = BTreeSet::new();
     while let Some(c) = rx.recv().await {
+        let state = services.state();
+        let in_use: BTreeSet<IpAddr> = state.iter().flat_map(|s| decide::status_addresses(s)).collect();
+        prune_seen(&mut seen, &in_use);
         if !seen.insert((c.vip, c.other)) {
             continue;
         }
@@ -593,7 +632,7 @@ async fn report_conflicts(
         } else {
             format!("{} is already in use by {} on {} (seen by node {me}); not announcing it", c.vip, c.other, c.iface)
         };
-        for svc in services.state().iter().filter(|s| decide::status_addresses(s).contains(&c.vip)) {
+        for svc in state.iter().filter(|s| decide::status_addresses(s).contains(&c.vip)) {
             let ev = KEvent {
                 type_: EventType::Warning,
                 reason: "AddressConflict".into(),
@@ -608,10 +647,15 @@ async fn report_conflicts(
     }
 }
 
+/// Forgets reported conflicts of VIPs that no Service uses any more.
+fn prune_seen(seen: &mut BTreeSet<(IpAddr, wire::Mac)>, in_use: &BTreeSet<IpAddr>) {
+    seen.retain(|(vip, _)| in_use.contains(vip));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::membership::MemberInfo;
+    use vipvisor_gossip::membership::MemberInfo;
 
     fn svc(v: serde_json::Value) -> Service {
         serde_json::from_value(v).unwrap()
@@ -636,7 +680,7 @@ mod tests {
         .unwrap()
     }
     fn members(names: &[&str]) -> Live {
-        names.iter().map(|n| (n.to_string(), MemberInfo { started_ms: 0, macs: vec![] })).collect()
+        names.iter().map(|n| (n.to_string(), MemberInfo { settled: true, macs: vec![] })).collect()
     }
 
     #[test]
@@ -716,7 +760,7 @@ mod tests {
         assert_eq!(internal_ip(&nodes[1]), Some("192.0.2.12".parse().unwrap()));
         let services = [lb("a", &["192.0.2.10"], "Cluster")];
         let v = vip_facts(services.iter(), [].iter(), &ClassPolicy::default());
-        let o = owners(&v, &f, &members(&["n1", "n2", "n3", "ghost"]), 0, Duration::ZERO);
+        let o = owners(&v, &f, &members(&["n1", "n2", "n3", "ghost"]));
         assert_eq!(o[&"192.0.2.10".parse().unwrap()], Some("n1".into()));
     }
 
@@ -731,10 +775,20 @@ mod tests {
             let slices =
                 [SliceInfo { service: ServiceKey::new("default", "web").unwrap(), ready_nodes: [only.into()].into() }];
             let v = vip_facts(services.iter(), slices.iter(), &ClassPolicy::default());
-            assert_eq!(owners(&v, &f, &m, 0, Duration::ZERO)[&vip].as_deref(), Some(only));
+            assert_eq!(owners(&v, &f, &m)[&vip].as_deref(), Some(only));
         }
         let v = vip_facts(services.iter(), [].iter(), &ClassPolicy::default());
-        assert_eq!(owners(&v, &f, &m, 0, Duration::ZERO)[&vip], None, "no ready endpoint: nobody announces");
+        assert_eq!(owners(&v, &f, &m)[&vip], None, "no ready endpoint: nobody announces");
+    }
+
+    #[test]
+    fn reported_conflicts_are_forgotten_with_their_vips() {
+        let a: IpAddr = "192.0.2.10".parse().unwrap();
+        let b: IpAddr = "192.0.2.11".parse().unwrap();
+        let mac = wire::Mac([2, 0, 0, 0, 0, 1]);
+        let mut seen: BTreeSet<(IpAddr, wire::Mac)> = [(a, mac), (b, mac)].into();
+        prune_seen(&mut seen, &[a].into());
+        assert_eq!(seen, [(a, mac)].into(), "b is no longer any Service's address");
     }
 
     #[test]

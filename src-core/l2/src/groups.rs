@@ -56,7 +56,8 @@ impl Groups {
         for (g, i) in join {
             let Some(m) = self.per_iface.get_mut(i) else { continue };
             if let Err(e) = m.join(g) {
-                let vip = vips.iter().find(|(v, vi)| *vi == i && matches!(v, IpAddr::V6(v6) if solicited_node(*v6) == g));
+                let vip =
+                    vips.iter().find(|(v, vi)| *vi == i && matches!(v, IpAddr::V6(v6) if solicited_node(*v6) == g));
                 let vip = vip.map_or(IpAddr::V6(g), |(v, _)| *v);
                 return Err((vip, self.names.get(i).cloned().unwrap_or_default(), e));
             }
@@ -97,7 +98,11 @@ mod tests {
         // on different interfaces; ::10 goes away.
         let (join, leave) = diff(&have, &[(v("2001:db8::1:10"), 1)]);
         assert!(join.is_empty());
-        assert_eq!(leave, vec![(solicited_node("2001:db8::10".parse().unwrap()), 0)], "the group of a VIP given up is left");
+        assert_eq!(
+            leave,
+            vec![(solicited_node("2001:db8::10".parse().unwrap()), 0)],
+            "the group of a VIP given up is left"
+        );
         // Two VIPs with one group on one interface: the group stays while either is owned.
         let have: BTreeSet<_> = [(solicited_node("2001:db8::10".parse().unwrap()), 0)].into();
         let (join, leave) = diff(&have, &[(v("2001:db8:1::10"), 0)]);

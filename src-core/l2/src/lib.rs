@@ -292,7 +292,8 @@ impl<L: Link> Speaker<L> {
         let (tx, mut rx) = mpsc::channel::<Event>(EVENT_QUEUE);
         let mut tasks = Vec::new();
         for i in 0..self.links.len() {
-            let (engine, links, tx, metrics) = (self.engine.clone(), self.links.clone(), tx.clone(), self.metrics.clone());
+            let (engine, links, tx, metrics) =
+                (self.engine.clone(), self.links.clone(), tx.clone(), self.metrics.clone());
             let beat = self.health.register("l2-receive", STALLED_AFTER);
             tasks.push(tokio::spawn(async move {
                 let mut buf = vec![0u8; 65536];
@@ -442,8 +443,13 @@ mod tests {
     async fn runner_answers_over_the_in_memory_link() {
         let timing = Timing { probe_timeout: Duration::from_millis(200), ..Timing::default() };
         let sp = Arc::new(
-            Speaker::new(vec![Iface { name: "mem0".into(), mac: NODE }], vec![MemLink::default()], timing, Metrics::new())
-                .unwrap(),
+            Speaker::new(
+                vec![Iface { name: "mem0".into(), mac: NODE }],
+                vec![MemLink::default()],
+                timing,
+                Metrics::new(),
+            )
+            .unwrap(),
         );
         let vip: std::net::Ipv4Addr = "192.0.2.100".parse().unwrap();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -536,7 +536,8 @@ impl Pool {
         sorted.sort_by_key(|(r, _)| (r.family(), r.first_raw()));
         for w in sorted.windows(2) {
             if w[0].0.overlaps(&w[1].0) {
-                let (a, b) = if addresses.iter().position(|x| x == w[0].1) < addresses.iter().position(|x| x == w[1].1) {
+                let (a, b) = if addresses.iter().position(|x| x == w[0].1) < addresses.iter().position(|x| x == w[1].1)
+                {
                     (w[0].1, w[1].1)
                 } else {
                     (w[1].1, w[0].1)
@@ -584,9 +585,8 @@ impl<'de> Deserialize<'de> for Pool {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use serde::de::Error;
         let mut m = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
-        let name: PoolName =
-            serde_json::from_value(m.remove("name").ok_or_else(|| D::Error::missing_field("name"))?)
-                .map_err(D::Error::custom)?;
+        let name: PoolName = serde_json::from_value(m.remove("name").ok_or_else(|| D::Error::missing_field("name"))?)
+            .map_err(D::Error::custom)?;
         let addresses: Vec<AddressBlock> =
             serde_json::from_value(m.remove("addresses").ok_or_else(|| D::Error::missing_field("addresses"))?)
                 .map_err(|e| D::Error::custom(format!("pool {:?}: {e}", name.as_str())))?;

@@ -11,19 +11,42 @@ use vipvisor_model::{AddressBlock, Allocation, Pool, PoolName, Port, ServiceKey,
 /// One recorded change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Audit {
-    AddressAllocated { allocation: Allocation },
-    AddressUpdated { allocation: Allocation, previous: Vec<IpAddr> },
-    AddressReleased { allocation: Allocation, quarantined_until: Option<Timestamp> },
+    AddressAllocated {
+        allocation: Allocation,
+    },
+    AddressUpdated {
+        allocation: Allocation,
+        previous: Vec<IpAddr>,
+    },
+    AddressReleased {
+        allocation: Allocation,
+        quarantined_until: Option<Timestamp>,
+    },
     /// Released because a configuration change left it outside every pool (`--force`).
-    AddressForceReleased { allocation: Allocation, reason: String },
+    AddressForceReleased {
+        allocation: Allocation,
+        reason: String,
+    },
     /// Kept, in another pool (a pool renamed or split).
-    AddressRehomed { allocation: Allocation, from: PoolName },
+    AddressRehomed {
+        allocation: Allocation,
+        from: PoolName,
+    },
     PoolCreated(Pool),
     PoolUpdated(Pool),
     PoolRemoved(Pool),
-    ReservationAdded { block: AddressBlock, note: String },
-    ReservationUpdated { block: AddressBlock, note: String },
-    ReservationRemoved { block: AddressBlock, note: String },
+    ReservationAdded {
+        block: AddressBlock,
+        note: String,
+    },
+    ReservationUpdated {
+        block: AddressBlock,
+        note: String,
+    },
+    ReservationRemoved {
+        block: AddressBlock,
+        note: String,
+    },
 }
 
 fn allocation_detail(a: &Allocation) -> serde_json::Map<String, Value> {

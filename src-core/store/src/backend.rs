@@ -42,7 +42,10 @@ pub enum Write<'a> {
     /// Forgets every allocation and quarantine entry (a new leader rebuilding from the
     /// cluster).
     ClearAllocations,
-    Audit { actor: &'a str, event: &'a Audit },
+    Audit {
+        actor: &'a str,
+        event: &'a Audit,
+    },
 }
 
 /// A database the store can run on.

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use sqlx::SqlitePool;
 use vipvisor_ipam::{Change, IpamError};
-use vipvisor_model::{AllocRequest, Pool, PoolOptions, Reservation, Timestamp};
 use vipvisor_model::config::Config as Desired;
+use vipvisor_model::{AllocRequest, Pool, PoolOptions, Reservation, Timestamp};
 use vipvisor_store::{Store, StoreError, MIGRATOR};
 
 const HOLD: Duration = Duration::from_secs(60);

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 /// A path in the repository.
 pub fn repo(p: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(p)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(p)
 }
 
 fn sh_ok(script: &str) -> bool {

@@ -1,13 +1,13 @@
 //! Fuzz the frame parser and the engine's frame handling: no input may panic.
-//! Run: `cd src-core && RUSTC_BOOTSTRAP=1 cargo fuzz run wire_parse -- -max_total_time=60`
+//! Run: `cd src-core/l2 && RUSTC_BOOTSTRAP=1 cargo fuzz run wire_parse -- -max_total_time=60`
 #![no_main]
 
 use std::time::Instant;
 
 use libfuzzer_sys::fuzz_target;
-use vipvisor_core::announce::engine::{Engine, Iface, Timing};
-use vipvisor_core::announce::metrics::Metrics;
-use vipvisor_core::announce::wire::{self, Mac};
+use vipvisor_l2::engine::{Engine, Iface, Timing};
+use vipvisor_l2::metrics::Metrics;
+use vipvisor_l2::wire::{self, Mac};
 
 fuzz_target!(|data: &[u8]| {
     let _ = wire::parse(data);

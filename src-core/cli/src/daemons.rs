@@ -1,0 +1,181 @@
+//! The long-running modes: flags → the daemon crates' configurations, their HTTP surface
+//! (metrics, health, readiness), and signals.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use vipvisor_gossip::group::{self, GroupConfig};
+use vipvisor_gossip::membership::{GossipTiming, Sealer};
+use vipvisor_health::Health;
+use vipvisor_kube::controller::{self, ControllerConfig};
+use vipvisor_kube::decide::ClassPolicy;
+use vipvisor_kube::lease::LeaseConfig;
+use vipvisor_kube::speaker::{self, KubeSpeakerConfig};
+use vipvisor_l2::engine::Timing;
+use vipvisor_l2::metrics::Metrics;
+use vipvisor_l2::{Prepared, StaticConfig};
+
+use crate::args::{ControllerArgs, SpeakerArgs};
+use crate::http;
+
+/// Completes on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn hostname() -> String {
+    nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "unknown".into())
+}
+
+/// Reads the group's shared secret. Errors name the file, never its contents.
+async fn read_key(path: &PathBuf) -> anyhow::Result<Sealer> {
+    let secret = tokio::fs::read(path)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot read --gossip-key-file {}: {e}", path.display()))?;
+    Sealer::new(&secret).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+pub async fn run_speaker(a: &SpeakerArgs) -> anyhow::Result<()> {
+    if a.garp_interval < Duration::from_millis(10) && !a.garp_duration.is_zero() {
+        anyhow::bail!(
+            "invalid --garp-interval {:?}; expected at least 10ms (or --garp-duration 0s for a single round)",
+            a.garp_interval
+        );
+    }
+    let node_name = a.node_name.clone().unwrap_or_else(hostname);
+    let timing = Timing {
+        garp_interval: a.garp_interval,
+        garp_duration: a.garp_duration,
+        refresh_interval: (!a.refresh_interval.is_zero()).then_some(a.refresh_interval),
+        probe_timeout: a.probe_timeout,
+        allow_conflicts: a.allow_conflicts,
+    };
+    if a.gossip_probe_rtt.is_zero() || a.gossip_probe_rtt >= a.gossip_probe_period {
+        anyhow::bail!(
+            "invalid --gossip-probe-rtt {:?}; expected more than 0 and less than --gossip-probe-period {:?}",
+            a.gossip_probe_rtt,
+            a.gossip_probe_period
+        );
+    }
+    if a.gossip_suspicion.is_zero() {
+        anyhow::bail!("invalid --gossip-suspicion 0s; expected a duration such as 150ms");
+    }
+    let gossip_timing = GossipTiming {
+        probe_period: a.gossip_probe_period,
+        probe_rtt: a.gossip_probe_rtt,
+        suspect_to_down: a.gossip_suspicion,
+    };
+    let metrics = Metrics::new();
+    let health = Health::new();
+    if a.kubernetes {
+        let Some(path) = &a.gossip_key_file else {
+            anyhow::bail!("--kubernetes needs --gossip-key-file: the speakers' gossip is authenticated");
+        };
+        let sealer = read_key(path).await?;
+        let client = vipvisor_kube::client(a.kubeconfig.as_deref()).await.map_err(anyhow::Error::msg)?;
+        if let Some(addr) = a.metrics_addr {
+            let m = metrics.clone();
+            http::serve(addr, http::router(move || m.encode(), health.clone(), None)).await?;
+        }
+        let k = KubeSpeakerConfig {
+            node_name,
+            interfaces: a.interfaces.clone(),
+            timing,
+            gossip_port: a.gossip_port,
+            gossip_bind: a.gossip_bind,
+            sealer,
+            gossip_timing,
+            hold: a.hold_time,
+            policy: ClassPolicy { class: a.class.clone(), serve_unclassed: !a.only_class },
+        };
+        return Ok(speaker::run(client, k, metrics, &health, shutdown_signal()).await?);
+    }
+    let group = match (&a.gossip_key_file, a.join.is_empty()) {
+        (None, true) => None,
+        (None, false) => anyhow::bail!("--join needs --gossip-key-file: the group's gossip is authenticated"),
+        (Some(path), _) => Some(GroupConfig {
+            bind: a.gossip_bind,
+            port: a.gossip_port,
+            join: a.join.clone(),
+            sealer: read_key(path).await?,
+            timing: gossip_timing,
+            hold: a.hold_time,
+            settle: Duration::from_secs(1),
+        }),
+    };
+    let cfg =
+        StaticConfig { interfaces: a.interfaces.clone(), vips: a.vips.clone(), node_name: node_name.clone(), timing };
+    let mut prepared = Prepared::open(&cfg, metrics.clone(), &health)?;
+    if let Some(addr) = a.metrics_addr {
+        let m = metrics.clone();
+        http::serve(addr, http::router(move || m.encode(), health.clone(), None)).await?;
+    }
+    match group {
+        None => prepared.run_alone(&node_name, shutdown_signal()).await?,
+        Some(g) => group::run(&mut prepared, &node_name, g, &health, shutdown_signal()).await?,
+    }
+    Ok(())
+}
+
+pub async fn run_controller(a: &ControllerArgs, store_url: String, quarantine: Duration) -> anyhow::Result<()> {
+    if a.lease_renew >= a.lease_duration {
+        anyhow::bail!(
+            "invalid --lease-renew {:?}; expected less than --lease-duration {:?}",
+            a.lease_renew,
+            a.lease_duration
+        );
+    }
+    let client = vipvisor_kube::client(a.kubeconfig.as_deref()).await.map_err(anyhow::Error::msg)?;
+    let identity = a.identity.clone().unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
+    let cfg = ControllerConfig {
+        store_url,
+        pools_file: a.pools.clone(),
+        policy: ClassPolicy { class: a.class.clone(), serve_unclassed: !a.only_class },
+        lease: LeaseConfig {
+            namespace: a.lease_namespace.clone(),
+            name: a.lease_name.clone(),
+            identity,
+            duration: a.lease_duration,
+            renew_every: a.lease_renew,
+        },
+        quarantine,
+    };
+    let health = Health::new();
+    let metrics = controller::Metrics::new();
+    let (handles_tx, handles_rx) = tokio::sync::oneshot::channel();
+    let serving = async {
+        if let (Some(addr), Ok(h)) = (a.metrics_addr, handles_rx.await) {
+            let h: controller::Handles = h;
+            let m = h.metrics.clone();
+            http::serve(addr, http::router(move || m.encode(), h.health.clone(), Some(h.phase.clone())))
+                .await
+                .context("serving metrics")?;
+        }
+        anyhow::Ok(())
+    };
+    let run = controller::run(
+        client,
+        cfg,
+        health,
+        metrics,
+        move |h| {
+            let _ = handles_tx.send(h);
+        },
+        shutdown_signal(),
+    );
+    let (served, ran) = tokio::join!(serving, run);
+    ran?;
+    served
+}
