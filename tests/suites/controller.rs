@@ -75,8 +75,9 @@ impl Testbed {
     fn path(&self, f: &str) -> PathBuf {
         self.dir.path().join(f)
     }
-    fn store_url(&self) -> String {
-        format!("sqlite://{}", self.path("store.db").display())
+    /// Each replica's own store (an SQLite file is never shared between replicas).
+    fn store_url(&self, identity: &str) -> String {
+        format!("sqlite://{}", self.path(&format!("store-{identity}.db")).display())
     }
     fn kubeconfig(&self) -> PathBuf {
         self.path("kubeconfig")
@@ -94,7 +95,7 @@ impl Testbed {
         let log = std::fs::File::create(self.path(&format!("{identity}.log"))).unwrap();
         let mut args = vec![
             "--store".to_string(),
-            self.store_url(),
+            self.store_url(identity),
             "controller".into(),
             "--kubeconfig".into(),
             kubeconfig.display().to_string(),
@@ -193,8 +194,9 @@ impl Testbed {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    async fn allocations(&self) -> BTreeMap<String, Vec<String>> {
-        let store = Store::open(&self.store_url()).await.unwrap();
+    /// What `identity`'s store holds.
+    async fn allocations(&self, identity: &str) -> BTreeMap<String, Vec<String>> {
+        let store = Store::open(&self.store_url(identity)).await.unwrap();
         let ipam = store.snapshot().await.unwrap();
         let out = ipam
             .allocations()
@@ -296,7 +298,7 @@ async fn services_get_addresses_events_and_are_released() {
     assert!(t3[0].starts_with("203.0.113."), "t3 is served from the grown pool: {t3:?}");
 
     // Deletion and type change release.
-    let allocs = tb.allocations().await;
+    let allocs = tb.allocations("c1").await;
     assert_eq!(allocs["default/plain"], ip);
     tb.services("default").delete("plain", &DeleteParams::default()).await.unwrap();
     let patch = serde_json::json!({"spec": {"type": "ClusterIP", "ports": [{"port": 80, "protocol": "TCP", "nodePort": null}]}});
@@ -304,7 +306,7 @@ async fn services_get_addresses_events_and_are_released() {
     tb.wait_event("default", "pinned", "IPReleased").await;
     let start = Instant::now();
     loop {
-        let allocs = tb.allocations().await;
+        let allocs = tb.allocations("c1").await;
         if !allocs.contains_key("default/plain") && !allocs.contains_key("default/pinned") {
             break;
         }
@@ -353,9 +355,9 @@ async fn restart_with_sigkill_renumbers_nothing() {
     }
     tb.kill(c);
     // The store is lost too in the worst case: a fresh store must adopt from the statuses.
-    std::fs::remove_file(tb.path("store.db")).unwrap();
-    let _ = std::fs::remove_file(tb.path("store.db-wal"));
-    let _ = std::fs::remove_file(tb.path("store.db-shm"));
+    std::fs::remove_file(tb.path("store-c1.db")).unwrap();
+    let _ = std::fs::remove_file(tb.path("store-c1.db-wal"));
+    let _ = std::fs::remove_file(tb.path("store-c1.db-shm"));
     // A service created while no controller runs is served after the restart, but never
     // with an address the others had.
     tb.create("default", "late", serde_json::json!({}), serde_json::json!({})).await;
@@ -367,7 +369,7 @@ async fn restart_with_sigkill_renumbers_nothing() {
         assert_eq!(now, before[&i], "s{i} must keep its address across a SIGKILL restart");
         assert_ne!(now, late, "the late service must not get s{i}'s address");
     }
-    assert_eq!(tb.allocations().await.len(), 51, "all 50 were adopted into the new store, plus the late one");
+    assert_eq!(tb.allocations("c2").await.len(), 51, "all 50 were adopted into the new store, plus the late one");
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -400,6 +402,48 @@ async fn standby_takes_over_and_no_address_is_given_twice() {
     let l = lease.get("vipvisor-controller").await.unwrap();
     assert_eq!(l.spec.unwrap().holder_identity.as_deref(), Some("c2"));
     eprintln!("standby served everything {took:?} after the holder was killed");
+}
+
+/// Each replica has its own store. A standby writes nothing (before, every replica applied
+/// the pools file at start and on change, leader or not); the new leader rebuilds from the
+/// cluster and takes the quarantine over from the Lease, so an address released just
+/// before the failover is still kept for its last holder.
+#[tokio::test(flavor = "current_thread")]
+async fn standbys_write_nothing_and_quarantine_survives_a_leader_change() {
+    let Some(mut tb) = testbed("e").await else { return };
+    tb.namespace("tiny", &[]).await;
+    let kc = tb.kubeconfig();
+    let first = tb.controller("c1", &kc, &[]);
+    tb.wait_leading("c1").await;
+    tb.controller("c2", &kc, &[]);
+    wait(Duration::from_secs(10), || tb.log("c2").contains("caches synced"), "the standby to sync").await;
+    // Touch the pools file: only the leader may apply it.
+    std::fs::write(tb.path("pools.yaml"), format!("{POOLS}\n# touched\n")).unwrap();
+    let none = serde_json::json!({});
+    tb.create("tiny", "q1", none.clone(), none.clone()).await;
+    let a = tb.wait_ips("tiny", "q1").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    {
+        let store = Store::open(&tb.store_url("c2")).await.unwrap();
+        let ipam = store.snapshot().await.unwrap();
+        assert_eq!(ipam.pools().count(), 0, "the standby applied no pools file");
+        assert!(ipam.allocations().is_empty(), "the standby allocated nothing");
+        assert!(store.events(None, None).await.unwrap().is_empty(), "the standby's store has no change at all");
+        store.close().await;
+    }
+    // Release q1's address into quarantine, then lose the leader.
+    tb.services("tiny").delete("q1", &DeleteParams::default()).await.unwrap();
+    wait(Duration::from_secs(10), || tb.log("c1").contains("released (service deleted)"), "the release").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await; // one renewal carries the quarantine
+    tb.kill(first);
+    tb.wait_leading("c2").await;
+    assert!(tb.log("c2").contains("took the quarantine over from the Lease entries=1"), "{}", tb.log("c2"));
+    tb.create("tiny", "q2", none.clone(), none.clone()).await;
+    let b = tb.wait_ips("tiny", "q2").await;
+    assert_ne!(a, b, "q1's quarantined address must not go to q2 after the failover");
+    tb.create("tiny", "q1", none.clone(), none).await;
+    assert_eq!(tb.wait_ips("tiny", "q1").await, a, "q1 gets its address back within the quarantine");
+    assert_eq!(tb.allocations("c2").await.len(), 2, "the new leader's store holds what the cluster shows");
 }
 
 #[tokio::test(flavor = "current_thread")]

@@ -667,8 +667,8 @@ pub async fn run(
 
     let started = Instant::now();
     let synced = async {
-        svc_reader.wait_until_ready().await.map_err(|e| format!("service reflector: {e}"))?;
-        ctx.namespaces.wait_until_ready().await.map_err(|e| format!("namespace reflector: {e}"))
+        cache_ready(&svc_reader).await.map_err(|e| format!("service reflector: {e}"))?;
+        cache_ready(&ctx.namespaces).await.map_err(|e| format!("namespace reflector: {e}"))
     };
     tokio::pin!(shutdown);
     tokio::select! {
@@ -779,6 +779,22 @@ pub async fn run(
     ctx.app.close().await;
     info!("controller stopped");
     Ok(())
+}
+
+/// Waits until `store` has its first full list. kube-runtime's readiness wakes only the
+/// last task that polled it (one oneshot receiver behind a mutex), and the Controller's
+/// runner waits on the same store, so this asks again every 50 ms instead of relying on a
+/// wake-up that may go to the runner.
+async fn cache_ready<K>(store: &Reflector<K>) -> Result<(), reflector::store::WriterDropped>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    loop {
+        if let Ok(r) = tokio::time::timeout(Duration::from_millis(50), store.wait_until_ready()).await {
+            return r;
+        }
+    }
 }
 
 /// An mpsc receiver as a stream of `()`.
