@@ -93,9 +93,13 @@ impl Lab {
         self.speaker_with(host, vips, &[])
     }
     fn speaker_with(&mut self, host: &str, vips: &[&str], extra: &[&str]) -> Speaker {
+        self.speaker_wrapped(host, vips, extra, &[])
+    }
+    /// A speaker started through `wrap` (a command prefix such as `faketime`).
+    fn speaker_wrapped(&mut self, host: &str, vips: &[&str], extra: &[&str], wrap: &[&str]) -> Speaker {
         let log = self.dir.path().join(format!("speaker-{host}-{}.log", self.procs.len()));
-        let mut args =
-            vec![VIPVISOR, "speaker", "--interface", "eth0", "--node-name", host, "--metrics-addr", "127.0.0.1:9472"];
+        let mut args = wrap.to_vec();
+        args.extend([VIPVISOR, "speaker", "--interface", "eth0", "--node-name", host, "--metrics-addr", "127.0.0.1:9472"]);
         for v in vips {
             args.extend(["--vip", v]);
         }
@@ -107,6 +111,11 @@ impl Lab {
     /// A static group: one speaker for VIP4 on each of n1..n3, each joining the others,
     /// with the same gossip key (`gossip.key` in the lab dir) and `extra` flags.
     fn group(&mut self, extra: &[&str]) -> Vec<Speaker> {
+        self.group_of(&[VIP4], extra, None)
+    }
+    /// The same for several `vips`; `skewed`: (node number, FAKETIME offset) runs that
+    /// node's speaker with its wall clock shifted (monotonic time untouched).
+    fn group_of(&mut self, vips: &[&str], extra: &[&str], skewed: Option<(usize, &str)>) -> Vec<Speaker> {
         let key = self.dir.path().join("gossip.key");
         std::fs::write(&key, "c2VjcmV0LWdyb3VwLWtleS1mb3ItdGhlLWxhYi10ZXN0Cg==\n").unwrap();
         let key_s = key.display().to_string();
@@ -118,7 +127,13 @@ impl Lab {
                 }
                 args.extend(extra.iter().map(|s| s.to_string()));
                 let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-                self.speaker_with(&format!("n{n}"), &[VIP4], &refs)
+                let wrap: Vec<&str> = match skewed {
+                    Some((node, offset)) if node == n => {
+                        vec!["env", "FAKETIME_DONT_FAKE_MONOTONIC=1", "faketime", "-f", offset]
+                    }
+                    _ => vec![],
+                };
+                self.speaker_wrapped(&format!("n{n}"), vips, &refs, &wrap)
             })
             .collect()
     }
@@ -553,5 +568,38 @@ fn returning_node_waits_for_its_hold_time() {
         "the returning node to take the VIP back after its hold time",
     );
     eprintln!("the returning node took the VIP back {:?} after the heal", healed.elapsed());
+    drop(speakers);
+}
+
+/// One member's wall clock is an hour behind the others'. Before, each member judged the
+/// others' hold time by comparing their wall-clock start times with its own clock: the
+/// others took the skewed node for settled at once, and it took them for unsettled for an
+/// hour, so after its own hold time it claimed every VIP while they kept theirs (two
+/// answers). Settledness now comes from each member's own monotonic clock, through gossip:
+/// every VIP keeps exactly one owner, during the hold time and after it.
+#[test]
+fn a_member_with_a_skewed_clock_does_not_cause_two_owners() {
+    let Some(mut lab) = lab_n("k", 3) else { return };
+    if common::skip("the clock-skew lab test", common::lab_missing(&["faketime"])) {
+        return;
+    }
+    let vips = ["192.0.2.100", "192.0.2.101", "192.0.2.102", "192.0.2.103", "192.0.2.104", "192.0.2.105"];
+    let speakers = lab.group_of(&vips, &["--hold-time", "3s"], Some((3, "-1h")));
+    let answerers = |lab: &Lab, vip: &str| -> std::collections::BTreeSet<String> {
+        let arping = lab.stdout("c", &["arping", "-c", "2", "-w", "1", "-I", "eth0", vip]);
+        arping.lines().filter_map(|l| l.split('[').nth(1)?.split(']').next()).map(str::to_lowercase).collect()
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    let started = Instant::now();
+    let mut owners = std::collections::BTreeSet::new();
+    // Through the hold time and well past it.
+    while started.elapsed() < Duration::from_secs(6) {
+        for vip in vips {
+            let a = answerers(&lab, vip);
+            assert_eq!(a.len(), 1, "{vip} must have exactly one owner at {:?}, answered by {a:?}", started.elapsed());
+            owners.extend(a);
+        }
+    }
+    assert!(owners.len() >= 2, "the VIPs spread over the members, the skewed one included: {owners:?}");
     drop(speakers);
 }
