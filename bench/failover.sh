@@ -46,21 +46,9 @@ run_trials() { # label settle_seconds
 }
 
 stats() {
-  python3 - "$@" <<'PY'
-import sys
-res = {}
-for path in sys.argv[1:]:
-    v = sorted(float(x) for x in open(path) if x.strip())
-    pct = lambda q: v[min(len(v) - 1, round(q * (len(v) - 1)))]
-    res[path.rsplit('/', 1)[-1]] = (pct(0.5), pct(0.99), len(v))
-for k, (p50, p99, n) in res.items():
-    print(f"{k:22s} n={n}  p50 {p50*1000:6.0f} ms  p99 {p99*1000:6.0f} ms")
-base = res.get("vipvisor")
-if base:
-    for k, (p50, p99, _) in res.items():
-        if k != "vipvisor":
-            print(f"ratio {k} / vipvisor: p50 {p50/base[0]:.1f}x  p99 {p99/base[1]:.1f}x")
-PY
+  local base=()
+  for f in "$@"; do [ "$(basename "$f")" = vipvisor ] && base=(--base vipvisor); done
+  "$root/bench/stats.py" "${base[@]}" "$@"
 }
 
 echo "date: $(date -u +%Y-%m-%dT%H:%MZ)  machine: $(nproc) cores, kernel $(uname -r)  trials: $trials"

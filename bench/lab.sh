@@ -3,6 +3,10 @@
 # the pid), makes a work directory ($work), and on exit — also on failure — calls the
 # caller's `before_cleanup` if it defines one, deletes the lab and the work directory.
 # $root is the repository; the working directory becomes it.
+if [ "$(id -u)" != 0 ]; then
+  echo "$(basename "$0"): needs root (network namespaces and raw sockets); run it as root" >&2
+  exit 1
+fi
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root=$(pwd)
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/vipvisor-target}"

@@ -32,15 +32,9 @@ for i in $(seq 1 "$samples"); do
   ns c arping -c 1 -w 1 -I eth0 192.0.2.100 | grep -o '[0-9.]*ms' | tr -d ms >>"$work/speaker.txt" || true
   ns c arping -c 1 -w 1 -I eth0 192.0.2.12 | grep -o '[0-9.]*ms' | tr -d ms >>"$work/kernel.txt" || true
 done
-python3 - "$work/speaker.txt" "$work/kernel.txt" <<'PY'
-import statistics, sys
-def load(p): return sorted(float(x) for x in open(p) if x.strip())
-def pct(v, q): return v[min(len(v) - 1, round(q * (len(v) - 1)))]
-s, k = load(sys.argv[1]), load(sys.argv[2])
-print(f"speaker: n={len(s)} median {statistics.median(s)*1000:.0f} us  p99 {pct(s, .99)*1000:.0f} us")
-print(f"kernel:  n={len(k)} median {statistics.median(k)*1000:.0f} us  p99 {pct(k, .99)*1000:.0f} us")
-print(f"ratio speaker/kernel: median {statistics.median(s)/statistics.median(k):.2f}x  p99 {pct(s, .99)/pct(k, .99):.2f}x  (target <= 1.5x)")
-PY
+mv "$work/speaker.txt" "$work/speaker"; mv "$work/kernel.txt" "$work/kernel"
+# arping prints milliseconds.
+"$root/bench/stats.py" --unit us --scale 0.001 --base kernel --target "(target <= 1.5x)" "$work/speaker" "$work/kernel"
 kill -TERM "$sp"; wait "$sp" || true
 
 echo; echo "== 2./3. 1,000 VIPs on one interface (748 IPv4 in three /24s + 252 IPv6)"

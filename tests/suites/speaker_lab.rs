@@ -99,7 +99,16 @@ impl Lab {
     fn speaker_wrapped(&mut self, host: &str, vips: &[&str], extra: &[&str], wrap: &[&str]) -> Speaker {
         let log = self.dir.path().join(format!("speaker-{host}-{}.log", self.procs.len()));
         let mut args = wrap.to_vec();
-        args.extend([VIPVISOR, "speaker", "--interface", "eth0", "--node-name", host, "--metrics-addr", "127.0.0.1:9472"]);
+        args.extend([
+            VIPVISOR,
+            "speaker",
+            "--interface",
+            "eth0",
+            "--node-name",
+            host,
+            "--metrics-addr",
+            "127.0.0.1:9472",
+        ]);
         for v in vips {
             args.extend(["--vip", v]);
         }

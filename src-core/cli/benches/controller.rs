@@ -9,6 +9,9 @@
 //! build`; BENCH_SERVICES=N changes the 10,000).
 #![allow(clippy::unwrap_used)]
 
+mod common;
+use common::pct;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -24,10 +27,6 @@ const VIPVISOR: &str = env!("CARGO_BIN_EXE_vipvisor");
 
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/testbed/kube.sh")
-}
-
-fn pct(v: &[Duration], q: f64) -> Duration {
-    v[((v.len() as f64 - 1.0) * q).round() as usize]
 }
 
 fn svc(ns: &str, name: &str) -> Service {

@@ -6,16 +6,14 @@
 //! Run: `cargo bench -p vipvisor --bench store` (BENCH_CLI_RUNS=N to change the 200 runs).
 #![allow(clippy::unwrap_used)]
 
+mod common;
+use common::pct;
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use vipvisor_model::{AllocRequest, FamilyRequest, Pool, PoolOptions, Timestamp};
 use vipvisor_store::Store;
-
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
 
 fn main() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();

@@ -204,10 +204,12 @@ fn alloc_request_json_shape_and_idempotence() {
     assert_eq!(d["addresses"], serde_json::json!(["192.0.2.1", "2001:db8::"]));
     let v6 = c.json(&["alloc", "request", "default/v6", "--family", "ipv6"]);
     assert_eq!(v6["addresses"], serde_json::json!(["2001:db8::1"]));
+    let prefer = c.json(&["alloc", "request", "default/prefer", "--family", "prefer-dual"]);
+    assert_eq!(prefer["addresses"].as_array().unwrap().len(), 2, "prefer-dual: both families where the pool has both");
     let pick = c.json(&["alloc", "request", "default/pick", "--ip", "192.0.2.9,2001:db8::99"]);
     assert_eq!(pick["addresses"], serde_json::json!(["192.0.2.9", "2001:db8::99"]));
     let list = c.json(&["alloc", "list"]);
-    assert_eq!(list.as_array().unwrap().len(), 4);
+    assert_eq!(list.as_array().unwrap().len(), 5);
     let web = list.as_array().unwrap().iter().find(|a| a["service"] == "default/web").unwrap();
     assert_eq!(web["uid"], "0b4a-11", "the uid given at creation is recorded");
     assert_mentions(&c.ok(&["alloc", "list"]), &["SERVICE", "default/web", "192.0.2.0", "0b4a-11"]);

@@ -814,6 +814,19 @@ mod tests {
         assert_eq!(backoff(30), Duration::from_secs(60), "capped at a minute");
     }
 
+    /// Before, the gauges of a pool that was removed stayed in /metrics for ever.
+    #[test]
+    fn gauges_of_removed_pools_go() {
+        let m = Metrics::new();
+        let l = |pool: &str| PoolLabel { pool: pool.into(), family: "ipv4".into(), state: "used".into() };
+        m.set_pools(vec![(l("web"), 3), (l("lab"), 1)]);
+        assert!(m.encode().contains("pool=\"lab\""), "{}", m.encode());
+        m.set_pools(vec![(l("web"), 4)]);
+        let text = m.encode();
+        assert!(!text.contains("pool=\"lab\""), "the removed pool's gauges are gone: {text}");
+        assert!(text.contains("pool=\"web\""));
+    }
+
     #[test]
     fn the_quarantine_note_round_trips_and_is_bounded() {
         let q: Vec<Quarantined> = (0..1500u32)

@@ -22,9 +22,8 @@ type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
 async fn ctx(pool_blocks: &[&str]) -> (Arc<Ctx>, Handle, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let app = App::open(&format!("sqlite://{}/s.db", dir.path().display()), "test", Duration::from_secs(60))
-        .await
-        .unwrap();
+    let app =
+        App::open(&format!("sqlite://{}/s.db", dir.path().display()), "test", Duration::from_secs(60)).await.unwrap();
     let pool =
         Pool::new("web".parse().unwrap(), pool_blocks.iter().map(|b| b.parse().unwrap()).collect(), Default::default())
             .unwrap();
@@ -82,7 +81,13 @@ async fn a_new_service_gets_its_status_and_one_event() {
     ctx.set_phase(Phase::Leading);
     let svc = lb("web");
     let run = tokio::spawn(reconcile(svc.clone(), ctx.clone()));
-    let patch = expect(&mut api, "PATCH", "/api/v1/namespaces/default/services/web/status", serde_json::to_value(&*svc).unwrap()).await;
+    let patch = expect(
+        &mut api,
+        "PATCH",
+        "/api/v1/namespaces/default/services/web/status",
+        serde_json::to_value(&*svc).unwrap(),
+    )
+    .await;
     assert_eq!(
         patch,
         serde_json::json!({"status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.0", "ipMode": "VIP"}]}}}),

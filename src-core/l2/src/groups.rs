@@ -9,14 +9,14 @@ use crate::link::LinkInfo;
 use crate::sys::Multicast;
 use crate::wire::solicited_node;
 
+/// A solicited-node group on an interface (by index).
+pub type Membership = (Ipv6Addr, usize);
+
 /// What to join and leave to go from `have` to the groups `want` needs: `(join, leave)`,
 /// as `(group, interface)`. Several VIPs may share a group; a group is left only when no
 /// wanted VIP needs it.
-pub fn diff(
-    have: &BTreeSet<(Ipv6Addr, usize)>,
-    want: &[(IpAddr, usize)],
-) -> (Vec<(Ipv6Addr, usize)>, Vec<(Ipv6Addr, usize)>) {
-    let need: BTreeSet<(Ipv6Addr, usize)> = want
+pub fn diff(have: &BTreeSet<Membership>, want: &[(IpAddr, usize)]) -> (Vec<Membership>, Vec<Membership>) {
+    let need: BTreeSet<Membership> = want
         .iter()
         .filter_map(|(vip, i)| match vip {
             IpAddr::V6(v6) => Some((solicited_node(*v6), *i)),
@@ -31,7 +31,7 @@ pub fn diff(
 pub struct Groups {
     per_iface: Vec<Multicast>,
     names: Vec<String>,
-    joined: BTreeSet<(Ipv6Addr, usize)>,
+    joined: BTreeSet<Membership>,
 }
 
 type JoinError = (IpAddr, String, std::io::Error);
