@@ -21,14 +21,11 @@ const VIPVISOR: &str = env!("CARGO_BIN_EXE_vipvisor");
 /// One apiserver at a time (each test has its own runtime; tokio's mutex works across them).
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn script() -> PathBuf {
-    common::repo("tests/testbed/kube.sh")
-}
-
 struct Testbed {
-    dir: tempfile::TempDir,
     client: Client,
     controllers: Vec<Child>,
+    api: common::Apiserver,
+    dir: tempfile::TempDir,
     _serial: tokio::sync::MutexGuard<'static, ()>,
 }
 
@@ -38,7 +35,6 @@ impl Drop for Testbed {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let _ = Command::new(script()).arg("stop").arg(self.dir.path()).status();
     }
 }
 
@@ -48,12 +44,11 @@ async fn testbed(tag: &str) -> Option<Testbed> {
     }
     let serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let st = Command::new(script()).arg("start").arg(dir.path()).status().unwrap();
-    assert!(st.success(), "the testbed did not start");
-    let kc = kube::config::Kubeconfig::read_from(dir.path().join("kubeconfig")).unwrap();
+    let api = common::Apiserver::start(dir.path(), None);
+    let kc = kube::config::Kubeconfig::read_from(api.kubeconfig()).unwrap();
     let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
     let client = Client::try_from(config).unwrap();
-    let tb = Testbed { dir, client, controllers: Vec::new(), _serial: serial };
+    let tb = Testbed { client, controllers: Vec::new(), api, dir, _serial: serial };
     tb.namespace("vipvisor-system", &[]).await;
     Some(tb)
 }
@@ -80,7 +75,7 @@ impl Testbed {
         format!("sqlite://{}", self.path(&format!("store-{identity}.db")).display())
     }
     fn kubeconfig(&self) -> PathBuf {
-        self.path("kubeconfig")
+        self.api.kubeconfig()
     }
     async fn namespace(&self, name: &str, labels: &[(&str, &str)]) {
         let api: Api<Namespace> = Api::all(self.client.clone());
@@ -497,15 +492,7 @@ async fn manifests_apply_and_rbac_is_least_privilege() {
         assert!(!can(denied), "the controller must not be allowed to {denied:?}");
     }
     // And the RBAC is enough: run the controller as the service account (impersonated).
-    let mut text = std::fs::read_to_string(&kc).unwrap();
-    text = text.replace(
-        "    token:",
-        &format!(
-            "    as: {sa}\n    as-groups: [system:serviceaccounts, system:serviceaccounts:vipvisor-system, system:authenticated]\n    token:"
-        ),
-    );
-    let sa_kc = tb.path("sa-kubeconfig");
-    std::fs::write(&sa_kc, text).unwrap();
+    let sa_kc = tb.api.impersonating("vipvisor-system", "vipvisor-controller", &tb.path("sa-kubeconfig"));
     tb.controller("sa", &sa_kc, &[]);
     tb.wait_leading("sa").await;
     tb.create("default", "rbac", serde_json::json!({}), serde_json::json!({})).await;

@@ -27,9 +27,10 @@ const SA: &str = "system:serviceaccount:vipvisor-system:vipvisor-speaker";
 
 struct Lab {
     prefix: String,
-    dir: tempfile::TempDir,
     net: &'static str,
     speakers: Vec<Option<Child>>,
+    api: Option<common::Apiserver>,
+    dir: tempfile::TempDir,
 }
 
 impl Drop for Lab {
@@ -38,14 +39,14 @@ impl Drop for Lab {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let _ = Command::new(repo("tests/testbed/kube.sh")).arg("stop").arg(self.dir.path()).status();
+        self.api = None;
         let _ = Command::new(repo("tests/lab/l2.sh")).args(["down", &self.prefix]).status();
     }
 }
 
 impl Lab {
     fn kubeconfig(&self) -> PathBuf {
-        self.dir.path().join("kubeconfig")
+        self.api.as_ref().expect("the apiserver runs").kubeconfig()
     }
     /// kubectl as the admin, with `stdin` piped in if given; panics on failure.
     fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> String {
@@ -208,8 +209,13 @@ fn speakers_elect_report_and_follow_endpoints_and_node_readiness() {
         return;
     }
     let prefix = format!("vk{}", std::process::id() % 1000);
-    let mut lab =
-        Lab { prefix: prefix.clone(), dir: tempfile::tempdir().unwrap(), net: "", speakers: vec![None, None, None] };
+    let mut lab = Lab {
+        prefix: prefix.clone(),
+        net: "",
+        speakers: vec![None, None, None],
+        api: None,
+        dir: tempfile::tempdir().unwrap(),
+    };
     assert!(Command::new(repo("tests/lab/l2.sh")).args(["up", &prefix, "3"]).status().unwrap().success());
     // The host's link to the lab: a documentation /24 the host does not route already.
     lab.net = ["203.0.113", "198.51.100"]
@@ -217,13 +223,7 @@ fn speakers_elect_report_and_follow_endpoints_and_node_readiness() {
         .find(|net| Command::new(repo("tests/lab/l2.sh")).args(["host", &prefix, net]).status().unwrap().success())
         .expect("no free documentation range for the host's link to the lab");
     let api_addr = format!("{}.254", lab.net);
-    assert!(Command::new(repo("tests/testbed/kube.sh"))
-        .arg("start")
-        .arg(lab.dir.path())
-        .arg(&api_addr)
-        .status()
-        .unwrap()
-        .success());
+    lab.api = Some(common::Apiserver::start(lab.dir.path(), Some(&api_addr)));
 
     // The manifests apply, and the speaker's RBAC is least privilege.
     for f in ["namespace.yaml", "speaker.yaml"] {
@@ -249,12 +249,11 @@ fn speakers_elect_report_and_follow_endpoints_and_node_readiness() {
     ] {
         assert!(!lab.can(denied), "the speaker must not be allowed to {denied:?}");
     }
-    let kc = std::fs::read_to_string(lab.kubeconfig()).unwrap().replace(
-        "    token:",
-        &format!("    as: {SA}\n    as-groups: [system:serviceaccounts, system:serviceaccounts:vipvisor-system, system:authenticated]\n    token:"),
+    let sa_kc = lab.api.as_ref().unwrap().impersonating(
+        "vipvisor-system",
+        "vipvisor-speaker",
+        &lab.dir.path().join("speaker-kubeconfig"),
     );
-    let sa_kc = lab.dir.path().join("speaker-kubeconfig");
-    std::fs::write(&sa_kc, kc).unwrap();
     let key = lab.dir.path().join("gossip.key");
     std::fs::write(&key, "a3ViZS1sYWItZ29zc2lwLWtleS1mb3ItdGVzdHMK\n").unwrap();
 

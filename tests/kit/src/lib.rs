@@ -70,3 +70,49 @@ pub fn speaker_metrics(ns: &str) -> String {
         .output();
     out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
 }
+
+/// A real kube-apiserver (and etcd) from tests/testbed/kube.sh, stopped on drop.
+#[derive(Debug)]
+pub struct Apiserver {
+    dir: PathBuf,
+}
+
+impl Apiserver {
+    /// Starts one with its state, certificates and kubeconfig in `dir`, bound to `addr`
+    /// (default 127.0.0.1). Panics if it does not become ready.
+    pub fn start(dir: &Path, addr: Option<&str>) -> Apiserver {
+        let mut cmd = Command::new(repo("tests/testbed/kube.sh"));
+        cmd.arg("start").arg(dir);
+        if let Some(a) = addr {
+            cmd.arg(a);
+        }
+        let st = cmd.status().expect("tests/testbed/kube.sh runs");
+        assert!(st.success(), "the kube testbed did not start (see its output above)");
+        Apiserver { dir: dir.to_path_buf() }
+    }
+
+    /// The admin kubeconfig.
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir.join("kubeconfig")
+    }
+
+    /// A kubeconfig that acts as `namespace`'s service account `name` (impersonation), so
+    /// the RBAC of the manifests is what the process gets. Written to `out`.
+    pub fn impersonating(&self, namespace: &str, name: &str, out: &Path) -> PathBuf {
+        let sa = format!("system:serviceaccount:{namespace}:{name}");
+        let text = std::fs::read_to_string(self.kubeconfig()).expect("the testbed wrote a kubeconfig").replace(
+            "    token:",
+            &format!(
+                "    as: {sa}\n    as-groups: [system:serviceaccounts, system:serviceaccounts:{namespace}, system:authenticated]\n    token:"
+            ),
+        );
+        std::fs::write(out, text).expect("the kubeconfig can be written");
+        out.to_path_buf()
+    }
+}
+
+impl Drop for Apiserver {
+    fn drop(&mut self) {
+        let _ = Command::new(repo("tests/testbed/kube.sh")).arg("stop").arg(&self.dir).status();
+    }
+}
