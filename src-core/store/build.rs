@@ -1,4 +1,4 @@
-// Re-run the build (and so re-embed the migrations) when a migration changes.
+//! Re-runs the build (and so re-embed the migrations) when a migration changes.
 fn main() {
     println!("cargo:rerun-if-changed=../../migrations");
 }

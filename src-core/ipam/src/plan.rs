@@ -105,37 +105,29 @@ pub fn plan(current: &Ipam, next: Config, force: bool) -> Result<Plan, PlanError
             dropped_quarantine.push(q.address);
         }
     }
-    let old_pools: Vec<_> = current.pools().collect();
-    let mut pools = Vec::new();
-    for p in &next.pools {
-        let action = match old_pools.iter().find(|o| o.name == p.name) {
-            None => Action::Created,
-            Some(o) if *o != p => Action::Updated,
-            Some(_) => Action::Unchanged,
-        };
-        pools.push((p.name.clone(), action));
-    }
-    for o in &old_pools {
-        if !next.pools.iter().any(|p| p.name == o.name) {
-            pools.push((o.name.clone(), Action::Removed));
-        }
-    }
-    let old_res: Vec<_> = current.reservations().collect();
-    let mut reservations = Vec::new();
-    for r in &next.reservations {
-        let action = match old_res.iter().find(|o| o.block == r.block) {
-            None => Action::Created,
-            Some(o) if *o != r => Action::Updated,
-            Some(_) => Action::Unchanged,
-        };
-        reservations.push((r.block, action));
-    }
-    for o in &old_res {
-        if !next.reservations.iter().any(|r| r.block == o.block) {
-            reservations.push((o.block, Action::Removed));
-        }
-    }
+    let old_pools: Vec<_> = current.pools().cloned().collect();
+    let old_res: Vec<_> = current.reservations().cloned().collect();
+    let pools = diff(&old_pools, &next.pools, |p| p.name.clone());
+    let reservations = diff(&old_res, &next.reservations, |r| r.block);
     Ok(Plan { next: index, config: next, pools, reservations, rehomed, stranded, dropped_quarantine })
+}
+
+/// What happens to each item, by key: in `new` and not `old`, created; in both but
+/// different, updated; in `old` only, removed (after the others).
+fn diff<T: PartialEq, K: PartialEq>(old: &[T], new: &[T], key: impl Fn(&T) -> K) -> Vec<(K, Action)> {
+    let mut out: Vec<(K, Action)> = new
+        .iter()
+        .map(|n| {
+            let action = match old.iter().find(|o| key(o) == key(n)) {
+                None => Action::Created,
+                Some(o) if o != n => Action::Updated,
+                Some(_) => Action::Unchanged,
+            };
+            (key(n), action)
+        })
+        .collect();
+    out.extend(old.iter().filter(|o| !new.iter().any(|n| key(n) == key(o))).map(|o| (key(o), Action::Removed)));
+    out
 }
 
 /// The pool of `next` that can keep `a`: the one holding all its addresses, usable there
