@@ -6,6 +6,8 @@
 # Usage: bench/failover.sh [TRIALS]   (default 20; needs root; installs keepalived)
 #        SYSTEMS=vipvisor bench/failover.sh 10   (only some of: vipvisor keepalived)
 #        VIPVISOR_ARGS="--gossip-suspicion 100ms" bench/failover.sh   (non-default speaker flags)
+#        VIPVISOR_PREVIOUS=/path/to/old/vipvisor SYSTEMS=vipvisor bench/failover.sh 20
+#          (also the previous build, in the same lab run: ratios against it)
 set -euo pipefail
 trials=${1:-20}
 command -v keepalived >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends keepalived >/dev/null
@@ -54,20 +56,25 @@ stats() {
 echo "date: $(date -u +%Y-%m-%dT%H:%MZ)  machine: $(nproc) cores, kernel $(uname -r)  trials: $trials"
 
 systems=" ${SYSTEMS:-vipvisor keepalived} "
-if [[ $systems == *" vipvisor "* ]]; then
 # vipvisor: 3 speakers in one gossip group; the node's kernel accepts VIP traffic through
 # a local route (as kube-proxy would), without the VIP on the NIC.
-for n in 1 2 3; do
-  ip netns exec "${P}n$n" ip route add local "$VIP/32" dev lo
-  joins=(); for m in 1 2 3; do [ "$m" = "$n" ] || joins+=(--join "192.0.2.1$m:7946"); done
-  ip netns exec "${P}n$n" "$V" speaker --interface eth0 --vip "$VIP" --node-name "n$n" \
-    --gossip-key-file "$work/key" "${joins[@]}" ${VIPVISOR_ARGS:-} 2>"$work/sp$n.log" &
-done
-sleep 3
-run_trials vipvisor 4
-for n in 1 2 3; do for pid in $(ip netns pids "${P}n$n"); do kill "$pid" 2>/dev/null || true; done; done
-sleep 1
-for n in 1 2 3; do ip netns exec "${P}n$n" ip route del local "$VIP/32" dev lo; done
+group_trials() { # label binary
+  for n in 1 2 3; do
+    ip netns exec "${P}n$n" ip route add local "$VIP/32" dev lo
+    joins=(); for m in 1 2 3; do [ "$m" = "$n" ] || joins+=(--join "192.0.2.1$m:7946"); done
+    ip netns exec "${P}n$n" "$2" speaker --interface eth0 --vip "$VIP" --node-name "n$n" \
+      --gossip-key-file "$work/key" "${joins[@]}" ${VIPVISOR_ARGS:-} 2>"$work/sp$n-$1.log" &
+  done
+  sleep 3
+  run_trials "$1" 4
+  for n in 1 2 3; do for pid in $(ip netns pids "${P}n$n"); do kill "$pid" 2>/dev/null || true; done; done
+  sleep 1
+  for n in 1 2 3; do ip netns exec "${P}n$n" ip route del local "$VIP/32" dev lo; done
+}
+if [[ $systems == *" vipvisor "* ]]; then
+  group_trials vipvisor "$V"
+  # VIPVISOR_PREVIOUS=path: the same trials with another build (the previous commit's).
+  if [ -n "${VIPVISOR_PREVIOUS:-}" ]; then group_trials vipvisor-previous "$VIPVISOR_PREVIOUS"; fi
 fi
 
 # keepalived VRRPv3, advert 1 s and 0.1 s.
@@ -94,5 +101,5 @@ KA
   sleep 2
 done
 results=()
-for f in vipvisor keepalived-advert-1 keepalived-advert-0.1; do [ -s "$work/$f" ] && results+=("$work/$f"); done
+for f in vipvisor vipvisor-previous keepalived-advert-1 keepalived-advert-0.1; do [ -s "$work/$f" ] && results+=("$work/$f"); done
 stats "${results[@]}"

@@ -1,5 +1,5 @@
 # Sourced by the benchmarks that run in the netns lab, after they have read their
-# arguments: builds the release binary ($V), names the caller's lab ($P = $LAB_TAG + part of
+# arguments: builds the release binary ($V; or takes $VIPVISOR_BIN), names the caller's lab ($P = $LAB_TAG + part of
 # the pid), makes a work directory ($work), and on exit — also on failure — calls the
 # caller's `before_cleanup` if it defines one, deletes the lab and the work directory.
 # $root is the repository; the working directory becomes it.
@@ -10,8 +10,13 @@ fi
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root=$(pwd)
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/vipvisor-target}"
-cargo build -q --release -p vipvisor --bin vipvisor
-V="$CARGO_TARGET_DIR/release/vipvisor"
+# VIPVISOR_BIN=path runs another build (e.g. the previous commit's, for ratios in one run).
+if [ -n "${VIPVISOR_BIN:-}" ]; then
+  V="$VIPVISOR_BIN"
+else
+  cargo build -q --release -p vipvisor --bin vipvisor
+  V="$CARGO_TARGET_DIR/release/vipvisor"
+fi
 P="${LAB_TAG:?set LAB_TAG before sourcing bench/lab.sh}$(( $$ % 1000 ))"
 work=$(mktemp -d)
 cleanup() {

@@ -6,6 +6,8 @@
 #     speaker's own log and from a capture);
 #  3. speaker RSS with 1,000 VIPs, and CPU while idle.
 # Usage: bench/speaker.sh [SAMPLES]   (default 1000 arping samples per target). Needs root.
+#        VIPVISOR_PREVIOUS=/path/to/old/vipvisor bench/speaker.sh   (also the previous build,
+#          interleaved: ratios against it)
 set -euo pipefail
 samples=${1:-1000}
 LAB_TAG=vb
@@ -27,14 +29,30 @@ echo; echo "== 1. ARP reply latency, $samples samples each, interleaved (client 
 ip netns exec "${P}n1" "$V" speaker --interface eth0 --vip 192.0.2.100 --node-name n1 2>"$work/sp1.log" &
 sp=$!
 wait_log "$work/sp1.log" announced 1
-: >"$work/speaker.txt"; : >"$work/kernel.txt"
+# VIPVISOR_PREVIOUS=path: the previous build answers for 192.0.2.101 from node 2 (whose
+# kernel answers for its own 192.0.2.12), sampled in the same interleaved loop.
+prev=""
+if [ -n "${VIPVISOR_PREVIOUS:-}" ]; then
+  ip netns exec "${P}n2" "$VIPVISOR_PREVIOUS" speaker --interface eth0 --vip 192.0.2.101 --node-name n2 2>"$work/sp2.log" &
+  prev=$!
+  wait_log "$work/sp2.log" announced 1
+fi
+: >"$work/speaker"; : >"$work/kernel"; : >"$work/previous"
 for i in $(seq 1 "$samples"); do
-  ns c arping -c 1 -w 1 -I eth0 192.0.2.100 | grep -o '[0-9.]*ms' | tr -d ms >>"$work/speaker.txt" || true
-  ns c arping -c 1 -w 1 -I eth0 192.0.2.12 | grep -o '[0-9.]*ms' | tr -d ms >>"$work/kernel.txt" || true
+  ns c arping -c 1 -w 1 -I eth0 192.0.2.100 | grep -o '[0-9.]*ms' | tr -d ms >>"$work/speaker" || true
+  ns c arping -c 1 -w 1 -I eth0 192.0.2.12 | grep -o '[0-9.]*ms' | tr -d ms >>"$work/kernel" || true
+  if [ -n "$prev" ]; then
+    ns c arping -c 1 -w 1 -I eth0 192.0.2.101 | grep -o '[0-9.]*ms' | tr -d ms >>"$work/previous" || true
+  fi
 done
-mv "$work/speaker.txt" "$work/speaker"; mv "$work/kernel.txt" "$work/kernel"
+files=("$work/speaker" "$work/kernel")
+[ -n "$prev" ] && files+=("$work/previous")
 # arping prints milliseconds.
-"$root/bench/stats.py" --unit us --scale 0.001 --base kernel --target "(target <= 1.5x)" "$work/speaker" "$work/kernel"
+"$root/bench/stats.py" --unit us --scale 0.001 --base kernel --target "(target <= 1.5x)" "${files[@]}"
+if [ -n "$prev" ]; then
+  "$root/bench/stats.py" --unit us --scale 0.001 --base previous "$work/speaker" "$work/previous" | grep ratio
+  kill -TERM "$prev"; wait "$prev" || true
+fi
 kill -TERM "$sp"; wait "$sp" || true
 
 echo; echo "== 2./3. 1,000 VIPs on one interface (748 IPv4 in three /24s + 252 IPv6)"

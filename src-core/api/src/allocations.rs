@@ -9,10 +9,13 @@ use vipvisor_model::{AllocRequest, Allocation, PoolName, Quarantined, ServiceKey
 use crate::{App, Result};
 
 /// What a service holds after a request.
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Allocated {
+    #[cfg_attr(feature = "ts", ts(type = "string"))]
     pub service: ServiceKey,
     pub addresses: Vec<IpAddr>,
+    #[cfg_attr(feature = "ts", ts(type = "string"))]
     pub pool: PoolName,
     pub change: Change,
 }
@@ -29,8 +32,10 @@ impl From<&Outcome> for Allocated {
 }
 
 /// What a release did.
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ReleaseResult {
+    #[cfg_attr(feature = "ts", ts(type = "string"))]
     pub service: ServiceKey,
     /// Empty when the service held nothing.
     pub released: Vec<IpAddr>,
@@ -71,10 +76,11 @@ impl App {
         Ok(self.store.snapshot().await?.allocations().into_iter().cloned().collect())
     }
 
-    /// Forgets every allocation and quarantine entry (a new controller leader rebuilding
-    /// from the cluster). Returns how many entries went.
-    pub async fn forget_allocations(&self) -> Result<usize> {
-        Ok(self.store.clear_allocations(self.now()).await?)
+    /// Forgets (without quarantine) the allocations for which `keep` is false, and every
+    /// quarantine entry: a new controller leader keeps what agrees with the cluster and
+    /// rebuilds the rest from it. Returns how many entries went.
+    pub async fn forget_allocations(&self, keep: impl Fn(&Allocation) -> bool) -> Result<usize> {
+        Ok(self.store.forget(keep, self.now()).await?)
     }
 
     /// Puts quarantine entries recorded elsewhere (the cluster) back; entries already

@@ -9,6 +9,7 @@ use vipvisor_model::InvalidValue;
 use vipvisor_store::StoreError;
 
 /// What went wrong, as front ends branch on it. The strings are stable.
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
@@ -87,6 +88,7 @@ impl std::fmt::Display for ErrorCode {
 }
 
 /// `{code, message}`, as every front end shows it.
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
 #[error("{message}")]
 pub struct ApiError {

@@ -8,6 +8,7 @@ use vipvisor_store::{ConfigReport, StoreError};
 use crate::{App, Result};
 
 /// A pool with its usage: `{"name", "addresses", …options, "families": [...]}`.
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PoolView {
     #[serde(flatten)]

@@ -195,6 +195,7 @@ struct AddressUse {
 }
 
 /// What [`Ipam::allocate`] did.
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Change {
@@ -229,14 +230,20 @@ pub struct Released {
 }
 
 /// Counts of one family of one pool.
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FamilyStats {
     pub family: Family,
     /// Usable addresses in the pool's blocks (without .0/.255 under avoid_buggy_ips).
+    #[cfg_attr(feature = "ts", ts(type = "number"))]
     pub size: u128,
+    #[cfg_attr(feature = "ts", ts(type = "number"))]
     pub reserved: u128,
+    #[cfg_attr(feature = "ts", ts(type = "number"))]
     pub used: u128,
+    #[cfg_attr(feature = "ts", ts(type = "number"))]
     pub quarantined: u128,
+    #[cfg_attr(feature = "ts", ts(type = "number"))]
     pub free: u128,
 }
 
@@ -308,6 +315,18 @@ impl Ipam {
     /// Loads a quarantine entry from the store.
     pub fn restore_quarantine(&mut self, q: Quarantined) {
         self.hold(q.address, q.service, q.until);
+    }
+
+    /// Drops a service's allocation without quarantine (the store forgets it).
+    pub fn forget(&mut self, service: &ServiceKey) {
+        if let Some(a) = self.services.get(service).cloned() {
+            self.unassign(&a);
+        }
+    }
+
+    /// Ends the quarantine of `ip` now (the store forgets the entry).
+    pub fn unquarantine(&mut self, ip: &IpAddr) {
+        self.unhold(ip);
     }
 
     /// Quarantines a free address of a pool for its last holder, as recorded elsewhere

@@ -7,10 +7,10 @@
 //! Only the Lease holder writes: the pools file is applied, allocations are made and
 //! released, statuses and Events are written by the leader alone; standbys keep their
 //! caches warm and their reconciles return at once. Each replica keeps its own store (an
-//! SQLite file is never shared between hosts); a new leader forgets the allocations its
-//! store holds and rebuilds them from the cluster — adopting every address already in a
-//! Service status before allocating anything — and takes the quarantine over from the
-//! Lease, where the leader keeps it ([`ANN_QUARANTINE`]).
+//! SQLite file is never shared between hosts); a new leader keeps what its store holds
+//! only where the cluster agrees, rebuilds the rest from the cluster — adopting every
+//! address already in a Service status before allocating anything — and takes the
+//! quarantine over from the Lease, where the leader keeps it ([`ANN_QUARANTINE`]).
 //!
 //! Deleted Services are released without finalizers: the deletion reaches the controller
 //! as a key whose object is gone, and the release is guarded by the deleted object's UID.
@@ -498,14 +498,54 @@ pub fn error_policy(svc: Arc<Service>, err: &ReconcileError, ctx: Arc<Ctx>) -> A
     Action::requeue(delay)
 }
 
-/// Adopts Services whose status shows addresses, then serves the others, then releases
-/// allocations whose Service no longer exists. All allocations of the pass go through the
-/// store in one transaction. Returns how many Services were seen.
-async fn full_pass(ctx: &Ctx, services: &Reflector<Service>) -> usize {
+/// The start of a term: keeps the store's allocations that agree with the Services'
+/// statuses (forgetting the others and the store's quarantine), adopts every address in a
+/// status, takes the quarantine over (`inherited`), serves the Services without an
+/// address, and releases allocations whose Service no longer exists. Each batch is one
+/// store transaction. Returns how many Services were seen.
+async fn full_pass(ctx: &Ctx, services: &Reflector<Service>, inherited: Vec<Quarantined>) -> usize {
     let all = services.state();
+    let statuses: HashMap<ServiceKey, Vec<IpAddr>> = all
+        .iter()
+        .filter_map(|s| {
+            let mut a = decide::status_addresses(s);
+            a.sort();
+            Some((key_of(s)?, a)).filter(|(_, a)| !a.is_empty())
+        })
+        .collect();
+    match ctx.app.forget_allocations(|a| statuses.get(&a.service) == Some(&a.addresses)).await {
+        Ok(n) if n > 0 => info!(entries = n, "forgot store entries the cluster does not show; rebuilding them"),
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "cannot reconcile the store with the cluster"),
+    }
     let (with_status, without): (Vec<_>, Vec<_>) = all.iter().partition(|s| !decide::status_addresses(s).is_empty());
+    serve_batch(ctx, &with_status).await;
+    if !inherited.is_empty() {
+        match ctx.app.restore_quarantine(inherited).await {
+            Ok(r) => info!(entries = r.len(), "took the quarantine over from the Lease"),
+            Err(e) => warn!(error = %e, "cannot restore the quarantine"),
+        }
+    }
+    serve_batch(ctx, &without).await;
+    let existing: HashSet<ServiceKey> = all.iter().filter_map(|s| key_of(s)).collect();
+    match ctx.app.allocations().await {
+        Ok(allocs) => {
+            for key in allocs.into_iter().map(|a| a.service).filter(|k| !existing.contains(k)) {
+                if let Err(e) = ctx.release_deleted(&key, None).await {
+                    warn!(service = %key, error = %e, "could not release the allocation of a deleted service");
+                }
+            }
+        }
+        Err(e) => warn!(error = %e, "cannot list allocations"),
+    }
+    ctx.refresh_pool_metrics().await;
+    all.len()
+}
+
+/// Reconciles `svcs`, their allocations in one store transaction.
+async fn serve_batch(ctx: &Ctx, svcs: &[&Arc<Service>]) {
     let mut batch = Vec::new();
-    for svc in with_status.into_iter().chain(without) {
+    for svc in svcs {
         match decide(svc, &ctx.namespace_labels(svc), &ctx.policy) {
             Decision::Allocate { request, status_addresses, warnings } => {
                 batch.push((svc, request, status_addresses, warnings))
@@ -516,6 +556,9 @@ async fn full_pass(ctx: &Ctx, services: &Reflector<Service>) -> usize {
                 }
             }
         }
+    }
+    if batch.is_empty() {
+        return;
     }
     let requests: Vec<_> = batch.iter().map(|(_, r, _, _)| r.clone()).collect();
     let started = Instant::now();
@@ -539,19 +582,6 @@ async fn full_pass(ctx: &Ctx, services: &Reflector<Service>) -> usize {
             }
         }
     }
-    let existing: HashSet<ServiceKey> = all.iter().filter_map(|s| key_of(s)).collect();
-    match ctx.app.allocations().await {
-        Ok(allocs) => {
-            for key in allocs.into_iter().map(|a| a.service).filter(|k| !existing.contains(k)) {
-                if let Err(e) = ctx.release_deleted(&key, None).await {
-                    warn!(service = %key, error = %e, "could not release the allocation of a deleted service");
-                }
-            }
-        }
-        Err(e) => warn!(error = %e, "cannot list allocations"),
-    }
-    ctx.refresh_pool_metrics().await;
-    all.len()
 }
 
 /// Applies the pools file (prune, no force). Leader only.
@@ -700,8 +730,8 @@ pub async fn run(
         let term = lead_rx.borrow().clone();
         metrics.leader.set(1);
         let pass = Instant::now();
-        // A new term starts over: the pools file, allocations rebuilt from the cluster,
-        // the quarantine the previous leader left in the Lease.
+        // A new term starts over: the pools file, then the allocations as the cluster
+        // shows them and the quarantine the previous leader left in the Lease.
         let mut pools_mtime = None;
         if let Some(path) = &cfg.pools_file {
             pools_mtime = mtime(path).await;
@@ -709,22 +739,10 @@ pub async fn run(
                 warn!(file = %path.display(), error = %e, "pools file not applied; keeping the current pools");
             }
         }
-        match ctx.app.forget_allocations().await {
-            Ok(n) if n > 0 => {
-                info!(entries = n, "forgot the allocations of the last term; rebuilding from the cluster")
-            }
-            Ok(_) => {}
-            Err(e) => warn!(error = %e, "cannot reset the store's allocations"),
-        }
-        if let Some(note) = term.inherited.get(ANN_QUARANTINE) {
-            match ctx.app.restore_quarantine(parse_quarantine_note(note)).await {
-                Ok(r) => info!(entries = r.len(), "took the quarantine over from the Lease"),
-                Err(e) => warn!(error = %e, "cannot restore the quarantine"),
-            }
-        }
         // Deletions seen while standing by are covered by the pass's sweep.
         locked(&ctx.deleted).clear();
-        let seen = full_pass(&ctx, &svc_reader).await;
+        let inherited = term.inherited.get(ANN_QUARANTINE).map(|n| parse_quarantine_note(n)).unwrap_or_default();
+        let seen = full_pass(&ctx, &svc_reader, inherited).await;
         ctx.set_phase(Phase::Leading);
         // Deletions that arrived during the pass.
         let late: Vec<(ServiceKey, Option<Uid>)> = locked(&ctx.deleted).drain().collect();

@@ -38,6 +38,7 @@ impl InvalidValue {
 }
 
 /// IP address family.
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Family {
     #[serde(rename = "ipv4")]
@@ -475,6 +476,7 @@ pub fn selector_matches(selector: &Labels, labels: &Labels) -> bool {
 
 /// Options of a pool besides its name and blocks: the one declaration of them. The pools
 /// file, the JSON API and the store all use this shape (missing keys take the defaults).
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PoolOptions {
@@ -515,9 +517,12 @@ impl PoolOptions {
 
 /// A pool of addresses: `{"name", "addresses", …options}` in YAML and JSON. Construct
 /// through [`Pool::new`] (deserialising validates the same way).
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Pool {
+    #[cfg_attr(feature = "ts", ts(type = "string"))]
     pub name: PoolName,
+    #[cfg_attr(feature = "ts", ts(type = "Array<string>"))]
     pub addresses: Vec<AddressBlock>,
     #[serde(flatten)]
     pub options: PoolOptions,
@@ -597,9 +602,11 @@ impl<'de> Deserialize<'de> for Pool {
 }
 
 /// Addresses that are never handed out.
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Reservation {
+    #[cfg_attr(feature = "ts", ts(type = "string"))]
     pub block: AddressBlock,
     #[serde(default)]
     pub note: String,
@@ -731,21 +738,31 @@ impl Timestamp {
 }
 
 /// An address held by a service.
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Allocation {
+    #[cfg_attr(feature = "ts", ts(type = "string"))]
     pub service: ServiceKey,
+    #[cfg_attr(feature = "ts", ts(type = "string | null"))]
     pub uid: Option<Uid>,
+    #[cfg_attr(feature = "ts", ts(type = "string"))]
     pub pool: PoolName,
     pub addresses: Vec<IpAddr>,
+    #[cfg_attr(feature = "ts", ts(type = "string | null"))]
     pub sharing_key: Option<SharingKey>,
+    #[cfg_attr(feature = "ts", ts(type = "Array<string>"))]
     pub ports: BTreeSet<Port>,
 }
 
 /// A released address that only its last holder may take for a while.
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Quarantined {
     pub address: IpAddr,
+    #[cfg_attr(feature = "ts", ts(type = "string"))]
     pub service: ServiceKey,
+    /// Unix milliseconds.
+    #[cfg_attr(feature = "ts", ts(type = "number"))]
     pub until: Timestamp,
 }
 

@@ -39,9 +39,6 @@ pub enum Write<'a> {
     DeletePool(&'a PoolName),
     UpsertReservation(&'a Reservation),
     DeleteReservation(&'a AddressBlock),
-    /// Forgets every allocation and quarantine entry (a new leader rebuilding from the
-    /// cluster).
-    ClearAllocations,
     Audit {
         actor: &'a str,
         event: &'a Audit,

@@ -15,6 +15,7 @@ pub mod audit;
 pub mod backend;
 pub mod sqlite;
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -110,10 +111,13 @@ pub fn redact_url(url: &str) -> String {
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// An audit event as read back.
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Event {
+    #[cfg_attr(feature = "ts", ts(type = "number"))]
     pub id: i64,
     pub at: String,
+    #[cfg_attr(feature = "ts", ts(type = "number"))]
     pub at_ms: i64,
     pub actor: String,
     pub kind: String,
@@ -122,6 +126,7 @@ pub struct Event {
 }
 
 /// What a configuration change did.
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ConfigReport {
     pub changed: bool,
@@ -133,6 +138,7 @@ pub struct ConfigReport {
     pub released: Vec<Allocation>,
 }
 
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ItemChange {
     pub name: String,
@@ -427,19 +433,28 @@ impl Store {
         .await
     }
 
-    /// Forgets every allocation and quarantine entry, keeping pools and reservations: a
-    /// controller that becomes leader rebuilds them from the cluster.
-    pub async fn clear_allocations(&self, now: Timestamp) -> Result<usize> {
+    /// Forgets, without quarantine, every allocation for which `keep` is false, and every
+    /// quarantine entry; pools and reservations stay. A controller that becomes leader
+    /// keeps what agrees with the cluster and rebuilds the rest from it. Returns how many
+    /// allocations and quarantine entries went.
+    pub async fn forget(&self, keep: impl Fn(&Allocation) -> bool, now: Timestamp) -> Result<usize> {
         let (mut tx, mut guard, generation) = self.begin().await?;
         let res: Result<(usize, bool)> = async {
             let ipam = &mut guard.as_mut().ok_or_else(|| StoreError::Corrupt("cache".into()))?.ipam;
-            let n = ipam.allocations().len() + ipam.quarantined().len();
-            if n == 0 {
+            let gone: Vec<Allocation> = ipam.allocations().into_iter().filter(|a| !keep(a)).cloned().collect();
+            let quarantined: Vec<IpAddr> = ipam.quarantined().iter().map(|q| q.address).collect();
+            if gone.is_empty() && quarantined.is_empty() {
                 return Ok((0, false));
             }
-            tx.write(Write::ClearAllocations, now).await?;
-            *ipam = Ipam::new(ipam.pools().cloned().collect(), ipam.reservations().cloned().collect());
-            Ok((n, true))
+            for a in &gone {
+                tx.write(Write::DeleteAllocation(a), now).await?;
+                ipam.forget(&a.service);
+            }
+            tx.write(Write::DeleteQuarantine(&quarantined), now).await?;
+            for ip in &quarantined {
+                ipam.unquarantine(ip);
+            }
+            Ok((gone.len() + quarantined.len(), true))
         }
         .await;
         self.finish(tx, guard, generation, res).await

@@ -219,12 +219,6 @@ impl WriteTx for SqliteTx {
                 sqlx::query("DELETE FROM reservations WHERE block = ?1").bind(b.to_string()).execute(&mut **tx).await?;
                 Ok(())
             }
-            Write::ClearAllocations => {
-                for table in ["ports", "holders", "addresses", "services", "quarantine"] {
-                    sqlx::query(&format!("DELETE FROM {table}")).execute(&mut **tx).await?;
-                }
-                Ok(())
-            }
             Write::Audit { actor, event } => {
                 sqlx::query("INSERT INTO events (at_ms, actor, kind, subject, detail) VALUES (?1, ?2, ?3, ?4, ?5)")
                     .bind(now.0)

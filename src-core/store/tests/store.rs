@@ -289,3 +289,22 @@ async fn renaming_a_pool_rehomes_its_allocations(pool: SqlitePool) {
     assert_eq!(s.snapshot().await.unwrap().allocations().len(), 1);
     assert_eq!(s.read(|i| i.allocations().len()).await.unwrap(), 1);
 }
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn forgetting_keeps_only_what_agrees_and_frees_the_rest(pool: SqlitePool) {
+    let s = Store::from_sqlite(pool.clone());
+    s.add_pool(ip_pool("p", &["192.0.2.0/30"]), T0).await.unwrap();
+    let a = s.allocate(&req("ns/a"), T0, HOLD).await.unwrap().allocation;
+    let b = s.allocate(&req("ns/b"), T0, HOLD).await.unwrap().allocation;
+    s.allocate(&req("ns/c"), T0, HOLD).await.unwrap();
+    s.release(&"ns/c".parse().unwrap(), None, T0, HOLD).await.unwrap();
+    let gone = s.forget(|x| x.service == a.service, T0).await.unwrap();
+    assert_eq!(gone, 2, "ns/b's allocation and ns/c's quarantine entry go");
+    let ipam = Store::from_sqlite(pool.clone()).snapshot().await.unwrap();
+    assert_eq!(ipam.allocations().len(), 1, "only ns/a is kept");
+    assert!(ipam.quarantined().is_empty(), "the store's quarantine is forgotten");
+    let next = s.allocate(&req("ns/x"), T0, HOLD).await.unwrap().allocation;
+    assert_eq!(next.addresses, b.addresses, "ns/b's address is free again, without quarantine");
+    assert_eq!(s.forget(|_| true, T0).await.unwrap(), 0, "nothing to forget: nothing written");
+    assert!(s.integrity_check().await.unwrap().is_empty());
+}
