@@ -83,3 +83,27 @@ impl App {
         self.store.close().await;
     }
 }
+
+/// The types the UI reads have TypeScript declarations (`--features ts`); exporting and
+/// committing them is the web UI's business.
+#[cfg(all(test, feature = "ts"))]
+mod ts_tests {
+    use ts_rs::{Config, TS};
+
+    #[test]
+    fn the_ui_types_declare_their_json_shape() {
+        let cfg = Config::default();
+        let pool = crate::pools::PoolView::decl(&cfg);
+        for field in ["name: string", "addresses: Array<string>", "auto_assign: boolean", "families"] {
+            assert!(pool.contains(field), "PoolView should declare {field}: {pool}");
+        }
+        let err = crate::ApiError::decl(&cfg);
+        assert!(err.contains("code: ErrorCode") && err.contains("message: string"), "{err}");
+        let code = crate::ErrorCode::decl(&cfg);
+        assert!(code.contains("\"would_strand\""), "codes are the stable strings: {code}");
+        let a = crate::allocations::Allocated::decl(&cfg);
+        assert!(a.contains("service: string") && a.contains("change: Change"), "{a}");
+        let e = vipvisor_store::Event::decl(&cfg);
+        assert!(e.contains("at_ms: number"), "{e}");
+    }
+}
