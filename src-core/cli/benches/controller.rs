@@ -193,8 +193,19 @@ async fn run(d: &Path, n: usize) {
         let log_len = std::fs::read_to_string(&c.log).unwrap_or_default().len();
         tokio::time::sleep(Duration::from_secs(3)).await;
         let grew = std::fs::read_to_string(&c.log).unwrap_or_default().len() - log_len;
+        let text = std::fs::read_to_string(&c.log).unwrap_or_default();
+        let ms = |what: &str| {
+            text.lines()
+                .find(|l| l.contains(what))
+                .and_then(|l| l.split("elapsed_ms=").nth(1))
+                .and_then(|v| v.split_whitespace().next())
+                .unwrap_or("?")
+                .to_string()
+        };
         println!(
-            "startup with {n} Services, {label}: ready and idle in {ready:.2?} (target < 5 s); RSS {:.1} MiB; log grew {grew} bytes in the next 3 s",
+            "startup with {n} Services, {label}: ready and idle in {ready:.2?} (target < 5 s; caches synced in {} ms, initial pass {} ms); RSS {:.1} MiB; log grew {grew} bytes in the next 3 s",
+            ms("caches synced"),
+            ms("initial pass done"),
             rss as f64 / 1024.0
         );
         stop(&mut c);

@@ -48,7 +48,7 @@ pub fn router(
                 async move {
                     match p {
                         Phase::Starting => (StatusCode::SERVICE_UNAVAILABLE, "starting\n"),
-                        Phase::Standby => (StatusCode::OK, "standby\n"),
+                        Phase::Standby | Phase::Passing => (StatusCode::OK, "standby\n"),
                         Phase::Leading => (StatusCode::OK, "leading\n"),
                     }
                 }

@@ -1,8 +1,9 @@
 //! The Kubernetes LoadBalancer controller, on kube-runtime's [`Controller`]: one
 //! `reconcile(Service)` that is never told why it runs (each step checked and fixed on its
 //! own), an `error_policy` with per-Service exponential backoff, per-key deduplication and
-//! bounded concurrency from the runtime, and `reconcile_all_on` for the pools file and for
-//! the start of a leadership term.
+//! bounded concurrency from the runtime, and `reconcile_all_on` for the pools file. A
+//! term starts with one batched pass over every Service; Services that changed while it
+//! ran are reconciled right after.
 //!
 //! Only the Lease holder writes: the pools file is applied, allocations are made and
 //! released, statuses and Events are written by the leader alone; standbys keep their
@@ -146,6 +147,8 @@ impl Metrics {
 pub enum Phase {
     Starting,
     Standby,
+    /// Leading, but the term's initial pass is still running.
+    Passing,
     Leading,
 }
 
@@ -222,6 +225,8 @@ pub struct Ctx {
     attempts: Mutex<HashMap<ServiceKey, u32>>,
     /// UIDs of deleted Services whose release is due.
     deleted: Mutex<HashMap<ServiceKey, Option<Uid>>>,
+    /// Services seen during a term's initial pass (looked at again after it).
+    pending: Mutex<HashSet<ServiceKey>>,
 }
 
 impl std::fmt::Debug for Ctx {
@@ -264,6 +269,7 @@ impl Ctx {
             reported: Mutex::default(),
             attempts: Mutex::default(),
             deleted: Mutex::default(),
+            pending: Mutex::default(),
         }
     }
 
@@ -460,10 +466,20 @@ impl Ctx {
     }
 }
 
-/// kube-runtime's reconcile: acts only while leading; never told why it runs.
+/// kube-runtime's reconcile: acts only while leading; never told why it runs. A standby
+/// does nothing (the next term's pass covers what it saw); a Service seen while a term's
+/// pass runs is noted and looked at after the pass if it changed since the pass saw it.
 pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, ReconcileError> {
-    if !ctx.leading() {
-        return Ok(Action::await_change());
+    let phase = *ctx.phase.borrow();
+    match phase {
+        Phase::Leading => {}
+        Phase::Passing => {
+            if let Some(key) = key_of(&svc) {
+                locked(&ctx.pending).insert(key);
+            }
+            return Ok(Action::await_change());
+        }
+        Phase::Starting | Phase::Standby => return Ok(Action::await_change()),
     }
     let started = Instant::now();
     let res = ctx.reconcile_service(&svc).await;
@@ -502,8 +518,12 @@ pub fn error_policy(svc: Arc<Service>, err: &ReconcileError, ctx: Arc<Ctx>) -> A
 /// statuses (forgetting the others and the store's quarantine), adopts every address in a
 /// status, takes the quarantine over (`inherited`), serves the Services without an
 /// address, and releases allocations whose Service no longer exists. Each batch is one
-/// store transaction. Returns how many Services were seen.
-async fn full_pass(ctx: &Ctx, services: &Reflector<Service>, inherited: Vec<Quarantined>) -> usize {
+/// store transaction. Returns the resourceVersion of every Service it saw.
+async fn full_pass(
+    ctx: &Ctx,
+    services: &Reflector<Service>,
+    inherited: Vec<Quarantined>,
+) -> HashMap<ServiceKey, Option<String>> {
     let all = services.state();
     let statuses: HashMap<ServiceKey, Vec<IpAddr>> = all
         .iter()
@@ -539,7 +559,7 @@ async fn full_pass(ctx: &Ctx, services: &Reflector<Service>, inherited: Vec<Quar
         Err(e) => warn!(error = %e, "cannot list allocations"),
     }
     ctx.refresh_pool_metrics().await;
-    all.len()
+    all.iter().filter_map(|s| Some((key_of(s)?, s.metadata.resource_version.clone()))).collect()
 }
 
 /// Reconciles `svcs`, their allocations in one store transaction.
@@ -729,6 +749,7 @@ pub async fn run(
         }
         let term = lead_rx.borrow().clone();
         metrics.leader.set(1);
+        ctx.set_phase(Phase::Passing);
         let pass = Instant::now();
         // A new term starts over: the pools file, then the allocations as the cluster
         // shows them and the quarantine the previous leader left in the Lease.
@@ -742,8 +763,19 @@ pub async fn run(
         // Deletions seen while standing by are covered by the pass's sweep.
         locked(&ctx.deleted).clear();
         let inherited = term.inherited.get(ANN_QUARANTINE).map(|n| parse_quarantine_note(n)).unwrap_or_default();
+        locked(&ctx.pending).clear();
         let seen = full_pass(&ctx, &svc_reader, inherited).await;
         ctx.set_phase(Phase::Leading);
+        // Services that changed while the pass ran (not those it saw as they are now).
+        let touched: Vec<ServiceKey> = locked(&ctx.pending).drain().collect();
+        for key in touched {
+            let Some(svc) = svc_reader.get(&ObjectRef::new(key.name()).within(key.namespace())) else { continue };
+            if seen.get(&key) != Some(&svc.metadata.resource_version) {
+                if let Err(e) = ctx.reconcile_service(&svc).await {
+                    warn!(service = %key, error = %e, "reconcile failed right after the initial pass");
+                }
+            }
+        }
         // Deletions that arrived during the pass.
         let late: Vec<(ServiceKey, Option<Uid>)> = locked(&ctx.deleted).drain().collect();
         for (key, uid) in late {
@@ -755,8 +787,7 @@ pub async fn run(
             }
         }
         ctx.publish_quarantine().await;
-        info!(services = seen, elapsed_ms = pass.elapsed().as_millis() as u64, "leading: initial pass done");
-        let _ = all_tx.try_send(());
+        info!(services = seen.len(), elapsed_ms = pass.elapsed().as_millis() as u64, "leading: initial pass done");
         loop {
             beat.beat();
             tokio::select! {
