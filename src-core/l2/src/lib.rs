@@ -150,11 +150,17 @@ impl Prepared {
         metrics: Metrics,
         health: &Health,
     ) -> Result<Prepared, SpeakerError> {
-        let sockets = open_links(&links)?;
+        // The sockets belong to the L2 thread's reactor: their readiness wakes that thread.
+        let l2 =
+            Arc::new(L2Thread::start().map_err(|source| SpeakerError::Socket { iface: "(runtime)".into(), source })?);
+        let sockets = {
+            let _in_l2 = l2.handle.enter();
+            open_links(&links)?
+        };
         let mut groups = Groups::new(&links).map_err(|(iface, source)| SpeakerError::Socket { iface, source })?;
         groups.sync(&placed).map_err(|(vip, iface, source)| SpeakerError::Multicast { vip, iface, source })?;
         let ifaces = links.iter().map(|l| Iface { name: l.name.clone(), mac: l.mac }).collect();
-        let speaker = Speaker::new(ifaces, sockets, timing, metrics)?.with_health(health.clone());
+        let speaker = Speaker::new(ifaces, sockets, timing, metrics)?.with_health(health.clone()).on_thread(l2);
         Ok(Prepared { links, placed, speaker, groups })
     }
 
@@ -178,6 +184,44 @@ pub struct Speaker<L: Link> {
     metrics: Metrics,
     conflicts: Option<mpsc::Sender<ConflictReport>>,
     health: Health,
+    /// Where the receive and timer loops run (default: the caller's runtime).
+    l2: Option<Arc<L2Thread>>,
+}
+
+/// The L2 path's own thread: a current-thread runtime that owns the sockets' readiness and
+/// runs the receive and timer loops, so an ARP reply never waits for, or hops between,
+/// the threads that decode Kubernetes objects, write the store or run gossip. Stopped on
+/// drop.
+#[derive(Debug)]
+pub struct L2Thread {
+    handle: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl L2Thread {
+    pub fn start() -> std::io::Result<L2Thread> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let handle = rt.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new().name("vipvisor-l2".into()).spawn(move || {
+            rt.block_on(async {
+                let _ = stopped.await;
+            });
+        })?;
+        Ok(L2Thread { handle, stop: Some(stop), thread: Some(thread) })
+    }
+}
+
+impl Drop for L2Thread {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// Another host was seen using a VIP (Kubernetes mode reports it as an Event).
@@ -238,7 +282,24 @@ impl<L: Link> Speaker<L> {
             metrics,
             conflicts: None,
             health: Health::new(),
+            l2: None,
         })
+    }
+
+    /// Runs the receive and timer loops on `l2` (whose reactor the links must belong to).
+    pub fn on_thread(mut self, l2: Arc<L2Thread>) -> Self {
+        self.l2 = Some(l2);
+        self
+    }
+
+    fn spawn<F>(&self, fut: F) -> tokio::task::JoinHandle<()>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        match &self.l2 {
+            Some(t) => t.handle.spawn(fut),
+            None => tokio::spawn(fut),
+        }
     }
 
     /// Registers the runner's loops with `health` (for `/healthz`).
@@ -295,7 +356,7 @@ impl<L: Link> Speaker<L> {
             let (engine, links, tx, metrics) =
                 (self.engine.clone(), self.links.clone(), tx.clone(), self.metrics.clone());
             let beat = self.health.register("l2-receive", STALLED_AFTER);
-            tasks.push(tokio::spawn(async move {
+            tasks.push(self.spawn(async move {
                 let mut buf = vec![0u8; 65536];
                 loop {
                     beat.beat();
@@ -319,7 +380,7 @@ impl<L: Link> Speaker<L> {
             let (engine, links, tx, wake) = (self.engine.clone(), self.links.clone(), tx.clone(), self.wake.clone());
             let metrics = self.metrics.clone();
             let beat = self.health.register("l2-timers", STALLED_AFTER);
-            tasks.push(tokio::spawn(async move {
+            tasks.push(self.spawn(async move {
                 loop {
                     beat.beat();
                     let now = tokio::time::Instant::now();
