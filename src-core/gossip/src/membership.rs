@@ -453,6 +453,29 @@ impl Runner {
 mod tests {
     use super::*;
 
+    /// foca's timers wait in one heap polled by the run loop (before: a task each).
+    #[test]
+    fn timers_come_due_in_order_from_one_queue() {
+        let mut q = TimerQueue::default();
+        let t0 = tokio::time::Instant::now();
+        let me = NodeId::seed("127.0.0.1:1".parse().unwrap());
+        q.schedule(t0 + Duration::from_millis(30), Timer::ProbeRandomMember(3));
+        q.schedule(t0 + Duration::from_millis(10), Timer::ProbeRandomMember(1));
+        q.schedule(
+            t0 + Duration::from_millis(20),
+            Timer::ChangeSuspectToDown { member_id: me, incarnation: 0, token: 0 },
+        );
+        assert_eq!(q.len(), 3);
+        assert_eq!(q.next_at(), Some(t0 + Duration::from_millis(10)), "the earliest is next");
+        assert!(q.due(t0).is_empty(), "nothing is due before its time");
+        let due = q.due(t0 + Duration::from_millis(25));
+        assert_eq!(due.len(), 2, "the two earliest are due at 25 ms");
+        assert!(matches!(due[0], Timer::ProbeRandomMember(1)), "in order: {due:?}");
+        assert_eq!(q.len(), 1, "due timers leave the queue");
+        assert_eq!(q.due(t0 + Duration::from_secs(1)).len(), 1);
+        assert_eq!((q.len(), q.next_at()), (0, None));
+    }
+
     #[test]
     fn sealed_datagrams_need_the_key() {
         let a = Sealer::new(b"s3cret\n").unwrap();
