@@ -392,7 +392,8 @@ async fn standby_takes_over_and_no_address_is_given_twice() {
         }
     }
     let took = killed_at.unwrap().elapsed();
-    assert!(tb.log("c2").contains("initial pass done"), "the standby took over");
+    // The pass writes the statuses first and logs that it is done after its sweep.
+    wait(Duration::from_secs(10), || tb.log("c2").contains("initial pass done"), "the standby to take over").await;
     let lease: Api<Lease> = Api::namespaced(tb.client.clone(), "vipvisor-system");
     let l = lease.get("vipvisor-controller").await.unwrap();
     assert_eq!(l.spec.unwrap().holder_identity.as_deref(), Some("c2"));
