@@ -43,6 +43,9 @@ impl LeaseConfig {
 /// Annotations the holder keeps on the Lease (its own state, for the next holder).
 pub type Notes = BTreeMap<String, String>;
 
+/// How long a change of the notes waits for more before it is written.
+const NOTES_SETTLE: Duration = Duration::from_millis(200);
+
 /// Who leads, as this replica knows it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Leadership {
@@ -234,9 +237,9 @@ pub async fn run(
         tokio::select! {
             _ = tokio::time::sleep(cfg.renew_every) => {}
             r = notes.changed(), if leader => {
-                if r.is_err() {
-                    tokio::time::sleep(cfg.renew_every).await;
-                }
+                // Coalesce a burst of changes (say, many releases) into one write.
+                let settle = if r.is_err() { cfg.renew_every } else { NOTES_SETTLE.min(cfg.renew_every) };
+                tokio::time::sleep(settle).await;
             }
             _ = stop.changed() => {
                 if leader {
