@@ -45,8 +45,7 @@ pub struct ReleaseResult {
 impl App {
     /// Gives `req.service` addresses (idempotent: asking again changes nothing).
     pub async fn allocate(&self, req: &AllocRequest) -> Result<Allocated> {
-        let o = self.store.allocate(req, self.now(), self.quarantine).await?;
-        Ok(Allocated::from(&o))
+        Ok(Allocated::from(&self.allocate_outcome(req).await?))
     }
 
     /// Many requests in one transaction (the controller's initial pass). Each request gets
@@ -73,7 +72,7 @@ impl App {
 
     /// Every allocation, by service.
     pub async fn allocations(&self) -> Result<Vec<Allocation>> {
-        Ok(self.store.snapshot().await?.allocations().into_iter().cloned().collect())
+        Ok(self.store.read(|i| i.allocations().into_iter().cloned().collect()).await?)
     }
 
     /// Forgets (without quarantine) the allocations for which `keep` is false, and every

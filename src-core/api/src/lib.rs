@@ -71,10 +71,6 @@ impl App {
         &self.store
     }
 
-    pub fn quarantine(&self) -> Duration {
-        self.quarantine
-    }
-
     fn now(&self) -> vipvisor_model::Timestamp {
         self.clock.now()
     }

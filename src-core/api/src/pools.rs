@@ -16,20 +16,19 @@ pub struct PoolView {
     pub families: Vec<FamilyStats>,
 }
 
+fn view(ipam: &vipvisor_ipam::Ipam, p: &Pool) -> PoolView {
+    PoolView { pool: p.clone(), families: ipam.stats(&p.name).unwrap_or_default() }
+}
+
 impl App {
     /// Every pool with its usage, by name.
     pub async fn pools(&self) -> Result<Vec<PoolView>> {
-        let ipam = self.store.snapshot().await?;
-        Ok(ipam
-            .pools()
-            .map(|p| PoolView { pool: p.clone(), families: ipam.stats(&p.name).unwrap_or_default() })
-            .collect())
+        Ok(self.store.read(|ipam| ipam.pools().map(|p| view(ipam, p)).collect()).await?)
     }
 
     pub async fn pool(&self, name: &PoolName) -> Result<PoolView> {
-        let ipam = self.store.snapshot().await?;
-        let pool = ipam.pool(name).ok_or_else(|| StoreError::UnknownPool(name.clone()))?;
-        Ok(PoolView { pool: pool.clone(), families: ipam.stats(name).unwrap_or_default() })
+        let v = self.store.read(|ipam| ipam.pool(name).map(|p| view(ipam, p))).await?;
+        Ok(v.ok_or_else(|| StoreError::UnknownPool(name.clone()))?)
     }
 
     /// Creates a pool; an existing name or any overlap is refused.

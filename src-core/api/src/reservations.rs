@@ -7,7 +7,7 @@ use crate::{App, Result};
 
 impl App {
     pub async fn reservations(&self) -> Result<Vec<Reservation>> {
-        Ok(self.store.snapshot().await?.reservations().cloned().collect())
+        Ok(self.store.read(|i| i.reservations().cloned().collect()).await?)
     }
 
     /// Reserves a block; reserving an address in use is refused unless `force`, which

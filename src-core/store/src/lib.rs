@@ -200,10 +200,6 @@ impl Store {
         self
     }
 
-    pub fn actor(&self) -> &str {
-        &self.actor
-    }
-
     /// A consistent read of the whole state, fresh from the database.
     pub async fn snapshot(&self) -> Result<Ipam> {
         Ok(index_of(self.backend.rows().await?))
@@ -497,10 +493,13 @@ impl Store {
                 Err(PlanError::Config(e)) => return Err(e.into()),
                 Err(PlanError::WouldStrand(stranded)) => return Err(StoreError::InUse { what, stranded }),
             };
-            let mut report = ConfigReport { changed: plan.changes(), ..ConfigReport::default() };
+            let mut report = ConfigReport {
+                changed: plan.changes(),
+                pools: plan.pools.iter().map(|(n, a)| change(n, *a)).collect(),
+                reservations: plan.reservations.iter().map(|(b, a)| change(b, *a)).collect(),
+                ..ConfigReport::default()
+            };
             if !report.changed {
-                report.pools = plan.pools.iter().map(|(n, a)| change(n, *a)).collect();
-                report.reservations = plan.reservations.iter().map(|(b, a)| change(b, *a)).collect();
                 return Ok((report, None));
             }
             for a in &plan.stranded {
@@ -568,8 +567,6 @@ impl Store {
                 }
             }
             tx.write(Write::DeleteQuarantine(&plan.dropped_quarantine), now).await?;
-            report.pools = plan.pools.iter().map(|(n, a)| change(n, *a)).collect();
-            report.reservations = plan.reservations.iter().map(|(b, a)| change(b, *a)).collect();
             report.rehomed = plan.rehomed.iter().map(|r| r.allocation.clone()).collect();
             report.released = plan.stranded.clone();
             Ok((report, Some(plan.next)))
