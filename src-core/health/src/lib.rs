@@ -94,10 +94,6 @@ impl Beat {
             x.done = true;
         }
     }
-    /// A beat that no registry checks (tests, and loops run without a daemon around them).
-    pub fn detached() -> Beat {
-        Health::new().register("detached", Duration::MAX)
-    }
 }
 
 #[cfg(test)]

@@ -45,7 +45,7 @@ use vipvisor_health::Health;
 use vipvisor_ipam::{IpamError, Outcome};
 use vipvisor_model::{Labels, Quarantined, ServiceKey, Timestamp, Uid};
 
-use crate::decide::{self, decide, ClassPolicy, Decision};
+use crate::decide::{self, decide, service_key, ClassPolicy, Decision};
 use crate::lease::{self, Leadership, LeaseConfig, Notes};
 use crate::reflect::reflect;
 
@@ -235,10 +235,6 @@ impl std::fmt::Debug for Ctx {
     }
 }
 
-fn key_of(svc: &Service) -> Option<ServiceKey> {
-    ServiceKey::new(svc.metadata.namespace.as_deref()?, svc.metadata.name.as_deref()?).ok()
-}
-
 fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -292,7 +288,7 @@ impl Ctx {
 
     /// Reports `note` once per distinct value per Service and slot.
     async fn once(&self, svc: &Service, slot: &'static str, type_: EventType, reason: &str, note: String) {
-        let Some(key) = key_of(svc) else { return };
+        let Some(key) = service_key(svc) else { return };
         if locked(&self.reported).insert((key, slot), note.clone()).as_ref() == Some(&note) {
             return;
         }
@@ -474,7 +470,7 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Recon
     match phase {
         Phase::Leading => {}
         Phase::Passing => {
-            if let Some(key) = key_of(&svc) {
+            if let Some(key) = service_key(&svc) {
                 locked(&ctx.pending).insert(key);
             }
             return Ok(Action::await_change());
@@ -485,7 +481,7 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Recon
     let res = ctx.reconcile_service(&svc).await;
     ctx.metrics.reconcile_seconds.observe(started.elapsed().as_secs_f64());
     res?;
-    if let Some(key) = key_of(&svc) {
+    if let Some(key) = service_key(&svc) {
         locked(&ctx.attempts).remove(&key);
     }
     Ok(Action::await_change())
@@ -500,7 +496,7 @@ pub fn backoff(attempts: u32) -> Duration {
 /// kube-runtime's error policy: count the failure, retry with per-Service backoff.
 pub fn error_policy(svc: Arc<Service>, err: &ReconcileError, ctx: Arc<Ctx>) -> Action {
     ctx.metrics.fail(err.reason());
-    let n = match key_of(&svc) {
+    let n = match service_key(&svc) {
         Some(key) => {
             let mut a = locked(&ctx.attempts);
             let n = a.entry(key).or_insert(0);
@@ -510,7 +506,7 @@ pub fn error_policy(svc: Arc<Service>, err: &ReconcileError, ctx: Arc<Ctx>) -> A
         None => 1,
     };
     let delay = backoff(n);
-    warn!(service = ?key_of(&svc), error = %err, attempt = n, retry_in_ms = delay.as_millis() as u64, "reconcile failed");
+    warn!(service = ?service_key(&svc), error = %err, attempt = n, retry_in_ms = delay.as_millis() as u64, "reconcile failed");
     Action::requeue(delay)
 }
 
@@ -530,7 +526,7 @@ async fn full_pass(
         .filter_map(|s| {
             let mut a = decide::status_addresses(s);
             a.sort();
-            Some((key_of(s)?, a)).filter(|(_, a)| !a.is_empty())
+            Some((service_key(s)?, a)).filter(|(_, a)| !a.is_empty())
         })
         .collect();
     match ctx.app.forget_allocations(|a| statuses.get(&a.service) == Some(&a.addresses)).await {
@@ -547,7 +543,7 @@ async fn full_pass(
         }
     }
     serve_batch(ctx, &without).await;
-    let existing: HashSet<ServiceKey> = all.iter().filter_map(|s| key_of(s)).collect();
+    let existing: HashSet<ServiceKey> = all.iter().filter_map(|s| service_key(s)).collect();
     match ctx.app.allocations().await {
         Ok(allocs) => {
             for key in allocs.into_iter().map(|a| a.service).filter(|k| !existing.contains(k)) {
@@ -559,7 +555,7 @@ async fn full_pass(
         Err(e) => warn!(error = %e, "cannot list allocations"),
     }
     ctx.refresh_pool_metrics().await;
-    all.iter().filter_map(|s| Some((key_of(s)?, s.metadata.resource_version.clone()))).collect()
+    all.iter().filter_map(|s| Some((service_key(s)?, s.metadata.resource_version.clone()))).collect()
 }
 
 /// Reconciles `svcs`, their allocations in one store transaction.
@@ -572,7 +568,7 @@ async fn serve_batch(ctx: &Ctx, svcs: &[&Arc<Service>]) {
             }
             _ => {
                 if let Err(e) = ctx.reconcile_service(svc).await {
-                    warn!(service = ?key_of(svc), error = %e, "reconcile failed during the initial pass");
+                    warn!(service = ?service_key(svc), error = %e, "reconcile failed during the initial pass");
                 }
             }
         }
@@ -589,7 +585,7 @@ async fn serve_batch(ctx: &Ctx, svcs: &[&Arc<Service>]) {
                 ctx.metrics.reconciles.inc();
                 let res = res.map_err(|e: IpamError| ApiError::from(e));
                 if let Err(e) = ctx.apply_outcome(svc, status, warnings, res).await {
-                    warn!(service = ?key_of(svc), error = %e, "could not write the outcome during the initial pass");
+                    warn!(service = ?service_key(svc), error = %e, "could not write the outcome during the initial pass");
                 }
             }
         }
@@ -597,7 +593,7 @@ async fn serve_batch(ctx: &Ctx, svcs: &[&Arc<Service>]) {
             warn!(error = %e, "the batched initial pass failed; reconciling services one by one");
             for (svc, _, _, _) in &batch {
                 if let Err(e) = ctx.reconcile_service(svc).await {
-                    warn!(service = ?key_of(svc), error = %e, "reconcile failed during the initial pass");
+                    warn!(service = ?service_key(svc), error = %e, "reconcile failed during the initial pass");
                 }
             }
         }
@@ -656,7 +652,7 @@ pub async fn run(
         .reflect(svc_writer)
         .inspect(move |ev| {
             if let Ok(watcher::Event::Delete(s)) = ev {
-                if let Some(key) = key_of(s) {
+                if let Some(key) = service_key(s) {
                     let uid = s.metadata.uid.as_deref().and_then(|u| u.parse().ok());
                     locked(&deletions.deleted).insert(key, uid);
                 }

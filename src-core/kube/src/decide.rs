@@ -90,6 +90,11 @@ fn ann<'a>(a: &'a BTreeMap<String, String>, vipvisor: &str, metallb_suffix: Opti
     })
 }
 
+/// A Service's `namespace/name` key (`None` only for objects without both).
+pub fn service_key(svc: &Service) -> Option<ServiceKey> {
+    ServiceKey::new(svc.metadata.namespace.as_deref()?, svc.metadata.name.as_deref()?).ok()
+}
+
 /// The ingress addresses a Service's status shows.
 pub fn status_addresses(svc: &Service) -> Vec<IpAddr> {
     svc.status

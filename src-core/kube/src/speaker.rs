@@ -92,10 +92,6 @@ pub fn slice_info(obj: &serde_json::Value) -> Option<SliceInfo> {
     Some(SliceInfo { service, ready_nodes })
 }
 
-fn service_key(svc: &Service) -> Option<ServiceKey> {
-    ServiceKey::new(svc.metadata.namespace.as_deref()?, svc.metadata.name.as_deref()?).ok()
-}
-
 /// Every VIP in the status of our Services, with the Services that use it, and its facts.
 /// A VIP shared by several Services is `etp_local` if any of them is, and then only nodes
 /// with a ready endpoint of every such Service qualify.
@@ -115,7 +111,7 @@ pub fn vip_facts<'a>(
         if !decide::is_ours(svc, policy) {
             continue;
         }
-        let Some(key) = service_key(svc) else { continue };
+        let Some(key) = decide::service_key(svc) else { continue };
         let local = svc.spec.as_ref().and_then(|s| s.external_traffic_policy.as_deref()) == Some("Local");
         let eps: BTreeSet<String> =
             endpoints.get(&key).map(|e| e.iter().map(|s| (*s).to_owned()).collect()).unwrap_or_default();
