@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
 use vipvisor_gossip::group::{self, GroupConfig};
 use vipvisor_gossip::membership::{GossipTiming, Sealer};
 use vipvisor_health::Health;
@@ -47,6 +46,15 @@ async fn read_key(path: &PathBuf) -> anyhow::Result<Sealer> {
     Sealer::new(&secret).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
+/// The speaker's `/metrics` and `/healthz`, when `--metrics-addr` asks for them.
+async fn serve_metrics(a: &SpeakerArgs, metrics: &Metrics, health: &Health) -> anyhow::Result<()> {
+    if let Some(addr) = a.metrics_addr {
+        let m = metrics.clone();
+        http::serve(addr, http::router(move || m.encode(), health.clone(), None)).await?;
+    }
+    Ok(())
+}
+
 pub async fn run_speaker(a: &SpeakerArgs) -> anyhow::Result<()> {
     if a.garp_interval < Duration::from_millis(10) && !a.garp_duration.is_zero() {
         anyhow::bail!(
@@ -85,10 +93,7 @@ pub async fn run_speaker(a: &SpeakerArgs) -> anyhow::Result<()> {
         };
         let sealer = read_key(path).await?;
         let client = vipvisor_kube::client(a.kubeconfig.as_deref()).await.map_err(anyhow::Error::msg)?;
-        if let Some(addr) = a.metrics_addr {
-            let m = metrics.clone();
-            http::serve(addr, http::router(move || m.encode(), health.clone(), None)).await?;
-        }
+        serve_metrics(a, &metrics, &health).await?;
         let k = KubeSpeakerConfig {
             node_name,
             interfaces: a.interfaces.clone(),
@@ -118,10 +123,7 @@ pub async fn run_speaker(a: &SpeakerArgs) -> anyhow::Result<()> {
     let cfg =
         StaticConfig { interfaces: a.interfaces.clone(), vips: a.vips.clone(), node_name: node_name.clone(), timing };
     let mut prepared = Prepared::open(&cfg, metrics.clone(), &health)?;
-    if let Some(addr) = a.metrics_addr {
-        let m = metrics.clone();
-        http::serve(addr, http::router(move || m.encode(), health.clone(), None)).await?;
-    }
+    serve_metrics(a, &metrics, &health).await?;
     match group {
         None => prepared.run_alone(&node_name, shutdown_signal()).await?,
         Some(g) => group::run(&mut prepared, &node_name, g, &health, shutdown_signal()).await?,
@@ -154,28 +156,10 @@ pub async fn run_controller(a: &ControllerArgs, store_url: String, quarantine: D
     };
     let health = Health::new();
     let metrics = controller::Metrics::new();
-    let (handles_tx, handles_rx) = tokio::sync::oneshot::channel();
-    let serving = async {
-        if let (Some(addr), Ok(h)) = (a.metrics_addr, handles_rx.await) {
-            let h: controller::Handles = h;
-            let m = h.metrics.clone();
-            http::serve(addr, http::router(move || m.encode(), h.health.clone(), Some(h.phase.clone())))
-                .await
-                .context("serving metrics")?;
-        }
-        anyhow::Ok(())
-    };
-    let run = controller::run(
-        client,
-        cfg,
-        health,
-        metrics,
-        move |h| {
-            let _ = handles_tx.send(h);
-        },
-        shutdown_signal(),
-    );
-    let (served, ran) = tokio::join!(serving, run);
-    ran?;
-    served
+    let (phase, phase_rx) = tokio::sync::watch::channel(controller::Phase::Starting);
+    if let Some(addr) = a.metrics_addr {
+        let m = metrics.clone();
+        http::serve(addr, http::router(move || m.encode(), health.clone(), Some(phase_rx))).await?;
+    }
+    Ok(controller::run(client, cfg, health, metrics, phase, shutdown_signal()).await?)
 }

@@ -272,9 +272,6 @@ impl Ctx {
     pub fn set_phase(&self, p: Phase) {
         self.phase.send_replace(p);
     }
-    pub fn phase(&self) -> watch::Receiver<Phase> {
-        self.phase.subscribe()
-    }
     fn leading(&self) -> bool {
         *self.phase.borrow() == Phase::Leading
     }
@@ -617,31 +614,23 @@ async fn mtime(p: &std::path::Path) -> Option<SystemTime> {
     tokio::fs::metadata(p).await.and_then(|m| m.modified()).ok()
 }
 
-/// What the binary serves: metrics, readiness and liveness.
-#[derive(Debug, Clone)]
-pub struct Handles {
-    pub metrics: Metrics,
-    pub phase: watch::Receiver<Phase>,
-    pub health: Health,
-}
-
-/// Runs the controller until `shutdown` completes. `handles` is filled in once the
-/// controller is set up (the binary serves them).
+/// Runs the controller until `shutdown` completes; `phase` tells the binary's `/readyz`
+/// where it is.
 pub async fn run(
     client: Client,
     cfg: ControllerConfig,
     health: Health,
     metrics: Metrics,
-    ready: impl FnOnce(Handles),
+    phase: watch::Sender<Phase>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ApiError> {
     // This replica's own store; nothing is written to it before this replica leads.
     let app = App::open(&cfg.store_url, &format!("controller:{}", cfg.lease.identity), cfg.quarantine).await?;
     let (ns_reader, ns_writer) = reflector::store::<Namespace>();
     let ns_task = reflect(Api::<Namespace>::all(client.clone()), ns_writer, "namespace", |_| {});
-    let ctx =
-        Arc::new(Ctx::new(client.clone(), app, ns_reader, cfg.policy.clone(), &cfg.lease.identity, metrics.clone()));
-    ready(Handles { metrics: metrics.clone(), phase: ctx.phase(), health: health.clone() });
+    let mut ctx = Ctx::new(client.clone(), app, ns_reader, cfg.policy.clone(), &cfg.lease.identity, metrics.clone());
+    ctx.phase = phase;
+    let ctx = Arc::new(ctx);
 
     // The Service watch feeds the runtime; deletions are noted with their UIDs.
     let (svc_reader, svc_writer) = reflector::store::<Service>();
