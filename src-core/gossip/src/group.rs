@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use tracing::info;
 use vipvisor_health::Health;
-use vipvisor_l2::{Prepared, SpeakerError, STALLED_AFTER};
+use vipvisor_l2::sys::Link;
+use vipvisor_l2::{Prepared, Speaker, SpeakerError, STALLED_AFTER};
 
 use crate::membership::{GossipTiming, MemberConfig, Membership, Sealer};
-use crate::ownership::{self, OwnerTracker, StaticFacts};
+use crate::ownership::{self, Facts, OwnerTracker, StaticFacts};
 
 #[derive(Debug, Clone)]
 pub struct GroupConfig {
@@ -28,7 +29,33 @@ pub struct GroupConfig {
     pub settle: Duration,
 }
 
-/// Runs `speaker` as a member of the group until `shutdown` (Ok) or a fatal error.
+/// Runs this member in both modes: the ownership loop over `facts` tells `speaker` what to
+/// announce until `shutdown` (or a fatal error); then the member leaves the group at once,
+/// so the others take over instead of waiting to detect it.
+pub async fn serve<L, F>(
+    speaker: &Speaker<L>,
+    me: &str,
+    membership: &Membership,
+    facts: F,
+    health: &Health,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), SpeakerError>
+where
+    L: Link + Send + Sync + 'static,
+    F: Facts + 'static,
+{
+    let (tracker, owned_rx) = OwnerTracker::new(speaker, me);
+    let beat = health.register("ownership", STALLED_AFTER);
+    let ownership = tokio::spawn(ownership::run(membership.live(), tracker, facts, beat.clone()));
+    let result = speaker.run_owned(owned_rx, false, shutdown).await;
+    ownership.abort();
+    beat.done();
+    membership.leave();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    result
+}
+
+/// Runs `speaker` as a member of a static group until `shutdown` (Ok) or a fatal error.
 pub async fn run(
     p: &mut Prepared,
     me: &str,
@@ -64,15 +91,7 @@ pub async fn run(
     if !g.join.is_empty() {
         let _ = tokio::time::timeout(g.settle, live.wait_for(|l| l.len() > 1)).await;
     }
-    let (tracker, owned_rx) = OwnerTracker::new(&p.speaker, me);
-    let beat = health.register("ownership", STALLED_AFTER);
-    let ownership = tokio::spawn(ownership::run(live, tracker, StaticFacts::new(&p.placed), beat.clone()));
-    let result = p.speaker.run_owned(owned_rx, false, shutdown).await;
-    ownership.abort();
-    beat.done();
-    // Say goodbye so the others take over at once instead of waiting to detect us.
-    membership.leave();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let result = serve(&p.speaker, me, &membership, StaticFacts::new(&p.placed), health, shutdown).await;
     p.groups.leave_all();
     info!("speaker stopped");
     result

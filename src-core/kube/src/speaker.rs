@@ -26,14 +26,15 @@ use kube::{Client, Resource};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 use vipvisor_gossip::election::{NodeFacts, VipFacts};
+use vipvisor_gossip::group;
 use vipvisor_gossip::membership::{GossipTiming, Live, MemberConfig, Membership, Sealer};
-use vipvisor_gossip::ownership::{self, Facts, OwnerTracker};
+use vipvisor_gossip::ownership::Facts;
 use vipvisor_health::Health;
 use vipvisor_l2::engine::Timing;
 use vipvisor_l2::groups::Groups;
 use vipvisor_l2::link::{self, LinkInfo};
 use vipvisor_l2::metrics::Metrics;
-use vipvisor_l2::{wire, ConflictReport, Owned, Prepared, SpeakerError, STALLED_AFTER};
+use vipvisor_l2::{wire, ConflictReport, Owned, Prepared, SpeakerError};
 use vipvisor_model::ServiceKey;
 
 use crate::decide::{self, ClassPolicy, ANN_ANNOUNCING};
@@ -468,7 +469,6 @@ pub async fn run(
     }
 
     let (announcing_tx, announcing_rx) = watch::channel(Announcing::new());
-    let (tracker, owned_rx) = OwnerTracker::new(&speaker, &cfg.node_name);
     let facts = KubeFacts {
         services: svc_reader.clone(),
         nodes: node_reader.clone(),
@@ -484,8 +484,6 @@ pub async fn run(
         groups,
         announcing: announcing_tx,
     };
-    let beat = health.register("ownership", STALLED_AFTER);
-    tasks.push(tokio::spawn(ownership::run(live, tracker, facts, beat.clone())));
     let recorder = Recorder::new(
         client.clone(),
         Reporter { controller: "vipvisor-speaker".into(), instance: Some(cfg.node_name.clone()) },
@@ -506,15 +504,12 @@ pub async fn run(
         conflict_rx,
     )));
 
-    let result = speaker.run_owned(owned_rx, false, shutdown).await;
+    // The ownership loop holds the solicited-node groups (in the facts); when it ends they
+    // are dropped, which leaves them.
+    let result = group::serve(&speaker, &cfg.node_name, &membership, facts, health, shutdown).await;
     for t in tasks {
         t.abort();
     }
-    beat.done();
-    // Say goodbye so the others take over at once instead of waiting to detect us. (The
-    // ownership task held the groups; aborting it dropped them, which leaves them.)
-    membership.leave();
-    tokio::time::sleep(Duration::from_millis(50)).await;
     info!("speaker stopped");
     result.map_err(Into::into)
 }
