@@ -66,14 +66,6 @@ impl Groups {
         Ok(())
     }
 
-    /// Groups joined now.
-    pub fn len(&self) -> usize {
-        self.joined.len()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.joined.is_empty()
-    }
-
     pub fn leave_all(&mut self) {
         let _ = self.sync(&[]);
     }

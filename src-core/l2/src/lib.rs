@@ -80,6 +80,8 @@ pub enum SpeakerError {
     LinkCount { interfaces: usize, links: usize },
     #[error("gossip: {0}")]
     Gossip(String),
+    #[error("cannot start the L2 thread: {0}")]
+    Thread(#[source] std::io::Error),
     #[error("address conflict: {vip} is already in use by {other} on {iface}; not announcing it (pass --allow-conflicts to announce anyway)")]
     Conflict { vip: IpAddr, iface: String, other: Mac },
 }
