@@ -64,6 +64,16 @@ impl Facts for StaticFacts {
     }
 }
 
+/// The owner of every VIP among the live `members`, settled ones first
+/// ([`crate::election::owners`]).
+pub fn owners_among<'a>(
+    vips: impl IntoIterator<Item = &'a VipFacts>,
+    nodes: &[NodeFacts],
+    members: &Live,
+) -> BTreeMap<IpAddr, Option<String>> {
+    owners(vips, nodes, |n| members.get(n).is_some_and(|m| m.settled))
+}
+
 /// Runs the ownership loop until membership or the facts end. Each turn beats `beat`.
 pub async fn run<F: Facts>(mut live: watch::Receiver<Live>, mut tracker: OwnerTracker, mut facts: F, beat: Beat) {
     let mut facts_open = true;
@@ -72,7 +82,7 @@ pub async fn run<F: Facts>(mut live: watch::Receiver<Live>, mut tracker: OwnerTr
         let members = live.borrow_and_update().clone();
         tracker.members(&members);
         let (vips, nodes) = facts.round(&members);
-        let chosen = owners(&vips, &nodes, |n| members.get(n).is_some_and(|m| m.settled));
+        let chosen = owners_among(&vips, &nodes, &members);
         let owned = tracker.round(&chosen, |vip| facts.place(vip));
         facts.owned(&owned);
         tracker.publish(owned);

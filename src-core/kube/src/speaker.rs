@@ -176,18 +176,6 @@ pub fn node_facts<'a>(nodes: impl IntoIterator<Item = &'a Node>, members: &Live)
         .collect()
 }
 
-/// The owner of every VIP ([`vipvisor_gossip::election::owners`] over the members'
-/// settledness).
-pub fn owners(
-    vips: &BTreeMap<IpAddr, (VipFacts, Vec<ServiceKey>)>,
-    nodes: &[NodeFacts],
-    members: &Live,
-) -> BTreeMap<IpAddr, Option<String>> {
-    vipvisor_gossip::election::owners(vips.values().map(|(f, _)| f), nodes, |n| {
-        members.get(n).is_some_and(|m| m.settled)
-    })
-}
-
 /// The gossip addresses of every Node but `me`: their InternalIP on `port`.
 fn peer_addrs(nodes: &[Arc<Node>], me: &str, port: u16) -> Vec<SocketAddr> {
     nodes
@@ -647,6 +635,14 @@ fn prune_seen(seen: &mut BTreeSet<(IpAddr, wire::Mac)>, in_use: &BTreeSet<IpAddr
 mod tests {
     use super::*;
     use vipvisor_gossip::membership::MemberInfo;
+
+    fn owners(
+        vips: &BTreeMap<IpAddr, (VipFacts, Vec<ServiceKey>)>,
+        nodes: &[NodeFacts],
+        members: &Live,
+    ) -> BTreeMap<IpAddr, Option<String>> {
+        vipvisor_gossip::ownership::owners_among(vips.values().map(|(f, _)| f), nodes, members)
+    }
 
     fn svc(v: serde_json::Value) -> Service {
         serde_json::from_value(v).unwrap()
