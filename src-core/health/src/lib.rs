@@ -5,29 +5,44 @@
 //!
 //! Owns: the heartbeat registry. Must not: know about HTTP or any daemon's logic.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+/// One loop's state. A beat is one atomic store (receive loops beat on every frame).
 #[derive(Debug)]
 struct Entry {
     name: &'static str,
     deadline: Duration,
-    last: Instant,
+    /// Nanoseconds since the registry's `start` at the last beat.
+    last: AtomicU64,
     /// A loop that ended on purpose (shutdown) is no longer checked.
-    done: bool,
+    done: AtomicBool,
+}
+
+#[derive(Debug)]
+struct Registry {
+    start: Instant,
+    entries: Mutex<Vec<Arc<Entry>>>,
 }
 
 /// The registry of a process's main loops. Cheap to clone.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Health {
-    entries: Arc<Mutex<Vec<Entry>>>,
+    registry: Arc<Registry>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health { registry: Arc::new(Registry { start: Instant::now(), entries: Mutex::default() }) }
+    }
 }
 
 /// One loop's heartbeat.
 #[derive(Debug, Clone)]
 pub struct Beat {
-    entries: Arc<Mutex<Vec<Entry>>>,
-    index: usize,
+    start: Instant,
+    entry: Arc<Entry>,
 }
 
 /// Loops that missed their deadline, with how long ago each last beat.
@@ -42,6 +57,10 @@ impl std::fmt::Display for Unhealthy {
     }
 }
 
+fn nanos_since(start: Instant, t: Instant) -> u64 {
+    u64::try_from(t.saturating_duration_since(start).as_nanos()).unwrap_or(u64::MAX)
+}
+
 impl Health {
     pub fn new() -> Self {
         Self::default()
@@ -49,18 +68,25 @@ impl Health {
 
     /// Registers a loop that must beat at least every `deadline`.
     pub fn register(&self, name: &'static str, deadline: Duration) -> Beat {
-        let mut e = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        e.push(Entry { name, deadline, last: Instant::now(), done: false });
-        Beat { entries: self.entries.clone(), index: e.len() - 1 }
+        let start = self.registry.start;
+        let entry = Arc::new(Entry {
+            name,
+            deadline,
+            last: AtomicU64::new(nanos_since(start, Instant::now())),
+            done: AtomicBool::new(false),
+        });
+        self.registry.entries.lock().unwrap_or_else(PoisonError::into_inner).push(entry.clone());
+        Beat { start, entry }
     }
 
     /// `Ok` when every registered loop beat within its deadline at `now`.
     pub fn check_at(&self, now: Instant) -> Result<(), Unhealthy> {
-        let e = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = nanos_since(self.registry.start, now);
+        let e = self.registry.entries.lock().unwrap_or_else(PoisonError::into_inner);
         let stalled: Vec<(&'static str, Duration)> = e
             .iter()
-            .filter(|x| !x.done)
-            .map(|x| (x.name, now.saturating_duration_since(x.last), x.deadline))
+            .filter(|x| !x.done.load(Ordering::Relaxed))
+            .map(|x| (x.name, Duration::from_nanos(now.saturating_sub(x.last.load(Ordering::Relaxed))), x.deadline))
             .filter(|(_, ago, deadline)| ago > deadline)
             .map(|(n, ago, _)| (n, ago))
             .collect();
@@ -82,17 +108,11 @@ impl Beat {
         self.beat_at(Instant::now());
     }
     pub fn beat_at(&self, now: Instant) {
-        let mut e = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(x) = e.get_mut(self.index) {
-            x.last = now;
-        }
+        self.entry.last.store(nanos_since(self.start, now), Ordering::Relaxed);
     }
     /// The loop ended on purpose; it is not checked any more.
     pub fn done(&self) {
-        let mut e = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(x) = e.get_mut(self.index) {
-            x.done = true;
-        }
+        self.entry.done.store(true, Ordering::Relaxed);
     }
 }
 
