@@ -558,18 +558,39 @@ fn returning_node_waits_for_its_hold_time() {
     wait_until(Duration::from_secs(3), || lab.owner_mac(VIP4).is_some_and(|m| m != best), "a takeover");
     let taker = lab.owner_mac(VIP4).unwrap();
     std::thread::sleep(Duration::from_secs(2));
+    let returning = &speakers[b - 1];
+    let before = returning.log().len();
     assert!(Command::new(lab_script()).args(["attach", &lab.prefix, &b.to_string()]).status().unwrap().success());
     let healed = Instant::now();
     let answerers = |lab: &Lab| -> std::collections::BTreeSet<String> {
         let arping = lab.stdout("c", &["arping", "-c", "2", "-w", "1", "-I", "eth0", VIP4]);
         arping.lines().filter_map(|l| l.split('[').nth(1)?.split(']').next()).map(str::to_lowercase).collect()
     };
-    // Within a second the group has merged: the taker alone answers, until the hold time.
-    std::thread::sleep(Duration::from_millis(1200));
-    while healed.elapsed() < Duration::from_millis(3500) {
+    // The group merges: the returning node learns that the others declared it down and
+    // restarts its hold time. (Until then it is alone and still announces what it had:
+    // like any cut-off member, it cannot tell a partition from the others' deaths.)
+    wait_until(
+        Duration::from_secs(4),
+        || {
+            returning
+                .log()
+                .get(before..)
+                .is_some_and(|l| l.contains("gossip identity renewed") && l.contains("settled=false"))
+        },
+        "the returning node to rejoin and restart its hold time",
+    );
+    let rejoined = Instant::now();
+    eprintln!("the returning node rejoined {:?} after the heal", rejoined - healed);
+    // From then on the taker alone answers, until the returning node's hold time (4 s) is
+    // over. (Half a second for the renewed identity to reach the others.)
+    std::thread::sleep(Duration::from_millis(500));
+    let mut checks = 0;
+    while rejoined.elapsed() < Duration::from_millis(2800) {
         let a = answerers(&lab);
         assert_eq!(a, [taker.clone()].into(), "the taker alone answers during the returning node's hold time");
+        checks += 1;
     }
+    assert!(checks > 0, "the hold time was checked");
     // After it, the best-ranked node takes its VIP back (and alone).
     wait_until(
         Duration::from_secs(6),
