@@ -113,7 +113,11 @@ impl From<InvalidValue> for ApiError {
 
 impl From<ConfigError> for ApiError {
     fn from(e: ConfigError) -> Self {
-        ApiError::new(ErrorCode::ConfigConflict, e.to_string())
+        let code = match e {
+            ConfigError::Invalid(_) => ErrorCode::InvalidValue,
+            _ => ErrorCode::ConfigConflict,
+        };
+        ApiError::new(code, e.to_string())
     }
 }
 
@@ -121,7 +125,9 @@ impl From<ConfigFileError> for ApiError {
     fn from(e: ConfigFileError) -> Self {
         let code = match &e {
             ConfigFileError::Yaml { .. } => ErrorCode::InvalidValue,
+            ConfigFileError::Config { source: ConfigError::Invalid(_), .. } => ErrorCode::InvalidValue,
             ConfigFileError::Config { .. } => ErrorCode::ConfigConflict,
+            ConfigFileError::TooDeep { .. } => ErrorCode::InvalidValue,
         };
         ApiError::new(code, e.to_string())
     }
@@ -137,7 +143,9 @@ impl From<IpamError> for ApiError {
             IpamError::Exhausted { .. } => PoolExhausted,
             IpamError::NotInPool { .. } => AddressNotInPool,
             IpamError::PoolNotEligible { .. } | IpamError::SplitPools { .. } => PoolNotEligible,
-            IpamError::Reserved { .. } | IpamError::Buggy { .. } => AddressReserved,
+            IpamError::Reserved { .. } | IpamError::Buggy { .. } | IpamError::SubnetRouterAnycast { .. } => {
+                AddressReserved
+            }
             IpamError::InUse { .. } => AddressInUse,
             IpamError::PortClash { .. } => PortInUse,
             IpamError::Quarantined { .. } => AddressQuarantined,

@@ -13,6 +13,7 @@ pub mod allocations;
 pub mod apply;
 pub mod error;
 pub mod events;
+pub mod files;
 pub mod pools;
 pub mod reservations;
 
@@ -57,6 +58,7 @@ impl App {
 
     /// Opens the store at `url` as `actor`.
     pub async fn open(url: &str, actor: &str, quarantine: Duration) -> Result<App> {
+        vipvisor_model::check_actor(actor)?;
         let store = Store::open(url).await?.with_actor(actor);
         Ok(App::new(Arc::new(store), quarantine))
     }

@@ -22,10 +22,10 @@ pub struct Cli {
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Table)]
     pub output: Format,
     /// Name recorded in the audit log for changes (default: cli:$USER).
-    #[arg(long, global = true, env = "VIPVISOR_ACTOR")]
+    #[arg(long, global = true, env = "VIPVISOR_ACTOR", value_parser = parse_actor)]
     pub actor: Option<String>,
     /// How long a released address stays reserved for its last holder.
-    #[arg(long, global = true, env = "VIPVISOR_QUARANTINE", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, global = true, env = "VIPVISOR_QUARANTINE", default_value = "60s", value_parser = between("0s", "365d"))]
     pub quarantine: Duration,
     #[command(subcommand)]
     pub command: Command,
@@ -56,6 +56,9 @@ pub enum Command {
         /// Also remove pools and reservations that are not in the file.
         #[arg(long)]
         prune: bool,
+        /// With --prune, accept a file with no pool (which removes every pool).
+        #[arg(long, requires = "prune")]
+        allow_empty: bool,
         /// Release allocations that the change leaves outside every pool (recorded).
         #[arg(long)]
         force: bool,
@@ -124,6 +127,7 @@ pub enum ReserveCmd {
     /// Reserve an address or block.
     Add {
         block: AddressBlock,
+        /// Free text, at most 1024 bytes.
         #[arg(long, default_value = "")]
         note: String,
         /// Release allocations that hold reserved addresses (recorded).
@@ -206,16 +210,16 @@ pub struct SpeakerArgs {
     #[arg(long)]
     pub only_class: bool,
     /// Spacing of gratuitous rounds after gaining a VIP.
-    #[arg(long, default_value = "1.1s", value_parser = parse_duration)]
+    #[arg(long, default_value = "1.1s", value_parser = between("10ms", "60s"))]
     pub garp_interval: Duration,
     /// How long gratuitous rounds go on after gaining a VIP.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = between("0s", "1h"))]
     pub garp_duration: Duration,
     /// Re-announce every VIP this often once the burst is over (0s: off).
-    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    #[arg(long, default_value = "0s", value_parser = off_or_between("1s", "24h"))]
     pub refresh_interval: Duration,
     /// How long to listen for another owner before announcing (0s: no probe).
-    #[arg(long, default_value = "200ms", value_parser = parse_duration)]
+    #[arg(long, default_value = "200ms", value_parser = between("0s", "10s"))]
     pub probe_timeout: Duration,
     /// Announce a VIP even if another host answers the probe.
     #[arg(long)]
@@ -237,16 +241,16 @@ pub struct SpeakerArgs {
     #[arg(long)]
     pub gossip_bind: Option<IpAddr>,
     /// Gossip: how often each member probes another (failure detection speed vs traffic).
-    #[arg(long, default_value = "70ms", value_parser = parse_duration)]
+    #[arg(long, default_value = "70ms", value_parser = between("10ms", "10s"))]
     pub gossip_probe_period: Duration,
     /// Gossip: how long a direct probe waits for its ack before asking others to probe.
-    #[arg(long, default_value = "30ms", value_parser = parse_duration)]
+    #[arg(long, default_value = "30ms", value_parser = between("1ms", "10s"))]
     pub gossip_probe_rtt: Duration,
     /// Gossip: how long a suspected member has to refute before it is declared down.
-    #[arg(long, default_value = "120ms", value_parser = parse_duration)]
+    #[arg(long, default_value = "120ms", value_parser = between("10ms", "10m"))]
     pub gossip_suspicion: Duration,
     /// A member takes VIPs from others only after it has been up this long (no flapping).
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = between("0s", "1h"))]
     pub hold_time: Duration,
 }
 
@@ -273,10 +277,10 @@ pub struct ControllerArgs {
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
     /// How long a Lease stays valid without renewal.
-    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    #[arg(long, default_value = "15s", value_parser = between("1s", "10m"))]
     pub lease_duration: Duration,
     /// How often the holder renews (and standbys retry).
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = between("100ms", "5m"))]
     pub lease_renew: Duration,
     /// Serve /metrics, /healthz and /readyz on this address.
     #[arg(long)]
@@ -299,6 +303,42 @@ pub enum SinceArg {
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e}; expected a duration such as 60s, 5m or 0s"))
+}
+
+fn duration(s: &str) -> Duration {
+    parse_duration(s).expect("a valid bound")
+}
+
+/// A duration flag's parser with bounds: every duration flag has a minimum and a
+/// maximum that make sense for it (a 0 s lease renewal is a hot loop; 3·10¹¹ years
+/// overflows every clock).
+fn between(min: &'static str, max: &'static str) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync {
+    move |s| {
+        let d = parse_duration(s)?;
+        if d < duration(min) || d > duration(max) {
+            return Err(format!("{s} is out of range; expected a duration from {min} to {max}"));
+        }
+        Ok(d)
+    }
+}
+
+/// [`between`], and 0s for "off".
+fn off_or_between(
+    min: &'static str,
+    max: &'static str,
+) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync {
+    move |s| {
+        let d = parse_duration(s)?;
+        if !d.is_zero() && (d < duration(min) || d > duration(max)) {
+            return Err(format!("{s} is out of range; expected 0s (off) or a duration from {min} to {max}"));
+        }
+        Ok(d)
+    }
+}
+
+/// The audit log's actor: at most 256 bytes, no control characters.
+pub fn parse_actor(s: &str) -> Result<String, String> {
+    vipvisor_model::check_actor(s).map(|()| s.to_owned()).map_err(|e| e.to_string())
 }
 
 pub fn parse_since(s: &str) -> Result<SinceArg, String> {

@@ -164,9 +164,10 @@ pub async fn execute(app: &App, cli: &Cli) -> Result<String, ApiError> {
                 table(&t)
             })
         }
-        Command::Apply { file, prune, force } => {
+        Command::Apply { file, prune, force, allow_empty } => {
             let config = read_pools_file(file)?;
-            let report = app.apply(config, ApplyOptions { prune: *prune, force: *force }).await?;
+            let report =
+                app.apply(config, ApplyOptions { prune: *prune, force: *force, allow_empty: *allow_empty }).await?;
             render(fmt, &report, || {
                 let mut s = String::new();
                 for c in report.pools.iter() {

@@ -17,6 +17,7 @@ pub fn error_text(e: &ApiError) -> String {
         ErrorCode::UnknownPool => " (see `vipvisor pool list`)",
         ErrorCode::PoolExists => " (use `vipvisor apply` to change a pool)",
         ErrorCode::UnknownReservation => " (see `vipvisor reserve list`)",
+        ErrorCode::InvalidValue if e.message.contains("allow_empty") => " (pass --allow-empty)",
         ErrorCode::NoEligiblePool if e.message.contains("there are no pools") => " (see `vipvisor pool add`)",
         _ => "",
     };
@@ -40,12 +41,34 @@ pub fn row<const N: usize>(cells: [&str; N]) -> Vec<String> {
     cells.iter().map(|s| (*s).to_string()).collect()
 }
 
+/// The widest a table cell gets; longer values end in "…" (`-o json` has them whole).
+pub const MAX_CELL: usize = 200;
+
+/// A value as a table cell: control characters escaped (an ESC or a newline in a note
+/// cannot move the cursor or forge a row), cut at [`MAX_CELL`] characters.
+pub fn cell(s: &str) -> String {
+    let mut out = String::new();
+    let mut n = 0;
+    for c in s.chars() {
+        let piece: String = if c.is_control() { c.escape_debug().collect() } else { c.to_string() };
+        let w = piece.chars().count();
+        if n + w > MAX_CELL - 1 {
+            out.push('…');
+            return out;
+        }
+        n += w;
+        out.push_str(&piece);
+    }
+    out
+}
+
 pub fn table(rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> = rows.iter().map(|r| r.iter().map(|s| cell(s)).collect()).collect();
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> =
         (0..cols).map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0)).collect();
     let mut out = String::new();
-    for r in rows {
+    for r in &rows {
         let line: Vec<String> = r
             .iter()
             .enumerate()
@@ -74,4 +97,22 @@ pub fn labels_text(l: &Labels) -> String {
 
 pub fn released_text(r: &ConfigReport) -> String {
     r.released.iter().map(|a| format!("released {} from {} (forced)\n", addrs_text(&a.addresses), a.service)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_cells_are_cut_and_control_characters_escaped() {
+        let long = "a".repeat(70_000);
+        let t = table(&[row(["ID", "ACTOR"]), vec!["1".into(), long.clone()], vec![long, "x".into()]]);
+        assert!(t.lines().all(|l| l.chars().count() <= 2 * MAX_CELL + 2), "cells are cut");
+        assert!(t.contains('…'));
+        let t = table(&[vec!["\u{1b}[2J\u{7}".into(), "note\nforged row".into()]]);
+        assert_eq!(t.lines().count(), 1, "a newline in a cell does not make a row: {t:?}");
+        assert!(!t.contains('\u{1b}') && !t.contains('\u{7}'), "{t:?}");
+        assert!(t.contains("\\u{1b}[2J\\u{7}") && t.contains("note\\nforged row"), "{t:?}");
+        assert_eq!(cell("plain"), "plain");
+    }
 }

@@ -201,9 +201,10 @@ fn alloc_request_json_shape_and_idempotence() {
     assert_eq!(c.json(&["alloc", "request", "default/web"]), a, "asking again returns the same addresses");
     assert_mentions(&c.ok(&["alloc", "request", "default/web"]), &["default/web 192.0.2.0 from pool web (unchanged)"]);
     let d = c.json(&["alloc", "request", "default/dual", "--family", "dual"]);
-    assert_eq!(d["addresses"], serde_json::json!(["192.0.2.1", "2001:db8::"]));
+    // 2001:db8:: is the subnet-router anycast address of its /64: never handed out.
+    assert_eq!(d["addresses"], serde_json::json!(["192.0.2.1", "2001:db8::1"]));
     let v6 = c.json(&["alloc", "request", "default/v6", "--family", "ipv6"]);
-    assert_eq!(v6["addresses"], serde_json::json!(["2001:db8::1"]));
+    assert_eq!(v6["addresses"], serde_json::json!(["2001:db8::2"]));
     let prefer = c.json(&["alloc", "request", "default/prefer", "--family", "prefer-dual"]);
     assert_eq!(prefer["addresses"].as_array().unwrap().len(), 2, "prefer-dual: both families where the pool has both");
     let pick = c.json(&["alloc", "request", "default/pick", "--ip", "192.0.2.9,2001:db8::99"]);
@@ -332,7 +333,10 @@ fn apply_is_idempotent_prunes_and_refuses_bad_files() {
         let f = c.file("pools.yaml", text);
         assert_mentions(&c.err_unchanged(&["apply", "-f", &f]), needles);
     }
-    assert_mentions(&c.err(&["apply", "-f", "/nonexistent/pools.yaml"]), &["cannot read /nonexistent/pools.yaml"]);
+    assert_mentions(
+        &c.err(&["apply", "-f", "/nonexistent/pools.yaml"]),
+        &["cannot read pools file /nonexistent/pools.yaml"],
+    );
 }
 
 #[test]
@@ -363,4 +367,163 @@ fn store_location_default_and_errors() {
     assert_mentions(&c.err(&["--store", "postgres://db/x", "pool", "list"]), &["postgres://db/x", "sqlite://"]);
     assert_mentions(&c.err(&["--store", "/tmp/x.db", "pool", "list"]), &["/tmp/x.db", "sqlite://"]);
     assert_mentions(&c.err(&["pool", "list", "-o", "yaml"]), &["yaml"]);
+}
+
+// ---- Hardening (issue #10): reachable input never panics (exit 101), limits are
+// explicit, addresses that can never be VIPs are refused, and output cannot be forged.
+
+impl Cli {
+    /// A refusal that is a clear error, not a panic: exit 1 (command) or 2 (arguments).
+    fn refused(&self, args: &[&str]) -> String {
+        let out = self.cmd(args).output().unwrap();
+        let code = out.status.code();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            matches!(code, Some(1 | 2)),
+            "vipvisor {:.200?} exited {code:?} (101 is a panic): {stderr:.2000}",
+            args
+        );
+        assert!(!stderr.contains("panicked"), "{stderr:.2000}");
+        stderr
+    }
+}
+
+#[test]
+fn oversized_input_is_refused_and_long_cells_are_cut() {
+    let c = Cli::new();
+    c.ok(&["pool", "add", "web", "--addresses", "192.0.2.0/28"]);
+    // A 64 KiB actor (the audit log's) is refused by its limit, not rendered into a panic.
+    let actor = "a".repeat(65_536);
+    assert_mentions(&c.refused(&["--actor", &actor, "pool", "list"]), &["actor", "1 to 256 bytes"]);
+    // 8,000 ports on one service: over the limit of 1,024.
+    let ports: Vec<String> = (1..=8000).map(|p| format!("tcp/{p}")).collect();
+    let many = ports.join(",");
+    assert_mentions(
+        &c.refused(&["alloc", "request", "default/a", "--sharing-key", "k", "--ports", &many]),
+        &["8000 ports", "at most 1024"],
+    );
+    // At the limit, the table cuts the cell instead of panicking; JSON has it whole.
+    let max = ports[..1024].join(",");
+    c.ok(&["alloc", "request", "default/a", "--sharing-key", "k", "--ports", &max]);
+    let list = c.ok(&["alloc", "list"]);
+    assert!(list.lines().all(|l| l.chars().count() < 600), "cells are cut: {:.300}", list);
+    assert!(list.contains('…'), "{list:.300}");
+    assert_eq!(c.json(&["alloc", "list"])[0]["ports"].as_array().unwrap().len(), 1024);
+    // A pool of 10,000 blocks: over the limit of 1,024 blocks per pool.
+    let blocks: Vec<String> = (0..10_000).map(|i| format!("2001:db8:{:x}::1", i + 1)).collect();
+    let text = format!("pools:\n  - name: big\n    addresses: [{}]\n", blocks.join(", "));
+    let f = c.file("big.yaml", &text);
+    assert_mentions(&c.refused(&["apply", "-f", &f]), &["pool \"big\"", "at most 1024 address blocks", "10000 blocks"]);
+    let text = format!("pools:\n  - name: big\n    addresses: [{}]\n", blocks[..1024].join(", "));
+    let f = c.file("ok.yaml", &text);
+    c.ok(&["apply", "-f", &f]);
+    assert_mentions(&c.ok(&["pool", "list"]), &["big", "…"]);
+    // A reservation note over 1 KiB.
+    let note = "n".repeat(2000);
+    assert_mentions(&c.refused(&["reserve", "add", "192.0.2.9", "--note", &note]), &["note", "at most 1024 bytes"]);
+}
+
+#[test]
+fn far_future_times_and_durations_are_bounded() {
+    let c = Cli::new();
+    c.ok(&["pool", "add", "web", "--addresses", "192.0.2.0/28"]);
+    c.ok(&["alloc", "request", "default/a"]);
+    assert_mentions(
+        &c.refused(&["--quarantine", "8000y", "alloc", "release", "default/a"]),
+        &["8000y", "out of range", "0s to 365d"],
+    );
+    assert_mentions(&c.ok(&["--quarantine", "365d", "alloc", "release", "default/a"]), &["quarantined until"]);
+    let cases: &[(&[&str], &[&str])] = &[
+        (
+            &["speaker", "--interface", "lo", "--vip", "192.0.2.1", "--probe-timeout", "300000000000y"],
+            &["--probe-timeout", "0s to 10s"],
+        ),
+        (
+            &["speaker", "--interface", "lo", "--vip", "192.0.2.1", "--refresh-interval", "300000000000y"],
+            &["--refresh-interval", "0s (off)"],
+        ),
+        (&["speaker", "--interface", "lo", "--vip", "192.0.2.1", "--refresh-interval", "1ms"], &["1ms", "1s to 24h"]),
+        (
+            &["speaker", "--interface", "lo", "--vip", "192.0.2.1", "--garp-interval", "0s"],
+            &["--garp-interval", "10ms"],
+        ),
+        (&["speaker", "--interface", "lo", "--vip", "192.0.2.1", "--hold-time", "100y"], &["--hold-time"]),
+        (&["controller", "--lease-renew", "0s"], &["--lease-renew", "100ms to 5m"]),
+        (&["controller", "--lease-duration", "0s"], &["--lease-duration", "1s to 10m"]),
+    ];
+    for (args, needles) in cases {
+        assert_mentions(&c.refused(args), needles);
+    }
+}
+
+#[test]
+fn addresses_that_can_never_be_vips_are_refused() {
+    let c = Cli::new();
+    for block in [
+        "0.0.0.0/0",
+        "::/0",
+        "127.0.0.1",
+        "0.0.0.0",
+        "224.0.0.1",
+        "255.255.255.255",
+        "169.254.1.0/24",
+        "fe80::1",
+        "ff02::1",
+        "::1",
+        "::ffff:192.0.2.1",
+    ] {
+        let e = c.refused(&["pool", "add", "p", "--addresses", block]);
+        assert_mentions(&e, &[block, "VIP"]);
+        assert_mentions(&c.refused(&["reserve", "add", block]), &[block]);
+        let f = c.file("p.yaml", &format!("pools:\n  - name: p\n    addresses: ['{block}']\n"));
+        assert_mentions(&c.refused(&["apply", "-f", &f]), &[block]);
+    }
+    assert_eq!(c.json(&["pool", "list"]), serde_json::json!([]), "nothing was written");
+    // IPv6: the subnet-router anycast address (interface id 0) is never handed out.
+    c.ok(&["pool", "add", "v6", "--addresses", "2001:db8::/126"]);
+    assert_eq!(c.json(&["alloc", "request", "default/a", "--family", "ipv6"])["addresses"][0], "2001:db8::1");
+    assert_mentions(&c.refused(&["alloc", "request", "default/b", "--ip", "2001:db8::"]), &["2001:db8::", "anycast"]);
+}
+
+#[test]
+fn control_characters_cannot_forge_table_rows() {
+    let c = Cli::new();
+    c.ok(&["reserve", "add", "192.0.2.9", "--note", "ok\n192.0.2.66  forged\u{1b}[2J\u{7}"]);
+    let list = c.ok(&["reserve", "list"]);
+    assert_eq!(list.lines().count(), 2, "header and one row: {list:?}");
+    assert!(!list.contains('\u{1b}') && !list.contains('\u{7}'), "{list:?}");
+    assert_mentions(&list, &["ok\\n192.0.2.66  forged\\u{1b}[2J\\u{7}"]);
+    assert_eq!(c.json(&["reserve", "list"])[0]["note"], "ok\n192.0.2.66  forged\u{1b}[2J\u{7}", "JSON keeps it as is");
+    assert_mentions(&c.refused(&["--actor", "me\u{1b}[2J", "pool", "list"]), &["actor", "control characters"]);
+}
+
+#[test]
+fn operator_mistakes_are_refused() {
+    let c = Cli::new();
+    c.ok(&["pool", "add", "web", "--addresses", "192.0.2.0/28"]);
+    for text in ["", "# nothing here\n", "pools: []\n"] {
+        let f = c.file("empty.yaml", text);
+        assert_mentions(&c.err_unchanged(&["apply", "-f", &f, "--prune"]), &["no pool", "--allow-empty"]);
+    }
+    let f = c.file("empty.yaml", "# nothing\n");
+    assert_mentions(&c.ok(&["apply", "-f", &f, "--prune", "--allow-empty"]), &["pool web removed"]);
+    c.ok(&["apply", "-f", &f]);
+    assert_mentions(
+        &c.refused(&["pool", "add", "s", "--addresses", "192.0.2.0/28", "--service-selector", "team=a,team=b"]),
+        &["team", "twice"],
+    );
+    let f = c.file(
+        "dup.yaml",
+        "pools:\n  - name: s\n    addresses: [192.0.2.0/28]\n    service_selector: {team: a, team: b}\n",
+    );
+    assert_mentions(&c.refused(&["apply", "-f", &f]), &["duplicate", "team"]);
+    // Hostile files: nesting, devices, FIFOs, size.
+    let deep = c.file("deep.yaml", &"[".repeat(100_000));
+    let start = std::time::Instant::now();
+    assert_mentions(&c.refused(&["apply", "-f", &deep]), &["nested 100000 deep", "at most 32"]);
+    assert!(start.elapsed() < std::time::Duration::from_secs(5), "refused at once: {:?}", start.elapsed());
+    assert_mentions(&c.refused(&["apply", "-f", "/dev/zero"]), &["/dev/zero", "not a regular file"]);
+    let fifo = c.dir.path().join("fifo");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    assert_mentions(&c.refused(&["apply", "-f", fifo.to_str().unwrap()]), &["not a regular file"]);
 }

@@ -20,8 +20,9 @@ use serde::Serialize;
 pub use vipvisor_model::config::{check_config, Config, ConfigError};
 pub use vipvisor_model::space::Space;
 use vipvisor_model::{
-    ip_to_u128, selector_matches, u128_to_ip, AddressBlock, AllocRequest, Allocation, Family, FamilyRequest,
-    InvalidValue, Pool, PoolName, Port, Quarantined, Reservation, ServiceKey, SharingKey, Timestamp, Uid,
+    ip_to_u128, is_subnet_router_anycast, selector_matches, u128_to_ip, AddressBlock, AllocRequest, Allocation, Family,
+    FamilyRequest, InvalidValue, Pool, PoolName, Port, Quarantined, Reservation, ServiceKey, SharingKey, Timestamp,
+    Uid,
 };
 
 mod plan;
@@ -48,6 +49,8 @@ pub enum IpamError {
     Reserved { address: IpAddr, block: AddressBlock, note: String },
     #[error("requested address {address} ends in .0 or .255 and pool {pool:?} avoids buggy IPs")]
     Buggy { address: IpAddr, pool: PoolName },
+    #[error("requested address {address} is the subnet-router anycast address of its /64 (interface id all zeros), which the link's routers answer; expected another address")]
+    SubnetRouterAnycast { address: IpAddr },
     #[error("address {address} is in use by {holder} ({}); expected a free address, or the same sharing key with other ports", key_text(.holder_key))]
     InUse { address: IpAddr, holder: ServiceKey, holder_key: Option<SharingKey> },
     #[error("port {port} on {address} is already used by {holder} (sharing key {key:?}); expected ports that do not overlap")]
@@ -162,6 +165,21 @@ struct FamilyState {
     free: FreeSet,
     used: u128,
     quarantined: u128,
+}
+
+impl FamilyState {
+    /// The lowest free address, skipping IPv6 subnet-router anycast addresses (they are
+    /// 2^64 apart, so the next one in the same interval is never one).
+    fn first_usable(&self, f: Family) -> Option<IpAddr> {
+        self.free.map.iter().find_map(|(&a, &b)| {
+            let ip = u128_to_ip(f, self.space.from_dense(a));
+            if !is_subnet_router_anycast(&ip) {
+                Some(ip)
+            } else {
+                (a < b).then(|| u128_to_ip(f, self.space.from_dense(a + 1)))
+            }
+        })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -295,11 +313,19 @@ impl Ipam {
                     fs.size = fs.size.saturating_add((e - s).saturating_add(1));
                 }
             }
-            for (_, (_, res)) in me.reserved.iter() {
-                let r = res.block.range();
+            // Reservations are disjoint (checked), so those overlapping a block are the
+            // ones starting at or before its end, back to the first that ends before it.
+            for b in &pool.addresses {
+                let r = b.range();
                 let fs = st.fam_mut(r.family());
-                if let Some((s, e)) = fs.space.dense(&r) {
-                    fs.free.remove_range(s, e);
+                for (_, (last, res)) in me.reserved.range(..=(r.family(), r.last_raw())).rev() {
+                    let rr = res.block.range();
+                    if rr.family() != r.family() || *last < r.first_raw() {
+                        break;
+                    }
+                    if let Some((s, e)) = fs.space.dense(&rr) {
+                        fs.free.remove_range(s, e);
+                    }
                 }
             }
             me.pools.insert(pool.name, st);
@@ -711,6 +737,9 @@ impl Ipam {
                 if st.fam(Family::of(ip)).space.to_dense(ip_to_u128(ip)).is_none() {
                     return Err(IpamError::Buggy { address: *ip, pool: p.clone() });
                 }
+                if is_subnet_router_anycast(ip) {
+                    return Err(IpamError::SubnetRouterAnycast { address: *ip });
+                }
                 if let Some(q) = self.quarantine.get(ip) {
                     if q.service != req.service {
                         return Err(IpamError::Quarantined { address: *ip, holder: q.service.clone(), until: q.until });
@@ -756,8 +785,8 @@ impl Ipam {
                     shared.and_then(|s| s.iter().filter(in_pool).find(|ip| self.check_shareable(ip, req).is_ok()))
                 {
                     picked.push(*ip);
-                } else if let Some(d) = st.fam(f).free.first() {
-                    picked.push(u128_to_ip(f, st.fam(f).space.from_dense(d)));
+                } else if let Some(ip) = st.fam(f).first_usable(f) {
+                    picked.push(ip);
                 } else {
                     break;
                 }
@@ -1117,11 +1146,11 @@ mod tests {
         assert_eq!((a.pool.as_str(), a.addresses.len()), ("v4only", 1), "one family where the pool has one");
         r.pool = Some("both".parse().unwrap());
         let b = m.allocate(&r, T0, HOLD).unwrap();
-        assert_eq!(b.allocation.addresses, vec![ip("198.51.100.0"), ip("2001:db8::")], "dual where it has both");
+        assert_eq!(b.allocation.addresses, vec![ip("198.51.100.0"), ip("2001:db8::1")], "dual where it has both");
         assert_eq!(m.allocate(&r, T0, HOLD).unwrap().change, Change::Unchanged, "asking again is idempotent");
         r.pool = Some("v6only".parse().unwrap());
         let c = m.allocate(&r, T0, HOLD).unwrap().allocation;
-        assert_eq!(c.addresses, vec![ip("2001:db8:1::")], "an IPv6-only pool gives IPv6 alone");
+        assert_eq!(c.addresses, vec![ip("2001:db8:1::1")], "an IPv6-only pool gives IPv6 alone");
         let mut s = req("ns/single");
         s.family = Some(FamilyRequest::Dual);
         s.pool = Some("v4only".parse().unwrap());
@@ -1142,7 +1171,27 @@ mod tests {
         r.family = Some(FamilyRequest::Dual);
         let a = m.allocate(&r, T0, HOLD).unwrap().allocation;
         assert_eq!(a.pool.as_str(), "both");
-        assert_eq!(a.addresses, vec![ip("198.51.100.0"), ip("2001:db8::")]);
+        assert_eq!(a.addresses, vec![ip("198.51.100.0"), ip("2001:db8::1")]);
+    }
+
+    /// The subnet-router anycast address of a /64 (interface id all zeros) is answered by
+    /// the link's routers: it is skipped when picking and refused when asked for.
+    #[test]
+    fn subnet_router_anycast_addresses_are_never_handed_out() {
+        let mut m = one(pool("v6", &["2001:db8::/127", "2001:db8:0:1::/128", "2001:db8:0:2::5/128"], |_| {}));
+        let got: Vec<IpAddr> = (0..2)
+            .filter_map(|i| {
+                let mut r = req(&format!("ns/s{i}"));
+                r.family = Some(FamilyRequest::Ipv6);
+                m.allocate(&r, T0, HOLD).ok().map(|o| o.allocation.addresses[0])
+            })
+            .collect();
+        assert_eq!(got, vec![ip("2001:db8::1"), ip("2001:db8:0:2::5")], "2001:db8:: and 2001:db8:0:1:: are skipped");
+        let mut r = req("ns/x");
+        r.addresses = vec![ip("2001:db8:0:1::")];
+        let e = m.allocate(&r, T0, HOLD).unwrap_err();
+        assert!(matches!(e, IpamError::SubnetRouterAnycast { .. }), "{e}");
+        assert!(e.to_string().contains("2001:db8:0:1::") && e.to_string().contains("anycast"), "{e}");
     }
 
     #[test]

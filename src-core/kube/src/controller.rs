@@ -603,7 +603,7 @@ async fn apply_pools(app: &App, path: &std::path::Path) -> Result<(), ApiError> 
     let config = tokio::task::spawn_blocking(move || read_pools_file(&p))
         .await
         .map_err(|e| ApiError::new(ErrorCode::Internal, format!("reading the pools file: {e}")))??;
-    let report = app.apply(config, ApplyOptions { prune: true, force: false }).await?;
+    let report = app.apply(config, ApplyOptions { prune: true, force: false, allow_empty: false }).await?;
     if report.changed {
         info!(file = %path.display(), "pools applied");
     }

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{AddressBlock, AddressRange, Pool, PoolName, Reservation};
+use crate::{limits, special_use, AddressBlock, AddressRange, InvalidValue, Pool, PoolName, Reservation};
 
 /// Pools and reservations: what a pools file holds, and what the store holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,11 +30,14 @@ pub enum ConfigError {
     ReservationOverlap { block: AddressBlock, other: AddressBlock },
     #[error("duplicate pool {0:?}; expected unique names")]
     DuplicatePool(PoolName),
+    #[error(transparent)]
+    Invalid(#[from] InvalidValue),
 }
 
 /// Checks a whole configuration: unique names, no block shared by two pools (or twice in
 /// one, which [`Pool::new`] already refuses), no overlapping reservations. O(n log n).
 pub fn check_config(pools: &[Pool], reservations: &[Reservation]) -> Result<(), ConfigError> {
+    check_sizes(pools, reservations)?;
     let mut names = BTreeSet::new();
     let mut blocks: Vec<(AddressRange, &Pool, &AddressBlock)> = Vec::new();
     for p in pools {
@@ -65,6 +68,66 @@ pub fn check_config(pools: &[Pool], reservations: &[Reservation]) -> Result<(), 
     Ok(())
 }
 
+/// The input limits ([`limits`]) and the addresses that can never be VIPs ([`special_use`]).
+fn check_sizes(pools: &[Pool], reservations: &[Reservation]) -> Result<(), InvalidValue> {
+    if pools.len() > limits::POOLS {
+        return Err(InvalidValue::new(
+            "configuration",
+            format!("{} pools", pools.len()),
+            format!("at most {} pools", limits::POOLS),
+        ));
+    }
+    if reservations.len() > limits::RESERVATIONS {
+        return Err(InvalidValue::new(
+            "configuration",
+            format!("{} reservations", reservations.len()),
+            format!("at most {} reservations", limits::RESERVATIONS),
+        ));
+    }
+    for p in pools {
+        if p.addresses.len() > limits::BLOCKS_PER_POOL {
+            return Err(InvalidValue::new(
+                "pool",
+                p.name.as_str(),
+                format!("at most {} address blocks (merge adjacent ones into ranges)", limits::BLOCKS_PER_POOL),
+            )
+            .because(format!("it has {} blocks", p.addresses.len())));
+        }
+        if p.options.namespaces.len() > limits::NAMESPACES_PER_POOL {
+            return Err(InvalidValue::new(
+                "pool",
+                p.name.as_str(),
+                format!("at most {} namespaces", limits::NAMESPACES_PER_POOL),
+            )
+            .because(format!("it names {} namespaces", p.options.namespaces.len())));
+        }
+        for b in &p.addresses {
+            if let Some(why) = special_use(b) {
+                return Err(InvalidValue::new("address block", b.to_string(), "addresses a host can answer as a VIP")
+                    .because(format!("pool {:?}: it holds {why}", p.name.as_str())));
+            }
+        }
+    }
+    for r in reservations {
+        if let Some(why) = special_use(&r.block) {
+            return Err(InvalidValue::new("reservation", r.block.to_string(), "addresses a pool could hold")
+                .because(format!("it holds {why}, which no pool may hold")));
+        }
+        check_note(&r.note)?;
+    }
+    Ok(())
+}
+
+/// A reservation's note: at most [`limits::NOTE_BYTES`] bytes.
+pub fn check_note(note: &str) -> Result<(), InvalidValue> {
+    if note.len() > limits::NOTE_BYTES {
+        let shown: String = note.chars().take(32).collect();
+        return Err(InvalidValue::new("note", format!("{shown}…"), format!("at most {} bytes", limits::NOTE_BYTES))
+            .because(format!("it has {} bytes", note.len())));
+    }
+    Ok(())
+}
+
 impl Config {
     /// Checks the configuration as a whole ([`check_config`]).
     pub fn check(&self) -> Result<(), ConfigError> {
@@ -78,10 +141,46 @@ pub enum ConfigFileError {
     Yaml { path: String, source: serde_norway::Error },
     #[error("{path}: {source}")]
     Config { path: String, source: ConfigError },
+    #[error("{path}: collections nested {depth} deep; expected at most {} levels", limits::NESTING)]
+    TooDeep { path: String, depth: usize },
+}
+
+/// The deepest nesting of flow collections (`[`, `{`) in YAML text, outside quotes and
+/// comments: one pass, so hostile nesting is refused before the parser sees it.
+pub fn flow_depth(text: &str) -> usize {
+    let (mut depth, mut max) = (0usize, 0usize);
+    let mut quote: Option<char> = None;
+    let mut comment = false;
+    let mut prev = ' ';
+    for c in text.chars() {
+        match (quote, c) {
+            _ if comment => comment = c != '\n',
+            (Some('"'), '\\') if prev == '\\' => {
+                prev = ' ';
+                continue;
+            }
+            (Some(q), c) if c == q && !(q == '"' && prev == '\\') => quote = None,
+            (Some(_), _) => {}
+            (None, '"' | '\'') => quote = Some(c),
+            (None, '#') if prev.is_whitespace() => comment = true,
+            (None, '[' | '{') => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            (None, ']' | '}') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        prev = c;
+    }
+    max
 }
 
 /// Parses and validates a pools file's text. `path` is only used in messages.
 pub fn parse_pools_file(path: &str, text: &str) -> Result<Config, ConfigFileError> {
+    let depth = flow_depth(text);
+    if depth > limits::NESTING {
+        return Err(ConfigFileError::TooDeep { path: path.to_owned(), depth });
+    }
     let config: Config = if text.trim().is_empty() {
         Config::default()
     } else {

@@ -55,6 +55,83 @@ impl InvalidValue {
     }
 }
 
+/// The limits on input sizes: every front end enforces them with a clear error (they are
+/// documented in the README). Each is far above any real configuration and low enough
+/// that the worst input stays cheap (benches/limits.rs).
+pub mod limits {
+    /// Address blocks in one pool.
+    pub const BLOCKS_PER_POOL: usize = 1024;
+    /// Pools in one configuration.
+    pub const POOLS: usize = 100_000;
+    /// Reservations in one configuration.
+    pub const RESERVATIONS: usize = 100_000;
+    /// Namespaces a pool names.
+    pub const NAMESPACES_PER_POOL: usize = 1024;
+    /// Labels in one selector or label set.
+    pub const LABELS: usize = 64;
+    /// Ports of one allocation request (a Service's ports).
+    pub const PORTS_PER_REQUEST: usize = 1024;
+    /// Bytes of a reservation's note.
+    pub const NOTE_BYTES: usize = 1024;
+    /// Bytes of the actor recorded in the audit log.
+    pub const ACTOR_BYTES: usize = 256;
+    /// Bytes of a pools file.
+    pub const POOLS_FILE_BYTES: u64 = 16 << 20;
+    /// Nesting depth of a pools file (flow collections).
+    pub const NESTING: usize = 32;
+}
+
+/// Why `block` can never hold a VIP: it overlaps unspecified, loopback, link-local,
+/// multicast, limited-broadcast or IPv4-mapped addresses. Such blocks are refused in pools
+/// and reservations.
+pub fn special_use(block: &AddressBlock) -> Option<&'static str> {
+    let r = block.range();
+    let v4 = |a: [u8; 4], len: u32| {
+        let first = u128::from(u32::from(Ipv4Addr::from(a)));
+        (Family::V4, first, first | ((1u128 << (32 - len)) - 1))
+    };
+    let v6 = |a: Ipv6Addr, len: u32| {
+        let first = u128::from(a);
+        (Family::V6, first, first | if len == 0 { u128::MAX } else { (1u128 << (128 - len)) - 1 })
+    };
+    let special = [
+        (v4([0, 0, 0, 0], 8), "\"this network\" addresses (0.0.0.0/8, the unspecified address included)"),
+        (v4([127, 0, 0, 0], 8), "loopback addresses (127.0.0.0/8)"),
+        (v4([169, 254, 0, 0], 16), "link-local addresses (169.254.0.0/16)"),
+        (v4([224, 0, 0, 0], 4), "multicast addresses (224.0.0.0/4)"),
+        (v4([255, 255, 255, 255], 32), "the limited broadcast address (255.255.255.255)"),
+        (v6(Ipv6Addr::UNSPECIFIED, 128), "the unspecified address (::)"),
+        (v6(Ipv6Addr::LOCALHOST, 128), "the loopback address (::1)"),
+        (v6(Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0), 96), "IPv4-mapped addresses (::ffff:0:0/96)"),
+        (v6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10), "link-local addresses (fe80::/10)"),
+        (v6(Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0), 8), "multicast addresses (ff00::/8)"),
+    ];
+    special
+        .iter()
+        .find(|((f, a, b), _)| *f == r.family() && r.first_raw() <= *b && *a <= r.last_raw())
+        .map(|(_, why)| *why)
+}
+
+/// The actor recorded in the audit log: 1 to [`limits::ACTOR_BYTES`] bytes, no control
+/// characters.
+pub fn check_actor(s: &str) -> Result<(), InvalidValue> {
+    let shown = || s.chars().take(32).collect::<String>();
+    if s.is_empty() || s.len() > limits::ACTOR_BYTES {
+        return Err(InvalidValue::new("actor", shown(), format!("1 to {} bytes", limits::ACTOR_BYTES))
+            .because(format!("it has {} bytes", s.len())));
+    }
+    if s.chars().any(char::is_control) {
+        return Err(InvalidValue::new("actor", shown(), "no control characters"));
+    }
+    Ok(())
+}
+
+/// IPv6's subnet-router anycast address of the /64 around `ip` (interface id all zeros,
+/// RFC 4291 2.6.1): every router on such a link answers it, so it is never handed out.
+pub fn is_subnet_router_anycast(ip: &IpAddr) -> bool {
+    matches!(ip, IpAddr::V6(v6) if u128::from(*v6) & u128::from(u64::MAX) == 0)
+}
+
 /// IP address family.
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -421,7 +498,13 @@ pub fn parse_labels(s: &str) -> Result<Labels, InvalidValue> {
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         match part.split_once('=') {
             Some((k, v)) if is_label_part(k) && (v.is_empty() || is_label_part(v)) => {
-                out.insert(k.to_owned(), v.to_owned());
+                if let Some(first) = out.insert(k.to_owned(), v.to_owned()) {
+                    return Err(InvalidValue::new("labels", s, "each key at most once")
+                        .because(format!("key {k:?} is given twice ({k}={first} and {part})")));
+                }
+                if out.len() > limits::LABELS {
+                    return Err(InvalidValue::new("labels", s, format!("at most {} labels", limits::LABELS)));
+                }
             }
             _ => return Err(InvalidValue::new("label", part, "KEY=VALUE with letters, digits, '-', '_', '.' or '/'")),
         }
@@ -430,7 +513,11 @@ pub fn parse_labels(s: &str) -> Result<Labels, InvalidValue> {
 }
 
 /// Validates labels that arrived as a map (YAML), with the same rules as [`parse_labels`].
+/// (A YAML map with a key twice is refused by the YAML parser.)
 pub fn check_labels(l: &Labels) -> Result<(), InvalidValue> {
+    if l.len() > limits::LABELS {
+        return Err(InvalidValue::new("labels", format!("{} labels", l.len()), format!("at most {}", limits::LABELS)));
+    }
     for (k, v) in l {
         if !is_label_part(k) || !(v.is_empty() || is_label_part(v)) {
             return Err(InvalidValue::new(
@@ -441,6 +528,66 @@ pub fn check_labels(l: &Labels) -> Result<(), InvalidValue> {
         }
     }
     Ok(())
+}
+
+/// A JSON value in which a map with a key given twice is an error, at any depth (YAML and
+/// JSON parsers keep the last, so `{team: a, team: b}` would silently be `{team: b}`).
+struct Strict(serde_json::Value);
+
+impl<'de> Deserialize<'de> for Strict {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{Error, MapAccess, SeqAccess, Visitor};
+        use serde_json::Value;
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Strict;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a value")
+            }
+            fn visit_bool<E: Error>(self, v: bool) -> Result<Strict, E> {
+                Ok(Strict(Value::Bool(v)))
+            }
+            fn visit_i64<E: Error>(self, v: i64) -> Result<Strict, E> {
+                Ok(Strict(v.into()))
+            }
+            fn visit_u64<E: Error>(self, v: u64) -> Result<Strict, E> {
+                Ok(Strict(v.into()))
+            }
+            fn visit_f64<E: Error>(self, v: f64) -> Result<Strict, E> {
+                Ok(Strict(v.into()))
+            }
+            fn visit_str<E: Error>(self, v: &str) -> Result<Strict, E> {
+                Ok(Strict(Value::String(v.to_owned())))
+            }
+            fn visit_unit<E: Error>(self) -> Result<Strict, E> {
+                Ok(Strict(Value::Null))
+            }
+            fn visit_none<E: Error>(self) -> Result<Strict, E> {
+                Ok(Strict(Value::Null))
+            }
+            fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Strict, D::Error> {
+                Strict::deserialize(d)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Strict, A::Error> {
+                let mut out = Vec::new();
+                while let Some(Strict(v)) = s.next_element()? {
+                    out.push(v);
+                }
+                Ok(Strict(Value::Array(out)))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Strict, A::Error> {
+                let mut out = serde_json::Map::new();
+                while let Some((k, Strict(v))) = m.next_entry::<String, Strict>()? {
+                    if out.contains_key(&k) {
+                        return Err(A::Error::custom(format!("duplicate key {k:?}; expected each key at most once")));
+                    }
+                    out.insert(k, v);
+                }
+                Ok(Strict(Value::Object(out)))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// True when every `k=v` of `selector` is in `labels`.
@@ -563,7 +710,9 @@ impl<'de> Deserialize<'de> for Pool {
     /// validated as [`Pool::new`] does.
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use serde::de::Error;
-        let mut m = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
+        let serde_json::Value::Object(mut m) = Strict::deserialize(d)?.0 else {
+            return Err(D::Error::custom("expected a pool: a map with name, addresses and options"));
+        };
         let name: PoolName = serde_json::from_value(m.remove("name").ok_or_else(|| D::Error::missing_field("name"))?)
             .map_err(D::Error::custom)?;
         let addresses: Vec<AddressBlock> =
@@ -656,6 +805,13 @@ impl AllocRequest {
 
     /// The families this request needs, checked against the requested addresses.
     pub fn families(&self) -> Result<Vec<Family>, InvalidValue> {
+        if self.ports.len() > limits::PORTS_PER_REQUEST {
+            return Err(InvalidValue::new(
+                "ports",
+                format!("{} ports", self.ports.len()),
+                format!("at most {} ports per service", limits::PORTS_PER_REQUEST),
+            ));
+        }
         let mut from_addrs: Vec<Family> = self.addresses.iter().map(Family::of).collect();
         from_addrs.sort();
         let shown = || self.addresses.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
@@ -702,11 +858,17 @@ impl Timestamp {
         let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         Timestamp(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
     }
+    /// The last instant RFC 3339 can write (9999-12-31T23:59:59.999Z): later times are
+    /// shown as it, never a panic.
+    pub const MAX: Timestamp = Timestamp(253_402_300_799_999);
     pub fn plus(self, d: std::time::Duration) -> Self {
         Timestamp(self.0.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
     }
+    /// The time in RFC 3339, clamped to the years 1970..=9999 (a stored far-future time
+    /// is shown as the end of year 9999).
     pub fn rfc3339(self) -> String {
-        let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(self.0).unwrap_or(0));
+        let ms = u64::try_from(self.0.clamp(0, Timestamp::MAX.0)).unwrap_or(0);
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
         humantime::format_rfc3339_millis(t).to_string()
     }
 }
