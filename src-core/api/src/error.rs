@@ -169,9 +169,12 @@ impl From<StoreError> for ApiError {
             StoreError::InUse { .. } => WouldStrand,
             StoreError::BadUrl(_) => InvalidValue,
             StoreError::Unavailable(_) => StoreUnavailable,
-            StoreError::CreateDir { .. } | StoreError::Corrupt(_) | StoreError::Db(_) | StoreError::Migrate(_) => {
-                Internal
-            }
+            StoreError::CreateDir { .. }
+            | StoreError::Open { .. }
+            | StoreError::Foreign { .. }
+            | StoreError::Corrupt(_)
+            | StoreError::Db(_)
+            | StoreError::Migrate(_) => Internal,
         };
         ApiError::new(code, e.to_string())
     }

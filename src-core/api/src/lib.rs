@@ -63,6 +63,13 @@ impl App {
         Ok(App::new(Arc::new(store), quarantine))
     }
 
+    /// Opens the store at `url` for reading only (see [`Store::open_read_only`]): the
+    /// listing commands work on a read-only store.
+    pub async fn open_read_only(url: &str, quarantine: Duration) -> Result<App> {
+        let store = Store::open_read_only(url).await?;
+        Ok(App::new(Arc::new(store), quarantine))
+    }
+
     /// The same app with another clock (tests).
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> App {
         self.clock = clock;

@@ -79,6 +79,19 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// Commands that only read the store (they open it read-only).
+    pub fn reads_only(&self) -> bool {
+        matches!(
+            self,
+            Command::Pool(PoolCmd::List | PoolCmd::Show { .. })
+                | Command::Reserve(ReserveCmd::List)
+                | Command::Alloc(AllocCmd::List)
+                | Command::Events { .. }
+        )
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum PoolCmd {
     /// Create a pool.

@@ -25,7 +25,8 @@ const EXIT_CONFLICT: u8 = 3;
 
 /// The default store URL: `$XDG_DATA_HOME/vipvisor/vipvisor.db` (or `~/.local/share/…`).
 fn default_store_url() -> anyhow::Result<String> {
-    let base = match std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+    // A relative XDG_DATA_HOME is invalid and ignored, as the XDG base directory spec says.
+    let base = match std::env::var_os("XDG_DATA_HOME").filter(|v| std::path::Path::new(v).is_absolute()) {
         Some(d) => std::path::PathBuf::from(d),
         None => {
             let home = std::env::var_os("HOME").filter(|v| !v.is_empty()).ok_or_else(|| {
@@ -56,7 +57,12 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
         .actor
         .clone()
         .unwrap_or_else(|| format!("cli:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into())));
-    let app = App::open(&url, &actor, cli.quarantine).await.map_err(|e| anyhow::anyhow!(render::error_text(&e)))?;
+    let app = if cli.command.reads_only() {
+        App::open_read_only(&url, cli.quarantine).await
+    } else {
+        App::open(&url, &actor, cli.quarantine).await
+    };
+    let app = app.map_err(|e| anyhow::anyhow!(render::error_text(&e)))?;
     let out = commands::execute(&app, &cli).await;
     app.close().await;
     out.map_err(|e| anyhow::anyhow!(render::error_text(&e)))

@@ -527,3 +527,94 @@ fn operator_mistakes_are_refused() {
     assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
     assert_mentions(&c.refused(&["apply", "-f", fifo.to_str().unwrap()]), &["not a regular file"]);
 }
+
+/// Runs a command as the unprivileged user `nobody` when we are root (root ignores file
+/// modes); otherwise as ourselves.
+fn as_nobody(c: &Cli, args: &[&str]) -> std::process::Output {
+    let bin = assert_cmd::cargo::cargo_bin("vipvisor");
+    let root = std::process::Command::new("id").arg("-u").output().unwrap().stdout == b"0\n";
+    let mut cmd = if root {
+        let mut x = std::process::Command::new("setpriv");
+        x.args(["--reuid", "65534", "--regid", "65534", "--clear-groups"]).arg(&bin);
+        x
+    } else {
+        std::process::Command::new(&bin)
+    };
+    cmd.env("VIPVISOR_STORE", c.url()).env("USER", "tester").args(args).output().unwrap()
+}
+
+#[test]
+fn the_store_file_is_checked_named_and_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let c = Cli::new();
+    c.ok(&["pool", "add", "web", "--addresses", "192.0.2.0/28"]);
+    let db = c.dir.path().join("store/v.db");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&db), 0o600, "a new store is private");
+    assert_eq!(mode(db.parent().unwrap()), 0o700, "and so is its new directory");
+    let id = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('PRAGMA application_id').fetchone()[0])",
+        ])
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&id.stdout).trim(), "1447645270", "the store is marked as vipvisor's (VIPV)");
+
+    // A read-only store: the listing commands work, a change is refused naming the path.
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o444)).unwrap();
+    std::fs::set_permissions(db.parent().unwrap(), std::fs::Permissions::from_mode(0o555)).unwrap();
+    std::fs::set_permissions(c.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = as_nobody(&c, &["pool", "list"]);
+    assert!(out.status.success(), "a read-only store can be listed: {}", String::from_utf8_lossy(&out.stderr));
+    assert_mentions(&String::from_utf8_lossy(&out.stdout), &["web", "192.0.2.0/28"]);
+    for args in [&["events"][..], &["alloc", "list"], &["reserve", "list"], &["pool", "show", "web"]] {
+        assert!(as_nobody(&c, args).status.success(), "{args:?} on a read-only store");
+    }
+    let out = as_nobody(&c, &["pool", "add", "x", "--addresses", "198.51.100.0/28"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&db.display().to_string()), "the error names the store: {err}");
+    assert_eq!(err.matches("unable to open").count().max(1), 1, "said once: {err}");
+    std::fs::set_permissions(db.parent().unwrap(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    // Empty files and other programs' databases are refused, not taken over.
+    let empty = c.dir.path().join("empty.db");
+    std::fs::write(&empty, b"").unwrap();
+    let url = format!("sqlite://{}", empty.display());
+    assert_mentions(&c.refused(&["--store", &url, "pool", "list"]), &["empty.db", "not a vipvisor store", "empty"]);
+    assert_eq!(std::fs::metadata(&empty).unwrap().len(), 0, "left as it was");
+    let foreign = c.dir.path().join("other.db");
+    let made = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute('create table photos(id)'); c.commit()",
+        ])
+        .arg(&foreign)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let before = std::fs::read(&foreign).unwrap();
+    let url = format!("sqlite://{}", foreign.display());
+    for args in
+        [&["--store", &url, "pool", "list"][..], &["--store", &url, "pool", "add", "w", "--addresses", "192.0.2.0/28"]]
+    {
+        assert_mentions(&c.refused(args), &["other.db", "not a vipvisor store", "photos"]);
+    }
+    assert!(std::fs::read(&foreign).unwrap() == before, "someone else's database is not touched");
+    let dir_url = format!("sqlite://{}", c.dir.path().display());
+    assert_mentions(
+        &c.refused(&["--store", &dir_url, "pool", "list"]),
+        &[&c.dir.path().display().to_string(), "not a regular file"],
+    );
+
+    // A relative XDG_DATA_HOME is ignored (the XDG spec): the store goes under $HOME.
+    let home = c.dir.path().join("home");
+    let mut cmd = Command::cargo_bin("vipvisor").unwrap();
+    cmd.env_remove("VIPVISOR_STORE").env("XDG_DATA_HOME", "relative/dir").env("HOME", &home).current_dir(c.dir.path());
+    cmd.args(["pool", "list"]).assert().success();
+    assert!(home.join(".local/share/vipvisor/vipvisor.db").exists());
+    assert!(!c.dir.path().join("relative").exists(), "nothing is created under the relative path");
+}

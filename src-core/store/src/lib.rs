@@ -52,6 +52,12 @@ pub enum StoreError {
     BadUrl(String),
     #[error("cannot create the store directory {path}: {source}")]
     CreateDir { path: String, source: std::io::Error },
+    /// The store file could not be opened: the path and why (never its contents).
+    #[error("cannot open the store {path}: {reason}")]
+    Open { path: String, reason: String },
+    /// The file is not a vipvisor store: another program's SQLite database, or an empty file.
+    #[error("{path} is not a vipvisor store: {reason}; expected a store created by vipvisor (or a path that does not exist yet)")]
+    Foreign { path: String, reason: String },
     #[error("store row is corrupt: {0}")]
     Corrupt(String),
     /// The database did not answer in time (locked by another writer, or gone).
@@ -180,6 +186,15 @@ impl Store {
     pub async fn open(url: &str) -> Result<Store> {
         if url.starts_with("sqlite:") {
             return Ok(Store::new(Box::new(sqlite::SqliteBackend::open(url).await?)));
+        }
+        Err(StoreError::BadUrl(redact_url(url)))
+    }
+
+    /// Opens an existing store at `url` for reading only (so reading commands work on a
+    /// read-only file); a store that does not exist yet is created as [`Store::open`] does.
+    pub async fn open_read_only(url: &str) -> Result<Store> {
+        if url.starts_with("sqlite:") {
+            return Ok(Store::new(Box::new(sqlite::SqliteBackend::open_read_only(url).await?)));
         }
         Err(StoreError::BadUrl(redact_url(url)))
     }

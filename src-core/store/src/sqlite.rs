@@ -42,25 +42,125 @@ impl From<sqlx::migrate::MigrateError> for StoreError {
     }
 }
 
-/// Parses a store URL into connect options, creating the parent directory of the file.
-pub fn connect_options(url: &str) -> Result<SqliteConnectOptions> {
+/// `PRAGMA application_id` of a vipvisor store ("VIPV"): a file with another id, or with
+/// tables but no id, is someone else's database and is refused, never migrated.
+pub const APPLICATION_ID: i32 = 0x5649_5056;
+
+/// The file a store URL names.
+fn store_file(url: &str) -> Result<&str> {
     let bad = || StoreError::BadUrl(redact_url(url));
     let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).ok_or_else(bad)?;
     let file = path.split('?').next().unwrap_or_default();
     if file.is_empty() || file == ":memory:" {
         return Err(bad());
     }
-    if let Some(dir) = Path::new(file).parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
+    Ok(file)
+}
+
+/// Creates a new store at `file`, atomically: built under a temporary name (directory
+/// `0700`, file `0600`: it holds who has which address, and the audit log), stamped and
+/// migrated, then linked into place; if another process got there first, its store is kept.
+async fn create_store(file: &str) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let open_err = |reason: String| StoreError::Open { path: file.to_owned(), reason };
+    let target = Path::new(file);
+    if let Some(dir) = target.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
             .map_err(|source| StoreError::CreateDir { path: dir.display().to_string(), source })?;
     }
-    let opts = SqliteConnectOptions::from_str(&format!("sqlite://{path}")).map_err(|_| bad())?;
-    Ok(opts
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Full)
+    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = target.with_file_name(format!(".{name}.new-{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| open_err(e.to_string()))?;
+    let built = async {
+        let opts = SqliteConnectOptions::new().filename(&tmp).journal_mode(SqliteJournalMode::Delete);
+        let pool = SqlitePoolOptions::new().max_connections(1).connect_with(opts).await?;
+        sqlx::query(&format!("PRAGMA application_id = {APPLICATION_ID}")).execute(&pool).await?;
+        MIGRATOR.run(&pool).await?;
+        pool.close().await;
+        Ok::<(), StoreError>(())
+    }
+    .await;
+    let linked = built.and_then(|()| match std::fs::hard_link(&tmp, target) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(open_err(e.to_string())),
+    });
+    let _ = std::fs::remove_file(&tmp);
+    linked
+}
+
+/// Connect options for the store file of `url`: read-write (WAL, `synchronous=FULL`) or
+/// read-only. A file that exists but is empty is refused: SQLite would take it for a new
+/// database, and it is a mistake or a truncated store.
+fn connect(url: &str, read_only: bool) -> Result<SqliteConnectOptions> {
+    let file = store_file(url)?;
+    let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or_default();
+    match std::fs::metadata(file) {
+        Ok(m) if !m.is_file() => {
+            return Err(StoreError::Open { path: file.to_owned(), reason: "not a regular file".into() })
+        }
+        Ok(m) if m.len() == 0 => {
+            return Err(StoreError::Foreign {
+                path: file.to_owned(),
+                reason: "the file is empty (remove it to start a new store)".into(),
+            })
+        }
+        Ok(_) => {}
+        Err(e) => return Err(StoreError::Open { path: file.to_owned(), reason: e.to_string() }),
+    }
+    let opts = SqliteConnectOptions::from_str(&format!("sqlite://{path}"))
+        .map_err(|_| StoreError::BadUrl(redact_url(url)))?
         .foreign_keys(true)
-        .busy_timeout(Duration::from_secs(30)))
+        .busy_timeout(Duration::from_secs(30));
+    Ok(if read_only {
+        opts.read_only(true)
+    } else {
+        opts.journal_mode(SqliteJournalMode::Wal).synchronous(SqliteSynchronous::Full)
+    })
+}
+
+/// The reason `pool` is not a vipvisor store, if it is not. With `stamp`, a store from
+/// before the id was set (it has exactly our tables) gets the id.
+async fn check_identity(pool: &SqlitePool, stamp: bool) -> std::result::Result<(), String> {
+    let id: i32 = sqlx::query_scalar("PRAGMA application_id").fetch_one(pool).await.map_err(|e| e.to_string())?;
+    if id == APPLICATION_ID {
+        return Ok(());
+    }
+    if id != 0 {
+        return Err(format!("it is another program's database (application_id {id:#x})"));
+    }
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(|e| e.to_string())?;
+    // A store from before the id was set has exactly our tables (meta among them).
+    let ours = tables.iter().any(|t| t == "_sqlx_migrations") && tables.iter().any(|t| t == "meta");
+    if !ours {
+        let shown: Vec<&str> = tables.iter().take(5).map(String::as_str).collect();
+        return Err(if tables.is_empty() {
+            "it is an SQLite database without vipvisor's tables".into()
+        } else {
+            format!("it holds other tables ({})", shown.join(", "))
+        });
+    }
+    if stamp {
+        sqlx::query(&format!("PRAGMA application_id = {APPLICATION_ID}"))
+            .execute(pool)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 /// SQLite as the store's backend.
@@ -70,13 +170,63 @@ pub struct SqliteBackend {
 }
 
 impl SqliteBackend {
-    /// Opens (creating it on first use) and migrates the database at `url`.
+    /// Opens (creating it on first use) and migrates the database at `url`. Refuses a
+    /// file that is not a vipvisor store. Errors name the path.
     pub async fn open(url: &str) -> Result<SqliteBackend> {
-        let opts = connect_options(url)?;
-        let pool = SqlitePoolOptions::new().max_connections(2).connect_with(opts).await?;
+        let file = store_file(url)?.to_owned();
+        if !Path::new(&file).exists() {
+            create_store(&file).await?;
+        }
+        let named = |e: sqlx::Error| match StoreError::from(e) {
+            StoreError::Db(reason) => StoreError::Open { path: file.clone(), reason },
+            other => other,
+        };
+        // Look before touching: opening read-write switches the file to WAL.
+        let foreign = |reason| StoreError::Foreign { path: file.clone(), reason };
+        let look =
+            SqlitePoolOptions::new().max_connections(1).connect_with(connect(url, true)?).await.map_err(named)?;
+        let seen = check_identity(&look, false).await;
+        look.close().await;
+        seen.map_err(foreign)?;
+        let pool =
+            SqlitePoolOptions::new().max_connections(2).connect_with(connect(url, false)?).await.map_err(named)?;
+        check_identity(&pool, true).await.map_err(foreign)?;
         let b = SqliteBackend { pool };
         b.migrate().await?;
         Ok(b)
+    }
+
+    /// Opens an existing store for reading only: nothing is created or migrated, so a
+    /// read-only file (or directory) is enough. A store that does not exist yet is created
+    /// with [`SqliteBackend::open`]; one that needs migrating must be opened for writing.
+    pub async fn open_read_only(url: &str) -> Result<SqliteBackend> {
+        let file = store_file(url)?.to_owned();
+        if !Path::new(&file).exists() {
+            return SqliteBackend::open(url).await;
+        }
+        let opts = connect(url, true)?;
+        let named = |e: sqlx::Error| match StoreError::from(e) {
+            StoreError::Db(reason) => StoreError::Open { path: file.clone(), reason },
+            other => other,
+        };
+        // In WAL mode a reader needs the -shm file; in a directory it cannot write, and with
+        // no writer around, the file is opened immutable (nobody can change it meanwhile).
+        let pool = match SqlitePoolOptions::new().max_connections(2).connect_with(opts.clone()).await {
+            Ok(p) if sqlx::query("SELECT 1 FROM sqlite_master LIMIT 1").execute(&p).await.is_ok() => p,
+            _ => SqlitePoolOptions::new().max_connections(2).connect_with(opts.immutable(true)).await.map_err(named)?,
+        };
+        check_identity(&pool, false).await.map_err(|reason| StoreError::Foreign { path: file.clone(), reason })?;
+        let applied: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success")
+            .fetch_one(&pool)
+            .await
+            .map_err(named)?;
+        if applied < MIGRATOR.iter().count() as i64 {
+            return Err(StoreError::Open {
+                path: file,
+                reason: "the store needs migrating; run a command that writes (e.g. `vipvisor apply`) first".into(),
+            });
+        }
+        Ok(SqliteBackend { pool })
     }
 
     /// Wraps an existing pool (already migrated, or call [`SqliteBackend::migrate`]).
