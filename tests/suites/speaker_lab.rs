@@ -403,6 +403,16 @@ print(sent)
 #[test]
 fn bad_configuration_gives_clear_errors() {
     let Some(lab) = lab("e") else { return };
+    let file = |name: &str, bytes: &[u8]| {
+        let p = lab.dir.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p.display().to_string()
+    };
+    let empty = file("empty.key", b"\n");
+    let short = file("short.key", b"another-key\n");
+    let big = file("big.key", &[b'k'; 8192]);
+    let fifo = lab.dir.path().join("fifo.key").display().to_string();
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
     let cases: &[(&[&str], &str)] = &[
         (&["--interface", "nope0", "--vip", VIP4], "no network interface named \"nope0\""),
         (&["--interface", "eth0", "--vip", "198.51.100.7"], "198.51.100.7 is not in any subnet of eth0"),
@@ -413,7 +423,17 @@ fn bad_configuration_gives_clear_errors() {
         (&["--interface", "eth0", "--vip", VIP4, "--gossip-probe-rtt", "200ms"], "--gossip-probe-rtt"),
         (&["--kubernetes"], "--kubernetes needs --gossip-key-file"),
         (&["--kubernetes", "--vip", VIP4], "cannot be used with"),
-        (&["--kubernetes", "--gossip-key-file", "/dev/null"], "gossip key is empty"),
+        (&["--kubernetes", "--gossip-key-file", "/dev/null"], "not a regular file"),
+        (&["--kubernetes", "--gossip-key-file", "/dev/zero"], "not a regular file"),
+        (&["--kubernetes", "--gossip-key-file", &empty], "gossip key is empty"),
+        (&["--kubernetes", "--gossip-key-file", &short], "has 11 bytes; expected at least 16"),
+        (&["--kubernetes", "--gossip-key-file", &fifo], "not a regular file"),
+        (&["--kubernetes", "--gossip-key-file", &big], "expected at most 4096"),
+        // Addresses a VIP must never be: the node's own, its subnet's network and broadcast.
+        (&["--interface", "eth0", "--vip", "192.0.2.11"], "this interface's own address"),
+        (&["--interface", "eth0", "--vip", "2001:db8::11"], "this interface's own address"),
+        (&["--interface", "eth0", "--vip", "192.0.2.0"], "network address of 192.0.2.0/24"),
+        (&["--interface", "eth0", "--vip", "192.0.2.255"], "broadcast address of 192.0.2.0/24"),
     ];
     for (args, needle) in cases {
         let mut full = vec![VIPVISOR, "speaker"];
@@ -524,7 +544,7 @@ fn group_fails_over_and_keeps_strangers_out() {
     // 3. A speaker with another key on the (former owner's) node 1 slot cannot join: it
     //    finds a conflict and stays quiet, and the owner does not change.
     let wrong = lab.dir.path().join("wrong.key");
-    std::fs::write(&wrong, "another-key\n").unwrap();
+    std::fs::write(&wrong, "another-key-of-16-bytes-or-more\n").unwrap();
     let wrong_s = wrong.display().to_string();
     let stranger_host = format!("n{}", owner + 1);
     let join = format!("192.0.2.1{}:7946", last + 1);

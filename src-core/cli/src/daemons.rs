@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use vipvisor_gossip::group::{self, GroupConfig};
-use vipvisor_gossip::membership::{GossipTiming, Sealer};
+use vipvisor_gossip::membership::{self, GossipTiming, Sealer};
 use vipvisor_health::Health;
 use vipvisor_kube::controller::{self, ControllerConfig};
 use vipvisor_kube::decide::ClassPolicy;
@@ -39,10 +39,21 @@ fn hostname() -> String {
 }
 
 /// Reads the group's shared secret. Errors name the file, never its contents.
+/// Only a regular file of at most 4 KiB is read (not `/dev/zero`, not a FIFO); a key file
+/// that others may read gets a warning.
 async fn read_key(path: &PathBuf) -> anyhow::Result<Sealer> {
-    let secret = tokio::fs::read(path)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot read --gossip-key-file {}: {e}", path.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    let p = path.clone();
+    let secret = tokio::task::spawn_blocking(move || {
+        vipvisor_api::files::read_bounded(&p, membership::MAX_KEY_FILE_BYTES, "--gossip-key-file")
+    })
+    .await?
+    .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.permissions().mode() & 0o004 != 0 {
+            tracing::warn!(file = %path.display(), mode = format!("{:o}", meta.permissions().mode() & 0o777), "the gossip key file is readable by every user; expected mode 0600 or 0640 (chmod o-r)");
+        }
+    }
     Sealer::new(&secret).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 

@@ -68,6 +68,8 @@ impl foca::Identity for NodeId {
 pub enum MembershipError {
     #[error("the gossip key is empty; expected a shared secret such as `head -c 32 /dev/urandom | base64`")]
     EmptyKey,
+    #[error("the gossip key has {len} bytes; expected at least 16 (e.g. `head -c 32 /dev/urandom | base64`)")]
+    ShortKey { len: usize },
     #[error("cannot bind gossip to {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
 }
@@ -85,12 +87,19 @@ impl std::fmt::Debug for Sealer {
 }
 
 const NONCE: usize = 12;
+/// The shortest shared secret accepted (after trimming whitespace).
+pub const MIN_KEY_BYTES: usize = 16;
+/// The largest gossip key file read.
+pub const MAX_KEY_FILE_BYTES: u64 = 4096;
 
 impl Sealer {
     pub fn new(secret: &[u8]) -> Result<Self, MembershipError> {
         let trimmed = secret.trim_ascii();
         if trimmed.is_empty() {
             return Err(MembershipError::EmptyKey);
+        }
+        if trimmed.len() < MIN_KEY_BYTES {
+            return Err(MembershipError::ShortKey { len: trimmed.len() });
         }
         let digest = Sha256::digest(trimmed);
         Ok(Sealer { cipher: ChaCha20Poly1305::new(Key::from_slice(&digest)) })
@@ -478,9 +487,9 @@ mod tests {
 
     #[test]
     fn sealed_datagrams_need_the_key() {
-        let a = Sealer::new(b"s3cret\n").unwrap();
-        let b = Sealer::new(b"s3cret").unwrap();
-        let other = Sealer::new(b"not the key").unwrap();
+        let a = Sealer::new(b"s3cret-s3cret-s3cret\n").unwrap();
+        let b = Sealer::new(b"s3cret-s3cret-s3cret").unwrap();
+        let other = Sealer::new(b"not the key of the group").unwrap();
         let p = a.seal(b"hello");
         assert_eq!(b.open(&p).as_deref(), Some(&b"hello"[..]), "same secret (whitespace trimmed) opens it");
         assert_eq!(other.open(&p), None, "another key cannot");
@@ -490,6 +499,8 @@ mod tests {
         assert_eq!(a.open(&p[..10]), None);
         assert_ne!(a.seal(b"hello"), p, "a fresh nonce each time");
         assert!(matches!(Sealer::new(b"  \n"), Err(MembershipError::EmptyKey)));
+        assert!(matches!(Sealer::new(b"  short-key-15byt \n"), Err(MembershipError::ShortKey { len: 15 })));
+        assert!(Sealer::new(b"sixteen bytes!!!").is_ok(), "16 bytes is enough");
         assert_eq!(format!("{a:?}"), "Sealer(<redacted>)", "keys never reach logs");
     }
 }
@@ -530,7 +541,7 @@ mod udp_tests {
     /// and a member with another key never gets in.
     #[tokio::test(flavor = "current_thread")]
     async fn members_join_detect_a_crash_and_keep_strangers_out() {
-        let key = Sealer::new(b"group secret").unwrap();
+        let key = Sealer::new(b"group secret of the test").unwrap();
         let z = Duration::ZERO;
         let a = Membership::start(member("a", vec![], &key, z)).await.unwrap();
         let b = Membership::start(member("b", vec![a.local], &key, z)).await.unwrap();
@@ -543,8 +554,14 @@ mod udp_tests {
         let seen_b = wait_for(&b, &["a", "b"], Duration::from_secs(3)).await;
         eprintln!("crash of c seen by a after {seen_a:?}, by b after {seen_b:?}");
 
-        let stranger =
-            Membership::start(member("d", vec![a.local, b.local], &Sealer::new(b"wrong").unwrap(), z)).await.unwrap();
+        let stranger = Membership::start(member(
+            "d",
+            vec![a.local, b.local],
+            &Sealer::new(b"wrong key of a stranger").unwrap(),
+            z,
+        ))
+        .await
+        .unwrap();
         tokio::time::sleep(Duration::from_millis(800)).await;
         let names = |m: &Membership| m.live().borrow().keys().cloned().collect::<Vec<_>>();
         assert_eq!(names(&a), vec!["a", "b"], "d has the wrong key: not a member");
@@ -561,7 +578,7 @@ mod udp_tests {
     /// view when it renews its identity.
     #[tokio::test(flavor = "current_thread")]
     async fn a_newcomer_settles_by_its_own_clock_and_everyone_agrees() {
-        let key = Sealer::new(b"group secret").unwrap();
+        let key = Sealer::new(b"group secret of the test").unwrap();
         let a = Membership::start(member("a", vec![], &key, Duration::ZERO)).await.unwrap();
         let b = Membership::start(member("b", vec![a.local], &key, Duration::ZERO)).await.unwrap();
         wait_for(&a, &["a", "b"], Duration::from_secs(5)).await;

@@ -348,6 +348,12 @@ impl Facts for KubeFacts {
     }
 
     fn place(&mut self, vip: &IpAddr) -> Option<usize> {
+        if let Some((l, why)) = self.links.iter().find_map(|l| l.unusable_vip(vip).map(|w| (l, w))) {
+            if self.no_iface_warned.insert(*vip) {
+                warn!(%vip, iface = %l.name, reason = %why, "this node owns the VIP but must not announce it; not announcing");
+            }
+            return None;
+        }
         let i = self.links.iter().position(|l| l.subnet_of(vip).is_some());
         if i.is_none() && self.no_iface_warned.insert(*vip) {
             warn!(%vip, "this node owns the VIP but has no interface in a subnet containing it; not announcing");

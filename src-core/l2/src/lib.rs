@@ -66,6 +66,8 @@ pub enum SpeakerError {
     Link(#[from] LinkError),
     #[error("VIP {vip} is not in any subnet of {interfaces}; expected an address inside one of: {subnets}")]
     VipNotInSubnet { vip: IpAddr, interfaces: String, subnets: String },
+    #[error("VIP {vip} cannot be announced on {iface}: {why}; expected another address of the subnet")]
+    UnusableVip { vip: IpAddr, iface: String, why: String },
     #[error("VIP {0} is given twice")]
     DuplicateVip(IpAddr),
     #[error("no VIPs given; expected at least one --vip")]
@@ -97,7 +99,12 @@ pub fn place_vips(links: &[LinkInfo], vips: &[IpAddr]) -> Result<Vec<(IpAddr, us
             return Err(SpeakerError::DuplicateVip(*vip));
         }
         match links.iter().position(|l| l.subnet_of(vip).is_some()) {
-            Some(i) => out.push((*vip, i)),
+            Some(i) => {
+                if let Some(why) = links.iter().find_map(|l| l.unusable_vip(vip).map(|w| (l, w))) {
+                    return Err(SpeakerError::UnusableVip { vip: *vip, iface: why.0.name.clone(), why: why.1 });
+                }
+                out.push((*vip, i))
+            }
             None => {
                 let subnets: Vec<String> =
                     links.iter().flat_map(|l| l.subnets.iter().map(move |s| format!("{s} ({})", l.name))).collect();
@@ -554,6 +561,15 @@ mod tests {
         assert!(e.to_string().contains("198.51.100.1 is not in any subnet of eth0"), "{e}");
         assert!(e.to_string().contains("192.0.2.0/24 (eth0)"), "{e}");
         assert!(matches!(place_vips(std::slice::from_ref(&l), &[]), Err(SpeakerError::NoVips)));
+        let mut own = l.clone();
+        own.subnets = vec!["192.0.2.10/24".parse().unwrap()];
+        for (vip, why) in
+            [("192.0.2.10", "own address"), ("192.0.2.0", "network address"), ("192.0.2.255", "broadcast address")]
+        {
+            let e = place_vips(std::slice::from_ref(&own), &[vip.parse().unwrap()]).unwrap_err();
+            assert!(e.to_string().contains(vip) && e.to_string().contains(why), "{e}");
+        }
+        assert!(place_vips(std::slice::from_ref(&own), &["192.0.2.11".parse().unwrap()]).is_ok());
         let dup = ["192.0.2.9".parse().unwrap(), "192.0.2.9".parse().unwrap()];
         assert!(matches!(place_vips(&[l], &dup), Err(SpeakerError::DuplicateVip(_))));
     }

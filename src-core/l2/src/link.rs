@@ -30,6 +30,26 @@ impl LinkInfo {
     pub fn subnet_of(&self, ip: &IpAddr) -> Option<&IpNetwork> {
         self.subnets.iter().find(|n| n.contains(*ip))
     }
+
+    /// Why `vip` must not be announced on this interface: it is one of the interface's own
+    /// addresses, or its IPv4 subnet's network or broadcast address (answering ARP for
+    /// those hijacks the node or the subnet).
+    pub fn unusable_vip(&self, vip: &IpAddr) -> Option<String> {
+        for n in &self.subnets {
+            if n.ip() == *vip {
+                return Some(format!("it is this interface's own address ({n})"));
+            }
+            if let IpNetwork::V4(v4) = n {
+                if v4.prefix() <= 30 && IpAddr::V4(v4.network()) == *vip {
+                    return Some(format!("it is the network address of {}/{}", v4.network(), v4.prefix()));
+                }
+                if v4.prefix() <= 30 && IpAddr::V4(v4.broadcast()) == *vip {
+                    return Some(format!("it is the broadcast address of {}/{}", v4.network(), v4.prefix()));
+                }
+            }
+        }
+        None
+    }
 }
 
 fn prefix(mask: &IpAddr) -> u8 {
