@@ -618,3 +618,32 @@ fn the_store_file_is_checked_named_and_private() {
     assert!(home.join(".local/share/vipvisor/vipvisor.db").exists());
     assert!(!c.dir.path().join("relative").exists(), "nothing is created under the relative path");
 }
+
+#[test]
+fn credential_files_are_never_quoted() {
+    let c = Cli::new();
+    let token = "vipvisor-fake-token-6b1f0c";
+    let key = "LS0tLS1CRUdJTiBGQUtFIEtFWS0tLS0t";
+    let broken = c.file(
+        "k.yaml",
+        &format!("apiVersion: v1\nkind: Config\nusers:\n- name: u\n  user:\n    token: {token}\n    client-key-data: {key}\n   bad: [indent\n"),
+    );
+    let exec = c.file(
+        "exec.yaml",
+        &format!("apiVersion: v1\nkind: Config\ncurrent-context: c\ncontexts:\n- name: c\n  context: {{cluster: k, user: u}}\nclusters:\n- name: k\n  cluster: {{server: 'https://127.0.0.1:1'}}\nusers:\n- name: u\n  user:\n    exec:\n      apiVersion: client.authentication.k8s.io/v1\n      command: sh\n      args: ['-c', 'echo {token}; echo {token} >&2; exit 3', '--key={key}']\n      interactiveMode: Never\n"),
+    );
+    for (file, needle) in [(&broken, "invalid YAML at line"), (&exec, "exec credential plugin sh failed")] {
+        for mode in [
+            &["controller", "--kubeconfig", file.as_str()][..],
+            &["speaker", "--kubernetes", "--kubeconfig", file.as_str(), "--gossip-key-file", file.as_str()],
+        ] {
+            let out = c.cmd(mode).timeout(std::time::Duration::from_secs(20)).output().unwrap();
+            let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            assert!(!out.status.success(), "{mode:?}: {all}");
+            assert!(!all.contains(token) && !all.contains(key), "a credential reached an output stream: {all}");
+            if mode[0] == "controller" {
+                assert_mentions(&all, &[file.as_str(), needle]);
+            }
+        }
+    }
+}

@@ -279,7 +279,7 @@ impl Ctx {
     async fn event(&self, svc: &Service, type_: EventType, reason: &str, note: String) {
         let ev = KEvent { type_, reason: reason.into(), note: Some(note), action: "Allocate".into(), secondary: None };
         if let Err(e) = self.recorder.publish(&ev, &svc.object_ref(&())).await {
-            warn!(error = %e, reason, "could not record an event");
+            warn!(error = %crate::Safe(&e), reason, "could not record an event");
         }
     }
 

@@ -185,7 +185,7 @@ pub async fn vacate(api: &Api<Lease>, cfg: &LeaseConfig, notes: &Notes) {
                 annotations.insert(k.clone(), v.clone());
             }
             if let Err(e) = api.replace(&cfg.name, &PostParams::default(), &lease).await {
-                warn!(error = %e, "could not vacate the lease");
+                warn!(error = %crate::Safe(&e), "could not vacate the lease");
             }
         }
     }
@@ -219,7 +219,7 @@ pub async fn run(
                 (false, Notes::new())
             }
             Err(e) => {
-                warn!(error = %e, "lease renewal failed");
+                warn!(error = %crate::Safe(&e), "lease renewal failed");
                 // Step down before the lease can expire for the others.
                 (last_renewed.is_some_and(|t| t.elapsed() + cfg.renew_every < cfg.duration), Notes::new())
             }

@@ -32,7 +32,7 @@ where
         while let Some(ev) = stream.next().await {
             match ev {
                 Ok(ev) => on_event(&ev),
-                Err(e) => warn!(error = %e, "{what} watch error"),
+                Err(e) => warn!(error = %crate::Safe(&e), "{what} watch error"),
             }
         }
     })

@@ -290,7 +290,7 @@ async fn watch_slices(api: Api<DynamicObject>, slices: Slices, changed: Changes,
                 synced.send_replace(true);
             }
             Err(e) => {
-                warn!(error = %e, "endpointslice watch error");
+                warn!(error = %crate::Safe(&e), "endpointslice watch error");
                 continue;
             }
         }
