@@ -647,3 +647,61 @@ fn credential_files_are_never_quoted() {
         }
     }
 }
+
+/// An apiserver that accepts connections and never answers: the controller warns (at the
+/// default log level) and `/healthz` fails naming the apiserver, within a lease's time.
+#[test]
+fn a_hanging_apiserver_is_reported_and_fails_health() {
+    use std::io::{Read, Write};
+    let c = Cli::new();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // Accept and hold every connection, answering nothing (bounded: the test ends it).
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in listener.incoming().take(1000).flatten() {
+            held.push(s);
+        }
+    });
+    let kc = c.file(
+        "hang.yaml",
+        &format!("apiVersion: v1\nkind: Config\ncurrent-context: c\ncontexts:\n- name: c\n  context: {{cluster: k, user: u}}\nclusters:\n- name: k\n  cluster: {{server: 'https://127.0.0.1:{port}', insecure-skip-tls-verify: true}}\nusers:\n- name: u\n  user: {{token: t}}\n"),
+    );
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let log = c.dir.path().join("controller.log");
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("vipvisor"))
+        .env("VIPVISOR_STORE", c.url())
+        .args(["controller", "--kubeconfig", &kc, "--lease-duration", "3s", "--lease-renew", "1s"])
+        .args(["--metrics-addr", &metrics.to_string()])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let healthz = || -> Option<String> {
+        let mut s = std::net::TcpStream::connect(metrics).ok()?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(2))).ok()?;
+        s.write_all(b"GET /healthz HTTP/1.0\r\n\r\n").ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        Some(out)
+    };
+    let start = std::time::Instant::now();
+    let (mut warned, mut unhealthy) = (false, None);
+    while start.elapsed() < std::time::Duration::from_secs(15) && !(warned && unhealthy.is_some()) {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        warned |= text.contains("WARN") && text.contains("did not answer the lease request");
+        if unhealthy.is_none() {
+            unhealthy = healthz()
+                .filter(|h| h.starts_with("HTTP/1.0 503") || h.starts_with("HTTP/1.1 503"))
+                .map(|h| (h, start.elapsed()));
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(warned, "a warning about the silent apiserver: {text}");
+    let (h, after) =
+        unhealthy.unwrap_or_else(|| panic!("/healthz must fail while the apiserver does not answer: {text}"));
+    assert!(h.contains("apiserver"), "it names the apiserver: {h}");
+    eprintln!("/healthz failed {after:?} after start");
+}

@@ -56,6 +56,8 @@ pub const ANN_QUARANTINE: &str = "vipvisor.io/quarantine";
 const QUARANTINE_NOTE_MAX: usize = 1000;
 /// A loop that has not turned for this long is stalled (`/healthz` fails).
 const STALLED_AFTER: Duration = Duration::from_secs(30);
+/// How often a controller still waiting for its first sync says so.
+const SYNC_WARN_EVERY: Duration = Duration::from_secs(5);
 
 /// Everything `vipvisor controller` needs.
 #[derive(Debug, Clone)]
@@ -698,6 +700,8 @@ pub async fn run(
         ctx.notes.subscribe(),
         stop_rx.clone(),
         health.register("lease", STALLED_AFTER),
+        // Healthy while the apiserver answers lease requests (a lease's worth of silence).
+        health.register("apiserver", cfg.lease.duration.max(Duration::from_secs(2))),
     ));
 
     let started = Instant::now();
@@ -706,11 +710,21 @@ pub async fn run(
         cache_ready(&ctx.namespaces).await.map_err(|e| format!("namespace reflector: {e}"))
     };
     tokio::pin!(shutdown);
-    tokio::select! {
-        r = synced => r.map_err(|e| ApiError::new(ErrorCode::Internal, e))?,
-        () = &mut shutdown => {
-            let _ = stop_tx.send(true);
-            return Ok(());
+    tokio::pin!(synced);
+    let mut waiting = tokio::time::interval_at(tokio::time::Instant::now() + SYNC_WARN_EVERY, SYNC_WARN_EVERY);
+    loop {
+        tokio::select! {
+            r = &mut synced => {
+                r.map_err(|e| ApiError::new(ErrorCode::Internal, e))?;
+                break;
+            }
+            _ = waiting.tick() => {
+                warn!(waited_s = started.elapsed().as_secs(), "the Service and Namespace caches are not synced yet: is the apiserver answering?");
+            }
+            () = &mut shutdown => {
+                let _ = stop_tx.send(true);
+                return Ok(());
+            }
         }
     }
     info!(services = svc_reader.state().len(), elapsed_ms = started.elapsed().as_millis() as u64, "caches synced");

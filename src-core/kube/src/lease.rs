@@ -38,6 +38,11 @@ impl LeaseConfig {
     fn seconds(&self) -> i32 {
         i32::try_from(self.duration.as_secs().max(1)).unwrap_or(i32::MAX)
     }
+    /// How long one lease request may take: an apiserver that accepts connections and
+    /// never answers must not hold the loop past the lease (client-go's renew deadline).
+    pub fn request_timeout(&self) -> Duration {
+        self.duration.saturating_sub(self.renew_every).clamp(Duration::from_millis(500), Duration::from_secs(5))
+    }
 }
 
 /// Annotations the holder keeps on the Lease (its own state, for the next holder).
@@ -201,15 +206,23 @@ pub async fn run(
     mut notes: watch::Receiver<Notes>,
     mut stop: watch::Receiver<bool>,
     beat: Beat,
+    answered: Beat,
 ) {
     let api: Api<Lease> = Api::namespaced(client, &cfg.namespace);
+    let timeout = cfg.request_timeout();
     let mut last_renewed: Option<Instant> = None;
     let mut observer = Observer::default();
     loop {
         beat.beat();
         let current_notes = notes.borrow_and_update().clone();
         let was = tx.borrow().leading;
-        let (leader, inherited) = match try_acquire(&api, &cfg, &mut observer, &current_notes).await {
+        let attempt = tokio::time::timeout(timeout, try_acquire(&api, &cfg, &mut observer, &current_notes)).await;
+        if matches!(attempt, Ok(Ok(_)) | Ok(Err(kube::Error::Api(_)))) {
+            answered.beat();
+        }
+        let (leader, inherited) = match attempt.unwrap_or(Err(kube::Error::Service(
+            format!("the apiserver did not answer the lease request within {} ms", timeout.as_millis()).into(),
+        ))) {
             Ok(Attempt::Held { inherited }) => {
                 last_renewed = Some(Instant::now());
                 (true, inherited)
