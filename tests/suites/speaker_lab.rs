@@ -400,6 +400,66 @@ print(sent)
     assert!(speaker_bad.is_empty(), "the speaker's own frames stay well-formed: {speaker_bad}");
 }
 
+/// Requests no host can have sent (broadcast, multicast or zero sender MACs), VLAN-tagged
+/// requests (the speaker answers untagged only) and solicitations from a multicast source
+/// are dropped and counted by reason; 20,000 forged claims for a VIP are counted, but
+/// logged a few times, not 20,000.
+#[test]
+fn hostile_requests_are_dropped_by_reason_and_forged_claims_are_not_logged_each() {
+    let Some(mut lab) = lab("v") else { return };
+    let mut sp = lab.speaker("n1", &[VIP4, VIP6]);
+    sp.wait_announced(2);
+    let replies = |sp: &Speaker| {
+        sp.metric("vipvisor_speaker_replies_sent_total{interface=\"eth0\",protocol=\"arp\"}")
+            + sp.metric("vipvisor_speaker_replies_sent_total{interface=\"eth0\",protocol=\"ndp\"}")
+    };
+    let before = replies(&sp);
+    let script = r#"
+import socket, struct, time
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(("eth0", 0))
+me = bytes.fromhex("020000000001"); vip = bytes([192,0,2,100]); bc = b"\xff"*6
+def arp(src, sender, sip=bytes([192,0,2,1]), op=1):
+    return bc + src + b"\x08\x06" + bytes.fromhex("00010800060400") + bytes([op]) + sender + sip + b"\x00"*6 + vip
+def ns(src_ip):
+    return bytes.fromhex("3333ff000100") + me + b"\x86\xdd" + bytes.fromhex("6000000000203aff") + src_ip + \
+        bytes.fromhex("ff0200000000000000000001ff000100") + bytes.fromhex("8700000000000000") + \
+        bytes.fromhex("20010db8000000000000000000000100") + bytes.fromhex("0101") + me
+good = arp(me, me)
+tagged = good[:12] + b"\x81\x00\x00\x07" + good[12:]
+hostile = [arp(bc, me), arp(b"\x00"*6, me), arp(me, bc), arp(me, b"\x00"*6), tagged,
+           ns(bytes.fromhex("ff020000000000000000000000000001"))]
+for i in range(600):
+    s.send(hostile[i % len(hostile)])
+# 20,000 forged claims for the VIP (gratuitous replies from a stranger), bounded in time.
+forged = bytes.fromhex("020000000099"); claim = arp(forged, forged, sip=vip, op=2)
+sent = 0; deadline = time.time() + 20
+while sent < 20000 and time.time() < deadline:
+    s.send(claim); sent += 1
+print(sent)
+"#;
+    let out = lab.run("c", &["python3", "-c", script]);
+    assert!(out.status.success(), "script failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "20000");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(sp.wait_exit(Duration::from_millis(100)).is_none(), "the speaker survives: {}", sp.log());
+    let drops =
+        |reason: &str| sp.metric(&format!("vipvisor_speaker_drops_total{{interface=\"eth0\",reason=\"{reason}\"}}"));
+    // (The lab's bridge already drops frames whose Ethernet source is broadcast or zero, as
+    // switches do; the ARP sender MACs reach the speaker. wire's unit tests cover both.)
+    assert!(drops("bad_sender_mac") >= 200.0, "broadcast/zero ARP senders are dropped: {}", sp.metrics());
+    assert!(drops("vlan_tagged") >= 100.0, "tagged requests are dropped: {}", sp.metrics());
+    assert!(drops("multicast_source") >= 100.0, "NS from a multicast source is dropped: {}", sp.metrics());
+    assert_eq!(replies(&sp), before, "none of them was answered");
+    let conflicts = sp.metric("vipvisor_speaker_conflicts_total{interface=\"eth0\",protocol=\"arp\"}");
+    assert!(conflicts >= 1000.0, "the forged claims are counted: {conflicts}");
+    let log = sp.log();
+    let lines = log.lines().filter(|l| l.contains("address conflict")).count();
+    assert!((1..=5).contains(&lines), "the claims are logged a few times, not {conflicts}: {lines} lines");
+    let arping = lab.stdout("c", &["arping", "-c", "1", "-w", "2", "-I", "eth0", VIP4]);
+    assert!(arping.contains(NODE1_MAC), "real clients are still answered: {arping}");
+}
+
 #[test]
 fn bad_configuration_gives_clear_errors() {
     let Some(lab) = lab("e") else { return };

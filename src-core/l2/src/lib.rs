@@ -195,6 +195,54 @@ pub struct Speaker<L: Link> {
     health: Health,
     /// Where the receive and timer loops run (default: the caller's runtime).
     l2: Option<Arc<L2Thread>>,
+    /// Repeated conflict warnings, per VIP and sender.
+    conflict_log: Arc<Mutex<LogLimiter<(IpAddr, Mac)>>>,
+}
+
+/// Rate-limits a repeated log line per key: the first is logged, then at most one per
+/// [`LOG_EVERY`] saying how many were left out (metrics still count every one). Keys
+/// not seen for [`LOG_EVERY`] are forgotten once there are many, so a flood of forged
+/// senders cannot grow it without bound.
+#[derive(Debug)]
+pub struct LogLimiter<K> {
+    seen: HashMap<K, (Instant, u64)>,
+}
+
+/// How often one repeated line is logged.
+pub const LOG_EVERY: Duration = Duration::from_secs(10);
+const LOG_KEYS: usize = 1024;
+
+impl<K: std::hash::Hash + Eq + Clone> Default for LogLimiter<K> {
+    fn default() -> Self {
+        LogLimiter { seen: HashMap::new() }
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Clone> LogLimiter<K> {
+    /// `Some(left out since the last line)` when this occurrence is to be logged.
+    pub fn admit(&mut self, key: &K, now: Instant) -> Option<u64> {
+        if self.seen.len() >= LOG_KEYS && !self.seen.contains_key(key) {
+            self.seen.retain(|_, (t, _)| now.duration_since(*t) < LOG_EVERY);
+            if self.seen.len() >= LOG_KEYS {
+                return None;
+            }
+        }
+        match self.seen.get_mut(key) {
+            Some((t, n)) if now.duration_since(*t) < LOG_EVERY => {
+                *n += 1;
+                None
+            }
+            Some((t, n)) => {
+                let left_out = *n;
+                (*t, *n) = (now, 0);
+                Some(left_out)
+            }
+            None => {
+                self.seen.insert(key.clone(), (now, 0));
+                Some(0)
+            }
+        }
+    }
 }
 
 /// The L2 path's own thread: a current-thread runtime that owns the sockets' readiness and
@@ -254,7 +302,7 @@ impl Friends {
     }
 }
 
-fn lock(e: &Mutex<Engine>) -> std::sync::MutexGuard<'_, Engine> {
+fn lock<T>(e: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     e.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
@@ -292,6 +340,7 @@ impl<L: Link> Speaker<L> {
             conflicts: None,
             health: Health::new(),
             l2: None,
+            conflict_log: Arc::default(),
         })
     }
 
@@ -489,7 +538,9 @@ impl<L: Link> Speaker<L> {
             }
             Event::Conflict { vip, iface, other, announced } => {
                 let name = e.iface(iface).map(|i| i.name.clone()).unwrap_or_default();
-                warn!(%vip, interface = %name, other_mac = %other, announced, "address conflict: another host uses the VIP");
+                if let Some(left_out) = lock(&self.conflict_log).admit(&(vip, other), Instant::now()) {
+                    warn!(%vip, interface = %name, other_mac = %other, announced, repeats_not_logged = left_out, "address conflict: another host uses the VIP");
+                }
                 if let Some(tx) = &self.conflicts {
                     let _ = tx.try_send(ConflictReport { vip, iface: name.clone(), other, announced });
                 }
@@ -504,6 +555,22 @@ mod tests {
     use super::*;
     use std::time::Duration;
     use sys::MemLink;
+
+    #[test]
+    fn repeated_lines_are_logged_once_per_interval_with_a_count() {
+        let mut l = LogLimiter::default();
+        let t0 = Instant::now();
+        assert_eq!(l.admit(&1, t0), Some(0), "the first is logged");
+        for i in 1..=500u64 {
+            assert_eq!(l.admit(&1, t0 + Duration::from_millis(i)), None);
+        }
+        assert_eq!(l.admit(&2, t0), Some(0), "another key has its own line");
+        assert_eq!(l.admit(&1, t0 + LOG_EVERY), Some(500), "then one line saying how many were left out");
+        for k in 0..5000 {
+            l.admit(&(k + 10), t0 + LOG_EVERY);
+        }
+        assert!(l.seen.len() <= LOG_KEYS, "bounded: {}", l.seen.len());
+    }
     use wire::{ArpOp, Incoming};
 
     const NODE: Mac = Mac([2, 0, 0x5e, 0, 0, 0x11]);

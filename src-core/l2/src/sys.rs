@@ -84,6 +84,9 @@ impl PacketSocket {
         // Our own frames are not input (Linux ≥ 4.20; older kernels: OwnFrame drops).
         let _ = setsockopt(&fd, libc::SOL_PACKET, PACKET_IGNORE_OUTGOING, &1 as &libc::c_int);
         let _ = setsockopt(&fd, libc::SOL_SOCKET, libc::SO_SNDBUF, &(4 << 20) as &libc::c_int);
+        // The kernel strips VLAN tags before packet sockets see a frame; the auxiliary data
+        // tells us, so a tagged request is dropped instead of answered untagged.
+        setsockopt(&fd, libc::SOL_PACKET, libc::PACKET_AUXDATA, &1 as &libc::c_int)?;
         let index = libc::c_int::try_from(ifindex).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value before we set fields.
         let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
@@ -120,10 +123,44 @@ fn send_now(fd: &OwnedFd, frame: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// Receives one frame. A frame whose VLAN tag the kernel stripped gets it back (as
+/// libpcap does), so the parser sees, and drops, a tagged frame.
 fn recv_now(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: `buf` is a valid writable slice of `buf.len()` bytes; `fd` is open.
-    let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+    const TAG: usize = 4;
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    // Room for one cmsghdr with a tpacket_auxdata, aligned for cmsghdr.
+    let mut control = [0u64; 8];
+    // SAFETY: msghdr is plain old data; all-zero is a valid value before we set fields.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: `msg` points at `iov` (the writable `buf`) and `control`, both alive for the
+    // call; `fd` is open.
+    let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, 0) };
+    let mut n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+    // SAFETY: the kernel filled `msg_control` with `msg_controllen` bytes of well-formed
+    // cmsgs; CMSG_FIRSTHDR/NXTHDR stay within them, and the auxdata is read unaligned.
+    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    while !cmsg.is_null() {
+        // SAFETY: `cmsg` is non-null and points into `control` (see above).
+        let h = unsafe { &*cmsg };
+        if h.cmsg_level == libc::SOL_PACKET && h.cmsg_type == libc::PACKET_AUXDATA {
+            // SAFETY: a PACKET_AUXDATA cmsg carries one tpacket_auxdata.
+            let aux: libc::tpacket_auxdata = unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast()) };
+            if aux.tp_status & libc::TP_STATUS_VLAN_VALID != 0 && n >= 12 && n + TAG <= buf.len() {
+                let tpid = if aux.tp_status & libc::TP_STATUS_VLAN_TPID_VALID != 0 { aux.tp_vlan_tpid } else { 0x8100 };
+                buf.copy_within(12..n, 12 + TAG);
+                buf[12..14].copy_from_slice(&tpid.to_be_bytes());
+                buf[14..16].copy_from_slice(&aux.tp_vlan_tci.to_be_bytes());
+                n += TAG;
+            }
+        }
+        // SAFETY: as above.
+        cmsg = unsafe { libc::CMSG_NXTHDR(&msg, cmsg) };
+    }
+    Ok(n)
 }
 
 impl Link for PacketSocket {

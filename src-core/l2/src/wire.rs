@@ -23,6 +23,10 @@ pub struct Mac(pub [u8; 6]);
 impl Mac {
     pub const BROADCAST: Mac = Mac([0xff; 6]);
     pub const ZERO: Mac = Mac([0; 6]);
+    /// A MAC one host can have: not multicast (broadcast included) and not all zeros.
+    pub fn is_unicast(self) -> bool {
+        self.0[0] & 1 == 0 && self != Mac::ZERO
+    }
     fn eth(self) -> EthernetAddress {
         EthernetAddress(self.0)
     }
@@ -116,10 +120,18 @@ pub enum Drop {
     WrongInterface,
     /// A request for a VIP still being probed (not owned yet).
     NotOwnedYet,
+    /// A VLAN-tagged frame (802.1Q/802.1ad): the speaker answers untagged only, on the
+    /// interface that carries the VLAN.
+    Tagged,
+    /// A sender (Ethernet source or ARP sender) MAC that is broadcast, multicast or all
+    /// zeros: no host has it, so no answer can reach one.
+    BadSenderMac,
+    /// A Neighbor Solicitation from a multicast source address (RFC 4861 7.1.1).
+    MulticastSource,
 }
 
 impl Drop {
-    pub const ALL: [Drop; 10] = [
+    pub const ALL: [Drop; 13] = [
         Drop::Malformed,
         Drop::NotArpOrNdp,
         Drop::UnsupportedArp,
@@ -130,6 +142,9 @@ impl Drop {
         Drop::NotForUs,
         Drop::WrongInterface,
         Drop::NotOwnedYet,
+        Drop::Tagged,
+        Drop::BadSenderMac,
+        Drop::MulticastSource,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -143,9 +158,17 @@ impl Drop {
             Drop::NotForUs => "not_for_us",
             Drop::WrongInterface => "wrong_interface",
             Drop::NotOwnedYet => "not_owned_yet",
+            Drop::Tagged => "vlan_tagged",
+            Drop::BadSenderMac => "bad_sender_mac",
+            Drop::MulticastSource => "multicast_source",
         }
     }
 }
+
+/// Ethertypes of VLAN tags: frames the kernel left tagged, or whose tag the packet
+/// socket put back ([`crate::sys`]).
+pub const VLAN_8021Q: u16 = 0x8100;
+pub const VLAN_8021AD: u16 = 0x88a8;
 
 fn mac_of(raw: RawHardwareAddress) -> Option<Mac> {
     <[u8; 6]>::try_from(raw.as_bytes()).ok().map(Mac)
@@ -155,10 +178,17 @@ fn mac_of(raw: RawHardwareAddress) -> Option<Mac> {
 pub fn parse(frame: &[u8]) -> Result<Incoming, Drop> {
     let eth = EthernetFrame::new_checked(frame).map_err(|_| Drop::Malformed)?;
     let eth_src = Mac(eth.src_addr().0);
+    if !eth_src.is_unicast() {
+        return Err(Drop::BadSenderMac);
+    }
     match eth.ethertype() {
+        EthernetProtocol::Unknown(VLAN_8021Q | VLAN_8021AD) => Err(Drop::Tagged),
         EthernetProtocol::Arp => {
             let pkt = ArpPacket::new_checked(eth.payload()).map_err(|_| Drop::Malformed)?;
             match ArpRepr::parse(&pkt) {
+                Ok(ArpRepr::EthernetIpv4 { source_hardware_addr, .. }) if !Mac(source_hardware_addr.0).is_unicast() => {
+                    Err(Drop::BadSenderMac)
+                }
                 Ok(ArpRepr::EthernetIpv4 {
                     operation,
                     source_hardware_addr,
@@ -190,6 +220,9 @@ pub fn parse(frame: &[u8]) -> Result<Incoming, Drop> {
             let msg = u8::from(icmp.msg_type());
             if msg != 135 && msg != 136 {
                 return Err(Drop::NotArpOrNdp);
+            }
+            if msg == 135 && ip_repr.src_addr.is_multicast() {
+                return Err(Drop::MulticastSource);
             }
             if !icmp.verify_checksum(&ip_repr.src_addr, &ip_repr.dst_addr) {
                 return Err(Drop::BadChecksum);
@@ -501,9 +534,38 @@ mod tests {
         );
     }
 
+    #[test]
+    fn hostile_senders_and_vlan_tags_are_drops() {
+        let arp = hex(ARPING_REQUEST);
+        for (at, mac) in [(6, [0xff; 6]), (6, [0; 6]), (6, [1, 0, 0x5e, 0, 0, 1]), (22, [0xff; 6]), (22, [0; 6])] {
+            let mut f = arp.clone();
+            f[at..at + 6].copy_from_slice(&mac);
+            assert_eq!(parse(&f), Err(Drop::BadSenderMac), "sender {mac:02x?} at byte {at}");
+        }
+        for tpid in [[0x81, 0], [0x88, 0xa8]] {
+            let mut tagged = arp[..12].to_vec();
+            tagged.extend_from_slice(&tpid);
+            tagged.extend_from_slice(&[0, 7]);
+            tagged.extend_from_slice(&arp[12..]);
+            assert_eq!(parse(&tagged), Err(Drop::Tagged));
+        }
+        let mut ns = hex(NDISC6_SOLICIT);
+        ns[22..38].copy_from_slice(&"ff02::1".parse::<Ipv6Addr>().unwrap().octets());
+        assert_eq!(parse(&ns), Err(Drop::MulticastSource));
+    }
+
     mod props {
         use super::*;
         use proptest::prelude::*;
+
+        /// MACs a host can have (the parser drops the others).
+        fn unicast() -> impl Strategy<Value = [u8; 6]> {
+            any::<[u8; 6]>().prop_map(|mut b| {
+                b[0] &= 0xfe;
+                b[5] |= 1;
+                b
+            })
+        }
 
         proptest! {
             #[test]
@@ -521,7 +583,7 @@ mod tests {
             }
 
             #[test]
-            fn arp_round_trips(m in any::<[u8; 6]>(), a in any::<[u8; 6]>(), s in any::<u32>(), t in any::<u32>(), op in 0u16..4) {
+            fn arp_round_trips(m in unicast(), a in any::<[u8; 6]>(), s in any::<u32>(), t in any::<u32>(), op in 0u16..4) {
                 let op = match op { 1 => ArpOp::Request, 2 => ArpOp::Reply, x => ArpOp::Unknown(x) };
                 let f = arp(Mac(a), op, Mac(m), Ipv4Addr::from(s), Mac(a), Ipv4Addr::from(t));
                 prop_assert_eq!(parse(&f).unwrap(), Incoming::Arp {
@@ -530,7 +592,7 @@ mod tests {
             }
 
             #[test]
-            fn na_round_trips(m in any::<[u8; 6]>(), vip in any::<u128>(), to in any::<u128>(), solicited in any::<bool>()) {
+            fn na_round_trips(m in unicast(), vip in any::<u128>(), to in any::<u128>(), solicited in any::<bool>()) {
                 let (vip, to) = (Ipv6Addr::from(vip), Ipv6Addr::from(to));
                 let f = neighbor_advert(Mac(m), vip, solicited.then_some((to, Mac::BROADCAST)));
                 match parse(&f).unwrap() {
