@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 const VIPVISOR: &str = env!("CARGO_BIN_EXE_vipvisor");
 const VIP: &str = "192.0.2.100";
-const SA: &str = "system:serviceaccount:vipvisor-system:vipvisor-speaker";
+const SA: &str = "system:serviceaccount:vipvisor-speaker:vipvisor-speaker";
 
 struct Lab {
     prefix: String,
@@ -250,7 +250,7 @@ fn speakers_elect_report_and_follow_endpoints_and_node_readiness() {
         assert!(!lab.can(denied), "the speaker must not be allowed to {denied:?}");
     }
     let sa_kc = lab.api.as_ref().unwrap().impersonating(
-        "vipvisor-system",
+        "vipvisor-speaker",
         "vipvisor-speaker",
         &lab.dir.path().join("speaker-kubeconfig"),
     );
