@@ -15,6 +15,7 @@ pub mod audit;
 pub mod backend;
 pub mod sqlite;
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -429,13 +430,11 @@ impl Store {
             let mut pools = desired.pools.clone();
             let mut res = desired.reservations.clone();
             if !prune {
-                pools.extend(cur.pools.iter().filter(|p| !desired.pools.iter().any(|d| d.name == p.name)).cloned());
-                res.extend(
-                    cur.reservations
-                        .iter()
-                        .filter(|r| !desired.reservations.iter().any(|d| d.block == r.block))
-                        .cloned(),
-                );
+                let named: std::collections::HashSet<&PoolName> = desired.pools.iter().map(|d| &d.name).collect();
+                let blocks: std::collections::HashSet<&AddressBlock> =
+                    desired.reservations.iter().map(|d| &d.block).collect();
+                pools.extend(cur.pools.iter().filter(|p| !named.contains(&p.name)).cloned());
+                res.extend(cur.reservations.iter().filter(|r| !blocks.contains(&r.block)).cloned());
             }
             cur.pools = pools;
             cur.reservations = res;
@@ -529,8 +528,9 @@ impl Store {
                     tx.write(Write::DeletePoolBlocks(name), now).await?;
                 }
             }
+            let actions: HashMap<&PoolName, Action> = plan.pools.iter().map(|(n, a)| (n, *a)).collect();
             for p in &plan.config.pools {
-                let action = plan.pools.iter().find(|(n, _)| n == &p.name).map_or(Action::Unchanged, |(_, a)| *a);
+                let action = actions.get(&p.name).copied().unwrap_or(Action::Unchanged);
                 match action {
                     Action::Created | Action::Updated => {
                         tx.write(Write::UpsertPool(p), now).await?;
@@ -557,9 +557,11 @@ impl Store {
                     }
                 }
             }
+            let wanted: HashMap<&AddressBlock, &Reservation> =
+                plan.config.reservations.iter().map(|r| (&r.block, r)).collect();
             for (block, action) in &plan.reservations {
                 let note = |r: Option<&Reservation>| r.map(|r| r.note.clone()).unwrap_or_default();
-                let new = plan.config.reservations.iter().find(|r| &r.block == block);
+                let new = wanted.get(block).copied();
                 match action {
                     Action::Created | Action::Updated => {
                         if let Some(r) = new {
@@ -575,7 +577,7 @@ impl Store {
                     }
                     Action::Removed => {
                         tx.write(Write::DeleteReservation(block), now).await?;
-                        let old = ipam.reservations().find(|r| &r.block == block);
+                        let old = ipam.reservation_of(&block.range().first()).filter(|r| &r.block == block);
                         self.audit(&mut tx, now, Audit::ReservationRemoved { block: *block, note: note(old) }).await?;
                     }
                     Action::Unchanged => {}
