@@ -1221,6 +1221,28 @@ mod tests {
         m.check_invariants().unwrap();
     }
 
+    /// A quarantine ending after year 9999 (a stored one, or a huge --quarantine) is shown
+    /// as the end of year 9999 in errors, never a panic.
+    #[test]
+    fn a_far_future_quarantine_is_shown_not_a_panic() {
+        let mut m = one(pool("a", &["192.0.2.0/31"], |_| {}));
+        m.restore_quarantine(Quarantined {
+            address: ip("192.0.2.0"),
+            service: "ns/a".parse().unwrap(),
+            until: Timestamp(i64::MAX),
+        });
+        let mut c = req("ns/c");
+        c.addresses = vec![ip("192.0.2.0")];
+        let e = m.allocate(&c, T0, HOLD).unwrap_err();
+        assert!(e.to_string().contains("until 9999-12-31T23:59:59.999Z"), "{e}");
+        assert_eq!(Timestamp(-5).rfc3339(), "1970-01-01T00:00:00.000Z");
+        let rel = {
+            m.allocate(&req("ns/b"), T0, HOLD).unwrap();
+            m.release(&"ns/b".parse().unwrap(), None, T0, Duration::from_secs(u64::MAX)).unwrap().unwrap()
+        };
+        assert_eq!(rel.quarantined[0].until.rfc3339(), "9999-12-31T23:59:59.999Z");
+    }
+
     #[test]
     fn reservations_and_buggy_addresses_are_never_handed_out() {
         let res = Reservation { block: "192.0.2.1".parse().unwrap(), note: "gateway".into() };
