@@ -447,16 +447,25 @@ async fn manifests_apply_and_rbac_is_least_privilege() {
     let Some(mut tb) = testbed("d").await else { return };
     let kc = tb.kubeconfig();
     let deploy = common::repo("deploy");
-    for f in ["namespace.yaml", "rbac.yaml", "controller.yaml"] {
-        let out = Command::new("kubectl")
+    let kubectl = |args: &[&str], stdin: Option<&str>| {
+        let mut c = Command::new("kubectl")
             .arg("--kubeconfig")
             .arg(&kc)
-            .args(["apply", "-f"])
-            .arg(deploy.join(f))
-            .output()
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
             .unwrap();
-        assert!(out.status.success(), "kubectl apply {f}: {}", String::from_utf8_lossy(&out.stderr));
+        use std::io::Write as _;
+        c.stdin.take().unwrap().write_all(stdin.unwrap_or("").as_bytes()).unwrap();
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    for f in ["namespace.yaml", "crd.yaml", "rbac.yaml", "controller.yaml"] {
+        kubectl(&["apply", "-f", deploy.join(f).to_str().unwrap()], None);
     }
+    kubectl(&["wait", "--for", "condition=established", "crd/servicel2statuses.vipvisor.io", "--timeout=30s"], None);
     let sa = "system:serviceaccount:vipvisor-system:vipvisor-controller";
     let can = |args: &[&str]| -> bool {
         let out = Command::new("kubectl")
@@ -476,6 +485,7 @@ async fn manifests_apply_and_rbac_is_least_privilege() {
         &["create", "events.events.k8s.io", "-n", "default"],
         &["create", "leases.coordination.k8s.io", "-n", "vipvisor-system"],
         &["update", "leases.coordination.k8s.io/vipvisor-controller", "-n", "vipvisor-system"],
+        &["watch", "servicel2statuses.vipvisor.io", "-n", "vipvisor-speaker"],
     ] {
         assert!(can(allowed), "the controller must be allowed to {allowed:?}");
     }
@@ -489,6 +499,7 @@ async fn manifests_apply_and_rbac_is_least_privilege() {
         &["update", "leases.coordination.k8s.io/other", "-n", "vipvisor-system"],
         &["create", "leases.coordination.k8s.io", "-n", "kube-system"],
         &["create", "pods", "-n", "default"],
+        &["patch", "servicel2statuses.vipvisor.io", "-n", "vipvisor-speaker"],
     ] {
         assert!(!can(denied), "the controller must not be allowed to {denied:?}");
     }
@@ -499,5 +510,43 @@ async fn manifests_apply_and_rbac_is_least_privilege() {
     tb.create("default", "rbac", serde_json::json!({}), serde_json::json!({})).await;
     assert!(!tb.wait_ips("default", "rbac").await.is_empty(), "the service account can do the whole job");
     tb.wait_event("default", "rbac", "IPAllocated").await;
+    assert!(!tb.log("sa").contains("403"), "no forbidden calls: {}", tb.log("sa"));
+
+    // The speakers' reports (ServiceL2Status, written here as a speaker would) become the
+    // Service's `vipvisor.io/Announced` condition; the newest claim of a VIP wins.
+    let ip = tb.ips("default", "rbac").await[0].clone();
+    let report = |node: &str, iface: &str, since: &str| {
+        serde_json::json!({"apiVersion": "vipvisor.io/v1alpha1", "kind": "ServiceL2Status",
+            "metadata": {"name": node, "namespace": "vipvisor-speaker"},
+            "status": {"node": node, "announcing": [{"service": "default/rbac", "vip": ip, "interface": iface, "since": since}]}})
+        .to_string()
+    };
+    let condition = || async {
+        let s = tb.services("default").get("rbac").await.unwrap();
+        s.status
+            .and_then(|s| s.conditions)
+            .and_then(|c| c.into_iter().find(|c| c.type_ == "vipvisor.io/Announced"))
+            .map(|c| (c.status, c.message))
+    };
+    let wait_condition = |want: String| async move {
+        let start = Instant::now();
+        loop {
+            let got = condition().await;
+            if got.as_ref().is_some_and(|(s, m)| s == "True" && m.contains(&want)) {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "expected an Announced condition naming {want:?}, got {got:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    kubectl(&["apply", "-f", "-"], Some(&report("n1", "eth0", "2026-12-02T10:00:00Z")));
+    wait_condition(format!("{ip} from node n1 on eth0")).await;
+    kubectl(&["apply", "-f", "-"], Some(&report("n2", "eth1", "2026-12-02T10:00:05Z")));
+    wait_condition(format!("{ip} from node n2 on eth1")).await;
+    kubectl(&["delete", "servicel2status", "n2", "-n", "vipvisor-speaker"], None);
+    wait_condition(format!("{ip} from node n1 on eth0")).await;
     assert!(!tb.log("sa").contains("403"), "no forbidden calls: {}", tb.log("sa"));
 }

@@ -4,7 +4,7 @@
 //! as the speaker's service account (impersonated, so deploy/speaker.yaml's RBAC is what it
 //! gets). Node objects are created by the test (there is no kubelet), and so are
 //! EndpointSlices (no kube-controller-manager). Flow: RBAC by `kubectl auth can-i`; one
-//! owner reported in the annotation, an Event and every speaker's metrics; ETP=Local
+//! owner reported in its ServiceL2Status, an Event and every speaker's metrics; ETP=Local
 //! follows the endpoints; a NotReady node loses its VIP; an address in use elsewhere is
 //! not announced and is reported as a Warning Event.
 //!
@@ -13,6 +13,7 @@
 #![allow(clippy::unwrap_used)]
 
 use common::{repo, wait_until};
+use vipvisor_kube::l2status;
 use vipvisor_testkit as common;
 
 use std::collections::BTreeSet;
@@ -128,11 +129,21 @@ impl Lab {
     fn logs(&self) -> String {
         (1..=3).map(|i| format!("--- n{i}\n{}", self.log(i))).collect()
     }
-    fn annotation(&self) -> String {
-        self.kubectl(
-            &["get", "service", "web", "-o", r"jsonpath={.metadata.annotations.vipvisor\.io/announcing}"],
-            None,
-        )
+    /// `node,interface` of the speaker that reports announcing the VIP in its
+    /// ServiceL2Status (the newest claim wins, as the controller decides).
+    fn announced(&self) -> String {
+        let out = self.kubectl(&["get", "servicel2statuses", "-n", "vipvisor-speaker", "-o", "json"], None);
+        let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let reports: Vec<l2status::Report> = list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|o| serde_json::from_value(o["status"].clone()).ok())
+            .collect();
+        l2status::announcers(&reports)
+            .get(&VIP.parse().unwrap())
+            .map(|(node, iface)| format!("{node},{iface}"))
+            .unwrap_or_default()
     }
     /// The MACs answering ARP for the VIP, as the client sees them.
     fn answerers(&self) -> BTreeSet<String> {
@@ -146,19 +157,19 @@ impl Lab {
             .map(str::to_lowercase)
             .collect()
     }
-    /// Waits until the annotation names `node` and only that node answers ARP.
+    /// Waits until the reports name `node` and only that node answers ARP.
     fn wait_owner(&self, node: &str, why: &str) {
         let mac = mac_of(node);
         let start = Instant::now();
         loop {
-            let last = (self.annotation(), self.answerers());
+            let last = (self.announced(), self.answerers());
             if last.0 == format!("{node},eth0") && last.1 == BTreeSet::from([mac.clone()]) {
                 eprintln!("{why}: {node} owns {VIP} after {:?}", start.elapsed());
                 return;
             }
             assert!(
                 start.elapsed() < Duration::from_secs(15),
-                "{why}: expected {node} ({mac}) to own {VIP}; annotation {:?}, ARP answers from {:?}\n{}",
+                "{why}: expected {node} ({mac}) to own {VIP}; reported {:?}, ARP answers from {:?}\n{}",
                 last.0,
                 last.1,
                 self.logs()
@@ -166,7 +177,7 @@ impl Lab {
         }
     }
     fn owner(&self) -> String {
-        self.annotation().split(',').next().unwrap_or_default().to_owned()
+        self.announced().split(',').next().unwrap_or_default().to_owned()
     }
     fn metrics(&self, i: usize) -> String {
         common::speaker_metrics(&format!("{}n{i}", self.prefix))
@@ -226,13 +237,18 @@ fn speakers_elect_report_and_follow_endpoints_and_node_readiness() {
     lab.api = Some(common::Apiserver::start(lab.dir.path(), Some(&api_addr)));
 
     // The manifests apply, and the speaker's RBAC is least privilege.
-    for f in ["namespace.yaml", "speaker.yaml"] {
+    for f in ["namespace.yaml", "crd.yaml", "speaker.yaml"] {
         lab.kubectl(&["apply", "-f", repo(&format!("deploy/{f}")).to_str().unwrap()], None);
     }
+    lab.kubectl(
+        &["wait", "--for", "condition=established", "crd/servicel2statuses.vipvisor.io", "--timeout=30s"],
+        None,
+    );
     for allowed in [
         &["watch", "services", "--all-namespaces"][..],
-        &["patch", "services", "-n", "default"],
         &["list", "nodes"],
+        &["create", "servicel2statuses.vipvisor.io", "-n", "vipvisor-speaker"],
+        &["patch", "servicel2statuses.vipvisor.io", "-n", "vipvisor-speaker"],
         &["watch", "endpointslices.discovery.k8s.io", "--all-namespaces"],
         &["create", "events.events.k8s.io", "-n", "default"],
     ] {
@@ -240,8 +256,11 @@ fn speakers_elect_report_and_follow_endpoints_and_node_readiness() {
     }
     for denied in [
         &["get", "secrets", "--all-namespaces"][..],
+        &["patch", "services", "-n", "default"],
         &["patch", "services", "--subresource=status", "-n", "default"],
         &["update", "services", "-n", "default"],
+        &["create", "servicel2statuses.vipvisor.io", "-n", "default"],
+        &["delete", "servicel2statuses.vipvisor.io", "-n", "vipvisor-speaker"],
         &["delete", "services", "-n", "default"],
         &["patch", "nodes"],
         &["create", "endpointslices.discovery.k8s.io", "-n", "default"],
@@ -272,10 +291,10 @@ fn speakers_elect_report_and_follow_endpoints_and_node_readiness() {
         lab.speaker(i, &sa_kc, &key);
     }
 
-    // 1. One owner: it reports itself in the annotation and an Event, answers ARP alone,
+    // 1. One owner: it reports itself in its ServiceL2Status and an Event, answers ARP alone,
     //    and every speaker's metrics name it.
     // Speakers starting within milliseconds of each other may briefly pick an owner before
-    // the whole group has met: wait until the annotation and the ARP answers agree.
+    // the whole group has met: wait until the reports and the ARP answers agree.
     let mut first = String::new();
     wait_until(
         Duration::from_secs(20),
@@ -283,7 +302,7 @@ fn speakers_elect_report_and_follow_endpoints_and_node_readiness() {
             first = lab.owner();
             !first.is_empty() && lab.answerers() == BTreeSet::from([mac_of(&first)])
         },
-        "the owner annotation and the only ARP answerer to agree",
+        "the reported owner and the only ARP answerer to agree",
     );
     lab.wait_owner(&first, "initial election");
     let events = lab.kubectl(&["get", "events.events.k8s.io", "-n", "default", "-o", "json"], None);

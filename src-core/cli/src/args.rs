@@ -222,6 +222,10 @@ pub struct SpeakerArgs {
     /// Do not announce LoadBalancer Services that have no loadBalancerClass.
     #[arg(long)]
     pub only_class: bool,
+    /// Namespace of this node's ServiceL2Status, where it reports what it announces
+    /// (Kubernetes mode; the DaemonSet's own namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "vipvisor-speaker")]
+    pub status_namespace: String,
     /// Spacing of gratuitous rounds after gaining a VIP.
     #[arg(long, default_value = "1.1s", value_parser = between("10ms", "60s"))]
     pub garp_interval: Duration,
@@ -281,6 +285,10 @@ pub struct ControllerArgs {
     /// Do not serve LoadBalancer Services that have no loadBalancerClass.
     #[arg(long)]
     pub only_class: bool,
+    /// Namespace of the speakers' ServiceL2Status objects, reflected into the Services'
+    /// `vipvisor.io/Announced` condition.
+    #[arg(long, default_value = "vipvisor-speaker")]
+    pub speaker_namespace: String,
     /// Namespace and name of the leader-election Lease.
     #[arg(long, default_value = "vipvisor-system")]
     pub lease_namespace: String,

@@ -115,6 +115,7 @@ pub async fn run_speaker(a: &SpeakerArgs) -> anyhow::Result<()> {
             gossip_timing,
             hold: a.hold_time,
             policy: ClassPolicy { class: a.class.clone(), serve_unclassed: !a.only_class },
+            status_namespace: a.status_namespace.clone(),
         };
         return Ok(speaker::run(client, k, metrics, &health, shutdown_signal()).await?);
     }
@@ -164,6 +165,7 @@ pub async fn run_controller(a: &ControllerArgs, store_url: String, quarantine: D
             renew_every: a.lease_renew,
         },
         quarantine,
+        speaker_namespace: a.speaker_namespace.clone(),
     };
     let health = Health::new();
     let metrics = controller::Metrics::new();

@@ -67,6 +67,8 @@ pub struct ControllerConfig {
     pub policy: ClassPolicy,
     pub lease: LeaseConfig,
     pub quarantine: Duration,
+    /// Where the speakers' ServiceL2Status objects are ([`crate::l2status`]).
+    pub speaker_namespace: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -729,6 +731,16 @@ pub async fn run(
     }
     info!(services = svc_reader.state().len(), elapsed_ms = started.elapsed().as_millis() as u64, "caches synced");
     ctx.set_phase(Phase::Standby);
+    let announced = {
+        let c = ctx.clone();
+        tokio::spawn(crate::l2status::reflect_into_services(
+            client.clone(),
+            svc_reader.clone(),
+            cfg.speaker_namespace.clone(),
+            cfg.policy.clone(),
+            move || c.leading(),
+        ))
+    };
 
     let beat = health.register("leader", STALLED_AFTER);
     let mut tick = tokio::time::interval(Duration::from_secs(2));
@@ -820,6 +832,7 @@ pub async fn run(
     }
     beat.done();
     ctx.set_phase(Phase::Standby);
+    announced.abort();
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), lease_task).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), runner).await;

@@ -17,7 +17,8 @@ use vipvisor_model::{AllocRequest, FamilyRequest, Labels, PoolName, Port, Servic
 pub const ANN_ADDRESSES: &str = "vipvisor.io/addresses";
 pub const ANN_POOL: &str = "vipvisor.io/pool";
 pub const ANN_SHARING: &str = "vipvisor.io/sharing-key";
-/// Written by the speakers (issue #5); known here so it is not reported as unknown.
+/// Written by speakers before issue #10 (they report through ServiceL2Status now); known
+/// here so one left on a Service is not reported as unknown.
 pub const ANN_ANNOUNCING: &str = "vipvisor.io/announcing";
 const METALLB_PREFIXES: [&str; 2] = ["metallb.universe.tf/", "metallb.io/"];
 

@@ -8,6 +8,7 @@
 
 pub mod controller;
 pub mod decide;
+pub mod l2status;
 pub mod lease;
 pub mod reflect;
 pub mod speaker;

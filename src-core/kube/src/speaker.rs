@@ -24,7 +24,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store as Reflector};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource};
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 use vipvisor_gossip::election::{NodeFacts, VipFacts};
 use vipvisor_gossip::group;
 use vipvisor_gossip::membership::{GossipTiming, Live, MemberConfig, Membership, Sealer};
@@ -37,7 +37,8 @@ use vipvisor_l2::metrics::Metrics;
 use vipvisor_l2::{wire, ConflictReport, Owned, Prepared, SpeakerError};
 use vipvisor_model::ServiceKey;
 
-use crate::decide::{self, ClassPolicy, ANN_ANNOUNCING};
+use crate::decide::{self, ClassPolicy};
+use crate::l2status;
 use crate::reflect::reflect;
 
 /// The label that keeps a node out of load-balancer duty.
@@ -59,6 +60,8 @@ pub struct KubeSpeakerConfig {
     pub gossip_timing: GossipTiming,
     pub hold: Duration,
     pub policy: ClassPolicy,
+    /// Where this node's `ServiceL2Status` is written (the speakers' namespace).
+    pub status_namespace: String,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -184,36 +187,6 @@ fn peer_addrs(nodes: &[Arc<Node>], me: &str, port: u16) -> Vec<SocketAddr> {
         .filter_map(|n| internal_ip(n))
         .map(|ip| SocketAddr::new(ip, port))
         .collect()
-}
-
-/// The `vipvisor.io/announcing` annotation, per VIP: `node,interface` when one node
-/// announces every VIP of the Service on one interface, else `VIP=node,interface;…`.
-pub fn parse_announcing(value: &str, vips: &[IpAddr]) -> BTreeMap<IpAddr, String> {
-    let value = value.trim();
-    if value.is_empty() {
-        return BTreeMap::new();
-    }
-    if !value.contains('=') {
-        return vips.iter().map(|v| (*v, value.to_owned())).collect();
-    }
-    value
-        .split(';')
-        .filter_map(|e| {
-            let (ip, who) = e.split_once('=')?;
-            let ip: IpAddr = ip.trim().parse().ok()?;
-            vips.contains(&ip).then(|| (ip, who.trim().to_owned()))
-        })
-        .collect()
-}
-
-pub fn render_announcing(entries: &BTreeMap<IpAddr, String>, vips: &[IpAddr]) -> String {
-    let mut vals = vips.iter().filter_map(|v| entries.get(v));
-    if let Some(first) = vals.next() {
-        if vips.iter().all(|v| entries.get(v) == Some(first)) {
-            return first.clone();
-        }
-    }
-    vips.iter().filter_map(|v| entries.get(v).map(|w| format!("{v}={w}"))).collect::<Vec<_>>().join(";")
 }
 
 // ---------------------------------------------------------------------------------------
@@ -487,6 +460,7 @@ pub async fn run(
         recorder.clone(),
         svc_reader.clone(),
         cfg.node_name.clone(),
+        cfg.status_namespace.clone(),
         announcing_rx,
         changed.subscribe(),
     )));
@@ -508,53 +482,52 @@ pub async fn run(
     result.map_err(Into::into)
 }
 
-/// Writes `vipvisor.io/announcing` on the Services whose VIPs this node announces, with an
-/// `Announcing` Event whenever this node's entry changes. Writes carry the resourceVersion
-/// they were computed from; a conflict is retried on the next change.
+/// Reports what this node announces in its own `ServiceL2Status` (server-side apply, in
+/// `namespace`), with an `Announcing` Event on the Service whenever this node starts
+/// announcing one of its VIPs. The speaker writes no Service: the controller reflects the
+/// reports into the Services' status ([`crate::l2status`]). A failed write is retried.
 async fn report(
     client: Client,
     recorder: Recorder,
     services: Reflector<Service>,
     me: String,
+    namespace: String,
     mut announcing: watch::Receiver<Announcing>,
     mut changed: watch::Receiver<u64>,
 ) {
+    let api: Api<DynamicObject> = Api::namespaced_with(client, &namespace, &l2status::resource());
+    let params = PatchParams::apply("vipvisor-speaker").force();
+    // When this node began announcing each VIP; the newest claim wins in the controller.
+    let mut since: BTreeMap<IpAddr, String> = BTreeMap::new();
+    let mut written: Option<l2status::Report> = None;
     loop {
         let mine = announcing.borrow_and_update().clone();
-        let mut pending = false;
+        since.retain(|v, _| mine.contains_key(v));
+        let now = vipvisor_model::Timestamp::now().rfc3339();
+        let mut report = l2status::Report { node: me.clone(), announcing: Vec::new() };
+        let mut news = Vec::new();
         for svc in services.state() {
-            let vips = decide::status_addresses(&svc);
-            let owned: Vec<(&IpAddr, &String)> = mine.iter().filter(|(v, _)| vips.contains(v)).collect();
-            if owned.is_empty() {
-                continue;
-            }
-            let current =
-                svc.metadata.annotations.as_ref().and_then(|a| a.get(ANN_ANNOUNCING)).cloned().unwrap_or_default();
-            let mut entries = parse_announcing(&current, &vips);
-            let mut news = Vec::new();
-            for (vip, iface) in &owned {
-                let want = format!("{me},{iface}");
-                if entries.get(*vip) != Some(&want) {
-                    entries.insert(**vip, want);
-                    news.push(format!("Announcing {vip} from node {me} on {iface}"));
+            let Some(key) = decide::service_key(&svc) else { continue };
+            for vip in decide::status_addresses(&svc) {
+                let Some(iface) = mine.get(&vip) else { continue };
+                let started = since.entry(vip).or_insert_with(|| now.clone()).clone();
+                let entry = l2status::Entry { service: key.to_string(), vip, interface: iface.clone(), since: started };
+                let known = written
+                    .as_ref()
+                    .is_some_and(|w| w.announcing.iter().any(|e| e.service == entry.service && e.vip == vip));
+                if !known {
+                    news.push((svc.clone(), format!("Announcing {vip} from node {me} on {iface}")));
                 }
+                report.announcing.push(entry);
             }
-            if news.is_empty() {
-                continue;
-            }
-            let value = render_announcing(&entries, &vips);
-            let (Some(ns), Some(name)) = (svc.metadata.namespace.as_deref(), svc.metadata.name.as_deref()) else {
-                continue;
-            };
-            let api: Api<Service> = Api::namespaced(client.clone(), ns);
-            let patch = serde_json::json!({"metadata": {
-                "resourceVersion": svc.metadata.resource_version,
-                "annotations": {ANN_ANNOUNCING: value},
-            }});
-            match api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+        }
+        let mut pending = false;
+        if written.as_ref() != Some(&report) {
+            match api.patch(&me, &params, &Patch::Apply(&report.object())).await {
                 Ok(_) => {
-                    info!(service = %format!("{ns}/{name}"), %value, "reported the announcing node");
-                    for note in news {
+                    info!(vips = report.announcing.len(), "reported what this node announces");
+                    written = Some(report);
+                    for (svc, note) in news {
                         let ev = KEvent {
                             type_: EventType::Normal,
                             reason: "Announcing".into(),
@@ -563,17 +536,12 @@ async fn report(
                             secondary: None,
                         };
                         if let Err(e) = recorder.publish(&ev, &svc.object_ref(&())).await {
-                            warn!(error = %e, "could not record an event");
+                            warn!(error = %crate::Safe(&e), "could not record an event");
                         }
                     }
                 }
-                Err(kube::Error::Api(s)) if s.code == 409 => {
-                    debug!(service = %format!("{ns}/{name}"), "annotation conflict; retrying with the newer object");
-                    pending = true;
-                }
-                Err(kube::Error::Api(s)) if s.code == 404 => {}
                 Err(e) => {
-                    warn!(service = %format!("{ns}/{name}"), error = %e, "could not report the announcing node");
+                    warn!(error = %crate::Safe(&e), %namespace, "could not write this node's ServiceL2Status");
                     pending = true;
                 }
             }
@@ -782,26 +750,5 @@ mod tests {
         let mut seen: BTreeSet<(IpAddr, wire::Mac)> = [(a, mac), (b, mac)].into();
         prune_seen(&mut seen, &[a].into());
         assert_eq!(seen, [(a, mac)].into(), "b is no longer any Service's address");
-    }
-
-    #[test]
-    fn the_annotation_round_trips() {
-        let v4: IpAddr = "192.0.2.10".parse().unwrap();
-        let v6: IpAddr = "2001:db8::10".parse().unwrap();
-        let both = [v4, v6];
-        let e = parse_announcing("n1,eth0", &both);
-        assert_eq!(e.len(), 2);
-        assert_eq!(render_announcing(&e, &both), "n1,eth0");
-        let mut e = e;
-        e.insert(v6, "n2,ens192".into());
-        let s = render_announcing(&e, &both);
-        assert_eq!(s, "192.0.2.10=n1,eth0;2001:db8::10=n2,ens192");
-        assert_eq!(parse_announcing(&s, &both), e);
-        assert_eq!(parse_announcing(&s, &[v4]).len(), 1, "entries of VIPs the Service no longer has are dropped");
-        assert_eq!(render_announcing(&parse_announcing(&s, &[v4]), &[v4]), "n1,eth0");
-        assert!(parse_announcing("", &both).is_empty());
-        assert!(parse_announcing("garbage=x;=;1.2.3=y", &both).is_empty(), "malformed entries are ignored");
-        let one: BTreeMap<IpAddr, String> = [(v4, "n1,eth0".to_string())].into();
-        assert_eq!(render_announcing(&one, &both), "192.0.2.10=n1,eth0", "a VIP without owner is not claimed");
     }
 }

@@ -866,6 +866,11 @@ impl Timestamp {
     }
     /// The time in RFC 3339, clamped to the years 1970..=9999 (a stored far-future time
     /// is shown as the end of year 9999).
+    /// The time in RFC 3339 to the second (Kubernetes' `metav1.Time`), clamped likewise.
+    pub fn rfc3339_seconds(self) -> String {
+        let ms = u64::try_from(self.0.clamp(0, Timestamp::MAX.0)).unwrap_or(0);
+        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string()
+    }
     pub fn rfc3339(self) -> String {
         let ms = u64::try_from(self.0.clamp(0, Timestamp::MAX.0)).unwrap_or(0);
         let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
