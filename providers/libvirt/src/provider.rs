@@ -1,0 +1,218 @@
+//! The provider over a libvirt connection (`qemu:///system`, `qemu+ssh://…`,
+//! `qemu+tls://…`). libvirt calls are blocking FFI: each runs on tokio's blocking pool,
+//! over a connection of its own.
+
+use std::collections::BTreeMap;
+
+use tracing::info;
+use vipvisor_provider::{Finding, Grant, Need, NicRef, Outcome, Provider, ProviderError, Record, Vm};
+use virt::connect::Connect;
+use virt::domain::Domain as VirDomain;
+use virt::sys;
+
+use crate::grant;
+use crate::xml::{self, XmlError};
+
+/// One `kind: libvirt` entry of the provider file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LibvirtConfig {
+    pub name: String,
+    pub uri: String,
+}
+
+/// The libvirt provider.
+#[derive(Debug, Clone)]
+pub struct Libvirt {
+    cfg: LibvirtConfig,
+}
+
+impl Libvirt {
+    pub fn new(cfg: LibvirtConfig) -> Self {
+        // libvirt prints every error on stderr unless told otherwise; ours are returned.
+        virt::error::clear_error_callback();
+        Libvirt { cfg }
+    }
+
+    fn err_call(&self, call: &'static str, target: &str, e: virt::error::Error) -> ProviderError {
+        ProviderError::Call { provider: self.cfg.name.clone(), call, target: target.to_owned(), reason: e.to_string() }
+    }
+
+    fn err_xml(&self, target: &str, e: XmlError) -> ProviderError {
+        ProviderError::Answer { provider: self.cfg.name.clone(), target: target.to_owned(), reason: e.0 }
+    }
+
+    /// Runs `f` over a fresh connection on the blocking pool.
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Libvirt, &Connect) -> Result<T, ProviderError> + Send + 'static,
+    ) -> Result<T, ProviderError> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = Connect::open(Some(&me.cfg.uri)).map_err(|e| ProviderError::Unreachable {
+                provider: me.cfg.name.clone(),
+                target: me.cfg.uri.clone(),
+                reason: e.to_string(),
+            })?;
+            let r = f(&me, &conn);
+            let _ = conn.close();
+            r
+        })
+        .await
+        .map_err(|e| ProviderError::Unsupported {
+            provider: self.cfg.name.clone(),
+            reason: format!("libvirt call panicked: {e}"),
+        })?
+    }
+
+    fn domain(&self, conn: &Connect, vm: &str) -> Result<VirDomain, ProviderError> {
+        VirDomain::lookup_by_name(conn, vm)
+            .map_err(|_| ProviderError::UnknownVm { provider: self.cfg.name.clone(), vm: vm.to_owned() })
+    }
+
+    fn inactive_xml(&self, dom: &VirDomain, vm: &str) -> Result<String, ProviderError> {
+        dom.get_xml_desc(sys::VIR_DOMAIN_XML_INACTIVE).map_err(|e| self.err_call("virDomainGetXMLDesc", vm, e))
+    }
+
+    /// Every nwfilter's references, for following filter chains.
+    fn filter_refs(&self, conn: &Connect) -> Result<BTreeMap<String, Vec<String>>, ProviderError> {
+        let mut out = BTreeMap::new();
+        let filters =
+            conn.list_all_nw_filters(0).map_err(|e| self.err_call("virConnectListAllNWFilters", &self.cfg.uri, e))?;
+        for f in filters {
+            let x = f.get_xml_desc(0).map_err(|e| self.err_call("virNWFilterGetXMLDesc", &self.cfg.uri, e))?;
+            let (name, refs) = xml::nwfilter_refs(&x).map_err(|e| self.err_xml("an nwfilter", e))?;
+            out.insert(name, refs);
+        }
+        Ok(out)
+    }
+
+    /// The NIC `nic` in the domain's inactive XML.
+    fn find_nic(&self, inactive: &str, nic: &NicRef) -> Result<xml::Interface, ProviderError> {
+        let d = xml::parse_domain(inactive).map_err(|e| self.err_xml(&nic.vm, e))?;
+        let nics = d.interfaces.iter().map(|i| i.nic.mac.to_string()).collect::<Vec<_>>().join(", ");
+        d.interfaces.into_iter().find(|i| i.nic.mac == nic.mac).ok_or_else(|| ProviderError::UnknownNic {
+            provider: self.cfg.name.clone(),
+            vm: nic.vm.clone(),
+            mac: nic.mac,
+            nics: if nics.is_empty() { "(none)".into() } else { nics },
+        })
+    }
+
+    /// Makes the NIC's filter parameters `params`: one device update with the complete
+    /// interface XML (LIVE|CONFIG on a running domain, CONFIG on a stopped one), then read
+    /// back. Nothing is written when they already are.
+    fn set_params(&self, conn: &Connect, nic: &NicRef, params: &[(String, String)]) -> Result<bool, ProviderError> {
+        let dom = self.domain(conn, &nic.vm)?;
+        let inactive = self.inactive_xml(&dom, &nic.vm)?;
+        let cur = self.find_nic(&inactive, nic)?;
+        if cur.nic.filter.as_ref().map(|f| f.params.as_slice()) == Some(params) {
+            return Ok(false);
+        }
+        let device = xml::interface_with_params(&inactive, nic.mac, params).map_err(|e| self.err_xml(&nic.vm, e))?;
+        let active = dom.is_active().map_err(|e| self.err_call("virDomainIsActive", &nic.vm, e))?;
+        let flags = if active {
+            sys::VIR_DOMAIN_AFFECT_LIVE | sys::VIR_DOMAIN_AFFECT_CONFIG
+        } else {
+            sys::VIR_DOMAIN_AFFECT_CONFIG
+        };
+        let target = nic.to_string();
+        dom.update_device_flags(&device, flags).map_err(|e| self.err_call("virDomainUpdateDeviceFlags", &target, e))?;
+        let back = self.find_nic(&self.inactive_xml(&dom, &nic.vm)?, nic)?;
+        let now = back.nic.filter.map(|f| f.params).unwrap_or_default();
+        if now != params {
+            return Err(ProviderError::Answer {
+                provider: self.cfg.name.clone(),
+                target,
+                reason: format!("the parameters read back are {now:?}, expected {params:?}"),
+            });
+        }
+        info!(provider = %self.cfg.name, nic = %nic, live = active, "updated the NIC's filter parameters");
+        Ok(true)
+    }
+}
+
+#[async_trait::async_trait]
+impl Provider for Libvirt {
+    fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    async fn inventory(&self) -> Result<Vec<Vm>, ProviderError> {
+        self.with(|me, conn| {
+            let doms = conn.list_all_domains(0).map_err(|e| me.err_call("virConnectListAllDomains", &me.cfg.uri, e))?;
+            let mut vms = Vec::new();
+            for dom in doms {
+                let name = dom.get_name().map_err(|e| me.err_call("virDomainGetName", &me.cfg.uri, e))?;
+                let running = dom.is_active().map_err(|e| me.err_call("virDomainIsActive", &name, e))?;
+                let inactive = xml::parse_domain(&me.inactive_xml(&dom, &name)?).map_err(|e| me.err_xml(&name, e))?;
+                // The live XML knows the bridge a network's NIC is on.
+                let live = if running {
+                    let x = dom.get_xml_desc(0).map_err(|e| me.err_call("virDomainGetXMLDesc", &name, e))?;
+                    xml::parse_domain(&x).map_err(|e| me.err_xml(&name, e))?.interfaces
+                } else {
+                    Vec::new()
+                };
+                let nics = inactive
+                    .interfaces
+                    .into_iter()
+                    .map(|mut i| {
+                        if i.nic.bridge.is_none() {
+                            i.nic.bridge =
+                                live.iter().find(|l| l.nic.mac == i.nic.mac).and_then(|l| l.nic.bridge.clone());
+                        }
+                        i.nic
+                    })
+                    .collect();
+                vms.push(Vm { name, running, host: None, nics });
+            }
+            vms.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(vms)
+        })
+        .await
+    }
+
+    async fn diagnose(&self, nic: &NicRef, need: &Need) -> Result<Vec<Finding>, ProviderError> {
+        let (nic, need) = (nic.clone(), need.clone());
+        self.with(move |me, conn| {
+            let dom = me.domain(conn, &nic.vm)?;
+            let cur = me.find_nic(&me.inactive_xml(&dom, &nic.vm)?, &nic)?;
+            Ok(grant::diagnose(&nic, &cur.nic, &need, &me.filter_refs(conn)?))
+        })
+        .await
+    }
+
+    async fn ensure(&self, g: &Grant, record: &Record) -> Result<Outcome, ProviderError> {
+        let (g, record) = (g.clone(), record.clone());
+        self.with(move |me, conn| {
+            let dom = me.domain(conn, &g.nic.vm)?;
+            let cur = me.find_nic(&me.inactive_xml(&dom, &g.nic.vm)?, &g.nic)?;
+            let Some(filter) = cur.nic.filter.clone() else {
+                return Ok(Outcome { changed: false, record, remaining: Vec::new() });
+            };
+            let (params, added) = grant::granted(&filter, &g.need);
+            let changed = !added.is_empty() && me.set_params(conn, &g.nic, &params)?;
+            let mut record = record;
+            record.added.extend(added);
+            let after =
+                vipvisor_provider::Nic { filter: Some(vipvisor_provider::Filter { params, ..filter }), ..cur.nic };
+            let remaining = grant::diagnose(&g.nic, &after, &g.need, &me.filter_refs(conn)?);
+            Ok(Outcome { changed, record, remaining })
+        })
+        .await
+    }
+
+    async fn revert(&self, g: &Grant, record: &Record) -> Result<Outcome, ProviderError> {
+        let (g, record) = (g.clone(), record.clone());
+        self.with(move |me, conn| {
+            let dom = me.domain(conn, &g.nic.vm)?;
+            let cur = me.find_nic(&me.inactive_xml(&dom, &g.nic.vm)?, &g.nic)?;
+            let Some(filter) = cur.nic.filter.clone() else {
+                return Ok(Outcome { changed: false, record: Record::default(), remaining: Vec::new() });
+            };
+            let (params, left) = grant::reverted(&filter, &record, &g.need);
+            let changed = me.set_params(conn, &g.nic, &params)?;
+            Ok(Outcome { changed, record: left, remaining: Vec::new() })
+        })
+        .await
+    }
+}
