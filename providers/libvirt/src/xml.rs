@@ -318,6 +318,39 @@ mod tests {
         assert!(e.0.contains("no filterref"), "{e}");
     }
 
+    /// Captured from libvirt 9.0 (tests/golden/README.md): the inactive XML, the live XML
+    /// of the same running domain, and the inactive XML after `update-device --config`.
+    #[test]
+    fn golden_libvirt_xml_reads_and_transforms() {
+        let inactive = include_str!("../tests/golden/domain-inactive.xml");
+        let live = include_str!("../tests/golden/domain-live.xml");
+        let granted = include_str!("../tests/golden/domain-inactive-granted.xml");
+        let d = parse_domain(inactive).unwrap();
+        assert_eq!(d.name, "vv-golden");
+        let macs: Vec<String> = d.interfaces.iter().map(|i| i.nic.mac.to_string()).collect();
+        assert_eq!(macs, ["52:54:00:00:00:21", "52:54:00:00:00:22", "52:54:00:00:00:23"]);
+        assert!(d.interfaces.iter().all(|i| i.nic.network.as_deref() == Some("vv-net")), "keyed by source/@network");
+        let l = parse_domain(live).unwrap();
+        assert_eq!(l.interfaces.len(), 3, "the live shape (type='bridge', portid) reads too");
+        assert!(l.interfaces.iter().all(|i| i.nic.bridge.as_deref() == Some("vvbr0") && i.dev.is_some()));
+        assert_eq!(l.interfaces[0].nic.filter, d.interfaces[0].nic.filter);
+        // Our transform of the inactive XML gives what libvirt then stores.
+        let want = parse_domain(granted).unwrap().interfaces[0].nic.filter.clone().unwrap();
+        let x = interface_with_params(inactive, mac("52:54:00:00:00:21"), &want.params).unwrap();
+        assert!(
+            x.starts_with("<interface type='network'>") && x.contains("<source network='vv-net'/>"),
+            "built from the inactive XML: {x}"
+        );
+        let back = parse_domain(&format!("<domain><name>x</name><devices>{x}</devices></domain>")).unwrap();
+        assert_eq!(back.interfaces[0].nic.filter.as_ref(), Some(&want));
+        let (name, refs) = nwfilter_refs(include_str!("../tests/golden/nwfilter-clean-traffic.xml")).unwrap();
+        assert_eq!(name, "clean-traffic");
+        assert!(
+            refs.contains(&"no-ip-spoofing".to_string()) && refs.contains(&"no-mac-spoofing".to_string()),
+            "{refs:?}"
+        );
+    }
+
     #[test]
     fn malformed_xml_is_an_error_not_a_panic() {
         for bad in

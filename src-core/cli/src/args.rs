@@ -68,6 +68,9 @@ pub enum Command {
     Speaker(SpeakerArgs),
     /// Run the Kubernetes LoadBalancer controller (with leader election) until SIGTERM.
     Controller(ControllerArgs),
+    /// Let the nodes' VMs announce their VIPs through the hypervisor's filters (libvirt).
+    #[command(subcommand)]
+    Hypervisor(HypervisorCmd),
     /// Show the audit log.
     Events {
         /// Only events since this time: a duration ago (1h, 30m) or an RFC 3339 time.
@@ -90,6 +93,50 @@ impl Command {
                 | Command::Events { .. }
         )
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HypervisorCmd {
+    /// Every provider's VMs with their NICs (MAC, network, bridge, filter).
+    Inventory {
+        /// The provider file (YAML; see README "Provider file").
+        #[arg(long)]
+        providers: PathBuf,
+    },
+    /// Will these VIPs be dropped on these nodes, and why: one line per finding. Exit code
+    /// 0 when nothing blocks, 4 when something does.
+    Diagnose {
+        #[arg(long)]
+        providers: PathBuf,
+        /// A node (repeat for several).
+        #[arg(long = "node", required = true)]
+        nodes: Vec<String>,
+        /// VIPs to check, comma-separated.
+        #[arg(long = "vip", value_delimiter = ',')]
+        vips: Vec<IpAddr>,
+        /// Ask about the virtual-MAC need (send and receive for another MAC) instead.
+        #[arg(long)]
+        virtual_mac: bool,
+    },
+    /// Grant VIPs on every listed node (every candidate, so a failover never waits on the
+    /// hypervisor); recorded in the store.
+    Apply {
+        #[arg(long)]
+        providers: PathBuf,
+        #[arg(long = "vip", value_delimiter = ',', required = true)]
+        vips: Vec<IpAddr>,
+        #[arg(long = "node", required = true)]
+        nodes: Vec<String>,
+    },
+    /// Take back what vipvisor added: for one VIP, one node, or everything.
+    Revert {
+        #[arg(long)]
+        providers: PathBuf,
+        #[arg(long)]
+        vip: Option<IpAddr>,
+        #[arg(long)]
+        node: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -207,8 +207,9 @@ pub async fn execute(app: &App, cli: &Cli) -> Result<String, ApiError> {
                 table(&t)
             })
         }
-        Command::Speaker(_) | Command::Controller(_) => {
-            Err(ApiError::new(vipvisor_api::ErrorCode::Internal, "long-running modes are started by main"))
-        }
+        Command::Speaker(_) | Command::Controller(_) | Command::Hypervisor(_) => Err(ApiError::new(
+            vipvisor_api::ErrorCode::Internal,
+            "long-running modes and hypervisor commands are started by main",
+        )),
     }
 }

@@ -9,6 +9,7 @@ mod args;
 mod commands;
 mod daemons;
 mod http;
+mod hypervisor;
 mod render;
 
 use std::io::{IsTerminal, Write};
@@ -53,6 +54,13 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
         Some(u) => u.clone(),
         None => default_store_url()?,
     };
+    if let Command::Hypervisor(h) = &cli.command {
+        let store = async {
+            let s = vipvisor_store::Store::open(&url).await.map_err(|e| anyhow::anyhow!(e.to_string()))?;
+            Ok(s.with_actor(cli.actor.clone().unwrap_or_else(|| "cli:hypervisor".into())))
+        };
+        return hypervisor::run(h, cli.output, store).await;
+    }
     let actor = cli
         .actor
         .clone()
@@ -99,6 +107,11 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
             ExitCode::SUCCESS
+        }
+        Err(e) if e.downcast_ref::<hypervisor::Exit>().is_some() => {
+            let Some(x) = e.downcast_ref::<hypervisor::Exit>() else { return ExitCode::FAILURE };
+            let _ = std::io::stdout().lock().write_all(x.out.as_bytes());
+            ExitCode::from(x.code)
         }
         Err(e) => {
             eprintln!("error: {e:#}");

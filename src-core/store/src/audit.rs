@@ -47,6 +47,20 @@ pub enum Audit {
         block: AddressBlock,
         note: String,
     },
+    /// A hypervisor NIC now lets its node announce these VIPs.
+    HypervisorGranted {
+        provider: String,
+        vm: String,
+        mac: String,
+        vips: Vec<IpAddr>,
+    },
+    /// vipvisor's additions to a hypervisor NIC were taken back (for these VIPs).
+    HypervisorRevoked {
+        provider: String,
+        vm: String,
+        mac: String,
+        vips: Vec<IpAddr>,
+    },
 }
 
 fn allocation_detail(a: &Allocation) -> serde_json::Map<String, Value> {
@@ -74,6 +88,8 @@ impl Audit {
             Audit::ReservationAdded { .. } => "reservation.added",
             Audit::ReservationUpdated { .. } => "reservation.updated",
             Audit::ReservationRemoved { .. } => "reservation.removed",
+            Audit::HypervisorGranted { .. } => "hypervisor.granted",
+            Audit::HypervisorRevoked { .. } => "hypervisor.revoked",
         }
     }
 
@@ -90,6 +106,9 @@ impl Audit {
             Audit::ReservationAdded { block, .. }
             | Audit::ReservationUpdated { block, .. }
             | Audit::ReservationRemoved { block, .. } => block.to_string(),
+            Audit::HypervisorGranted { provider, vm, mac, .. } | Audit::HypervisorRevoked { provider, vm, mac, .. } => {
+                format!("{provider}/{vm}/{mac}")
+            }
         }
     }
 
@@ -127,6 +146,7 @@ impl Audit {
             Audit::ReservationAdded { note, .. }
             | Audit::ReservationUpdated { note, .. }
             | Audit::ReservationRemoved { note, .. } => json!({ "note": note }),
+            Audit::HypervisorGranted { vips, .. } | Audit::HypervisorRevoked { vips, .. } => json!({ "vips": vips }),
         }
     }
 }

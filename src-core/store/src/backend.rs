@@ -21,6 +21,24 @@ pub struct Rows {
     pub quarantine: Vec<Quarantined>,
 }
 
+/// A hypervisor grant on one VM NIC (issue #11): the VIPs its node may announce and the
+/// provider's record of what vipvisor added (opaque JSON to the store).
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct GrantRow {
+    pub provider: String,
+    pub vm: String,
+    pub mac: String,
+    pub node: String,
+    #[cfg_attr(feature = "ts", ts(type = "Array<string>"))]
+    pub vips: Vec<IpAddr>,
+    /// JSON text: the provider's record.
+    pub record: String,
+    /// `applied` or `failed`.
+    pub state: String,
+    pub error: String,
+}
+
 /// One change to the rows. The store issues them in an order the schema's foreign keys
 /// accept (blocks of changed pools go before new blocks are written, allocations move
 /// before old pools are deleted).
@@ -39,6 +57,12 @@ pub enum Write<'a> {
     DeletePool(&'a PoolName),
     UpsertReservation(&'a Reservation),
     DeleteReservation(&'a AddressBlock),
+    UpsertGrant(&'a GrantRow),
+    DeleteGrant {
+        provider: &'a str,
+        vm: &'a str,
+        mac: &'a str,
+    },
     Audit {
         actor: &'a str,
         event: &'a Audit,
@@ -56,6 +80,8 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     async fn rows(&self) -> Result<Rows>;
     /// The audit log, oldest first, from `since` on, at most `limit` newest.
     async fn events(&self, since: Option<Timestamp>, limit: Option<u32>) -> Result<Vec<Event>>;
+    /// Every hypervisor grant, by provider, VM and NIC.
+    async fn grants(&self) -> Result<Vec<GrantRow>>;
     /// The database's own consistency checks; empty when all is well.
     async fn integrity_check(&self) -> Result<Vec<String>>;
     async fn close(&self);

@@ -27,7 +27,7 @@ use vipvisor_model::{AddressBlock, AllocRequest, Allocation, InvalidValue, Pool,
 use vipvisor_model::{Quarantined, Timestamp, Uid};
 
 pub use audit::Audit;
-pub use backend::{Backend, Rows, Write, WriteTx};
+pub use backend::{Backend, GrantRow, Rows, Write, WriteTx};
 pub use sqlite::MIGRATOR;
 
 #[derive(Debug, thiserror::Error)]
@@ -285,6 +285,42 @@ impl Store {
 
     async fn audit(&self, tx: &mut Box<dyn WriteTx>, now: Timestamp, event: Audit) -> Result<()> {
         tx.write(Write::Audit { actor: &self.actor, event: &event }, now).await
+    }
+
+    /// Every hypervisor grant (issue #11).
+    pub async fn grants(&self) -> Result<Vec<GrantRow>> {
+        self.backend.grants().await
+    }
+
+    /// Records a grant's state after a provider call, with an audit event when the VIPs it
+    /// grants changed (`granted`: VIPs newly granted).
+    pub async fn put_grant(&self, g: &GrantRow, granted: &[IpAddr], now: Timestamp) -> Result<()> {
+        let mut tx = self.backend.begin().await?;
+        tx.write(Write::UpsertGrant(g), now).await?;
+        if !granted.is_empty() {
+            let event = Audit::HypervisorGranted {
+                provider: g.provider.clone(),
+                vm: g.vm.clone(),
+                mac: g.mac.clone(),
+                vips: granted.to_vec(),
+            };
+            self.audit(&mut tx, now, event).await?;
+        }
+        tx.commit().await
+    }
+
+    /// Forgets a grant whose additions were all taken back (`revoked`: those VIPs).
+    pub async fn delete_grant(&self, g: &GrantRow, revoked: &[IpAddr], now: Timestamp) -> Result<()> {
+        let mut tx = self.backend.begin().await?;
+        tx.write(Write::DeleteGrant { provider: &g.provider, vm: &g.vm, mac: &g.mac }, now).await?;
+        let event = Audit::HypervisorRevoked {
+            provider: g.provider.clone(),
+            vm: g.vm.clone(),
+            mac: g.mac.clone(),
+            vips: revoked.to_vec(),
+        };
+        self.audit(&mut tx, now, event).await?;
+        tx.commit().await
     }
 
     /// Allocates addresses for a service (idempotent). `hold` is the quarantine applied to

@@ -18,7 +18,7 @@ use vipvisor_model::{
     SharingKey, Timestamp, Uid,
 };
 
-use crate::backend::{Backend, Rows, Write, WriteTx};
+use crate::backend::{Backend, GrantRow, Rows, Write, WriteTx};
 use crate::{redact_url, Event, Result, StoreError};
 
 /// The embedded migrations of `migrations/`.
@@ -292,6 +292,28 @@ impl Backend for SqliteBackend {
             .collect()
     }
 
+    async fn grants(&self) -> Result<Vec<GrantRow>> {
+        let rows = sqlx::query(
+            "SELECT provider, vm, mac, node, vips, record, state, error FROM grants ORDER BY provider, vm, mac",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(GrantRow {
+                    provider: r.get("provider"),
+                    vm: r.get("vm"),
+                    mac: r.get("mac"),
+                    node: r.get("node"),
+                    vips: parse_json("grant vips", &r.get::<String, _>("vips"))?,
+                    record: r.get("record"),
+                    state: r.get("state"),
+                    error: r.get("error"),
+                })
+            })
+            .collect()
+    }
+
     async fn integrity_check(&self) -> Result<Vec<String>> {
         let mut out: Vec<String> = sqlx::query_scalar("PRAGMA integrity_check").fetch_all(&self.pool).await?;
         out.retain(|s| s != "ok");
@@ -367,6 +389,35 @@ impl WriteTx for SqliteTx {
             }
             Write::DeleteReservation(b) => {
                 sqlx::query("DELETE FROM reservations WHERE block = ?1").bind(b.to_string()).execute(&mut **tx).await?;
+                Ok(())
+            }
+            Write::UpsertGrant(g) => {
+                sqlx::query(
+                    "INSERT INTO grants (provider, vm, mac, node, vips, record, state, error, created_ms, updated_ms) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9) \
+                     ON CONFLICT (provider, vm, mac) DO UPDATE SET node = ?4, vips = ?5, record = ?6, state = ?7, \
+                     error = ?8, updated_ms = ?9",
+                )
+                .bind(&g.provider)
+                .bind(&g.vm)
+                .bind(&g.mac)
+                .bind(&g.node)
+                .bind(serde_json::to_string(&g.vips).map_err(|e| StoreError::Corrupt(e.to_string()))?)
+                .bind(&g.record)
+                .bind(&g.state)
+                .bind(&g.error)
+                .bind(now.0)
+                .execute(&mut **tx)
+                .await?;
+                Ok(())
+            }
+            Write::DeleteGrant { provider, vm, mac } => {
+                sqlx::query("DELETE FROM grants WHERE provider = ?1 AND vm = ?2 AND mac = ?3")
+                    .bind(provider)
+                    .bind(vm)
+                    .bind(mac)
+                    .execute(&mut **tx)
+                    .await?;
                 Ok(())
             }
             Write::Audit { actor, event } => {

@@ -1,0 +1,176 @@
+//! `vipvisor hypervisor …`: flags → [`vipvisor_hypervisor`] → rendered text. Findings and
+//! results are one line each; `-o json` prints them whole.
+
+use std::net::IpAddr;
+
+use vipvisor_api::files::read_text;
+use vipvisor_hypervisor::{blocks, Hypervisors};
+use vipvisor_provider::{Mac, Need};
+use vipvisor_store::Store;
+
+use crate::args::{Format, HypervisorCmd};
+use crate::render::{cell, row, table};
+
+/// Exit code of `hypervisor diagnose` when something blocks.
+pub const EXIT_BLOCKED: u8 = 4;
+/// The largest provider file read.
+const MAX_FILE: u64 = 1 << 20;
+
+/// Output that goes to stdout with a non-zero exit code.
+#[derive(Debug)]
+pub struct Exit {
+    pub out: String,
+    pub code: u8,
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit {}", self.code)
+    }
+}
+
+impl std::error::Error for Exit {}
+
+fn load(path: &std::path::Path) -> anyhow::Result<Hypervisors> {
+    let text = read_text(path, MAX_FILE, "provider file").map_err(|e| anyhow::anyhow!(e.message))?;
+    let file = vipvisor_hypervisor::parse(&path.display().to_string(), &text)?;
+    Ok(Hypervisors::new(file)?)
+}
+
+fn json<T: serde::Serialize>(v: &T) -> anyhow::Result<String> {
+    Ok(serde_json::to_string_pretty(v)? + "\n")
+}
+
+/// Runs a hypervisor command; `store` opens the store for the commands that record grants.
+pub async fn run(
+    cmd: &HypervisorCmd,
+    fmt: Format,
+    store: impl std::future::Future<Output = anyhow::Result<Store>>,
+) -> anyhow::Result<String> {
+    match cmd {
+        HypervisorCmd::Inventory { providers } => {
+            let inv = load(providers)?.inventory().await?;
+            if fmt == Format::Json {
+                return json(&inv);
+            }
+            let mut t = vec![row(["PROVIDER", "VM", "RUNNING", "MAC", "NETWORK", "BRIDGE", "FILTER"])];
+            for p in &inv {
+                for vm in &p.vms {
+                    for n in &vm.nics {
+                        let filter = n.filter.as_ref().map_or("-".into(), |f| {
+                            let params: Vec<String> = f.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                            if params.is_empty() {
+                                f.name.clone()
+                            } else {
+                                format!("{} ({})", f.name, params.join(","))
+                            }
+                        });
+                        t.push(vec![
+                            p.provider.clone(),
+                            vm.name.clone(),
+                            vm.running.to_string(),
+                            n.mac.to_string(),
+                            n.network.clone().unwrap_or_else(|| "-".into()),
+                            n.bridge.clone().unwrap_or_else(|| "-".into()),
+                            filter,
+                        ]);
+                    }
+                }
+            }
+            Ok(table(&t))
+        }
+        HypervisorCmd::Diagnose { providers, nodes, vips, virtual_mac } => {
+            let h = load(providers)?;
+            let need = if *virtual_mac {
+                // The virtual-MAC mode's MAC (its own issue): any locally administered one
+                // asks the same question of the filters.
+                Need::VirtualMac { mac: Mac([0x02, 0x56, 0x56, 0, 0, 1]), ips: vips.clone() }
+            } else {
+                Need::Announce { ips: vips.clone() }
+            };
+            let mut findings = Vec::new();
+            for n in nodes {
+                findings.extend(h.diagnose(n, &need).await?);
+            }
+            let out = if fmt == Format::Json {
+                json(&findings)?
+            } else if findings.is_empty() {
+                format!("nothing blocks {} on {}\n", ips_text(vips), nodes.join(", "))
+            } else {
+                findings
+                    .iter()
+                    .map(|f| {
+                        format!(
+                            "{}: {}: {} blocked by {}; now: {}; fix: {}\n",
+                            cell(&format!("{:?}", f.severity).to_lowercase()),
+                            cell(&f.nic.to_string()),
+                            cell(&f.what),
+                            cell(&f.setting),
+                            cell(&f.current),
+                            cell(&f.fix)
+                        )
+                    })
+                    .collect()
+            };
+            if blocks(&findings) {
+                return Err(Exit { out, code: EXIT_BLOCKED }.into());
+            }
+            Ok(out)
+        }
+        HypervisorCmd::Apply { providers, vips, nodes } => {
+            let h = load(providers)?;
+            let store = store.await?;
+            let r = h.apply(&store, vips, nodes).await;
+            store.close().await;
+            results(r?, fmt)
+        }
+        HypervisorCmd::Revert { providers, vip, node } => {
+            let h = load(providers)?;
+            let store = store.await?;
+            let r = h.revert(&store, *vip, node.as_deref()).await;
+            store.close().await;
+            results(r?, fmt)
+        }
+    }
+}
+
+fn ips_text(ips: &[IpAddr]) -> String {
+    if ips.is_empty() {
+        return "(no VIP)".into();
+    }
+    ips.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+}
+
+/// One line per NIC; a failed NIC makes the command fail (after the others were done).
+fn results(r: Vec<vipvisor_hypervisor::NicResult>, fmt: Format) -> anyhow::Result<String> {
+    let failed: Vec<String> =
+        r.iter().filter_map(|n| n.error.as_ref().map(|e| format!("{} {} {}: {e}", n.node, n.vm, n.mac))).collect();
+    let out = if fmt == Format::Json {
+        json(&r)?
+    } else {
+        let mut s = String::new();
+        for n in &r {
+            let what = if n.changed { "changed" } else { "unchanged" };
+            s.push_str(&format!(
+                "{} {} {} NIC {}: {} {} ({what})\n",
+                n.state,
+                cell(&n.node),
+                cell(&n.vm),
+                n.mac,
+                if n.state == "revoked" { "took back" } else { "grants" },
+                ips_text(&n.vips)
+            ));
+            for f in &n.remaining {
+                s.push_str(&format!("  still blocked: {}; fix: {}\n", cell(&f.what), cell(&f.fix)));
+            }
+        }
+        if r.is_empty() {
+            s.push_str("no grants\n");
+        }
+        s
+    };
+    if !failed.is_empty() {
+        return Err(anyhow::anyhow!("{out}{} NIC(s) failed: {}", failed.len(), failed.join("; ")));
+    }
+    Ok(out)
+}

@@ -1,0 +1,184 @@
+//! `vipvisor hypervisor …` against a real libvirtd 9.0 (tests/testbed/libvirt.sh: its own
+//! network namespace, `qemu:///system`), with a defined, stopped guest whose NIC has
+//! `clean-traffic` and the operator's `IP`: inventory, diagnose (exit 4 naming the filter),
+//! apply (a CONFIG-only device update on a stopped domain, read back), idempotence (the
+//! domain XML byte-identical, no update), revert (exactly the operator's list again), and
+//! bad input (unknown node, unreachable URI, malformed file, a NIC that is not there).
+//! Needs root; outside CI it is skipped with the reason when libvirtd is missing.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use vipvisor_testkit as common;
+
+const VIPVISOR: &str = env!("CARGO_BIN_EXE_vipvisor");
+const URI: &str = "qemu:///system";
+
+struct Testbed {
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        let _ = Command::new(common::repo("tests/testbed/libvirt.sh")).arg("stop").arg(self.dir.path()).status();
+    }
+}
+
+fn virsh(args: &[&str]) -> String {
+    let out = Command::new("virsh").args(["-q", "-c", URI]).args(args).output().unwrap();
+    assert!(out.status.success(), "virsh {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `virsh define` (or `net-define`) of `xml`.
+fn define(command: &str, xml: &str, dir: &Path) {
+    let f = dir.join(format!("{command}.xml"));
+    std::fs::write(&f, xml).unwrap();
+    virsh(&[command, f.to_str().unwrap()]);
+}
+
+fn missing() -> Option<String> {
+    if let Some(why) = common::lab_missing(&[]) {
+        return Some(why);
+    }
+    ["libvirtd", "virsh", "qemu-system-x86_64"]
+        .iter()
+        .find(|t| !Command::new("sh").args(["-c", &format!("command -v {t}")]).status().is_ok_and(|s| s.success()))
+        .map(|t| format!("{t} is not installed (tests/testbed/libvirt.sh install install-qemu)"))
+}
+
+fn ips_of(xml: &str, mac: &str) -> Vec<String> {
+    let d = vipvisor_libvirt::xml::parse_domain(xml).unwrap();
+    let i = d.interfaces.iter().find(|i| i.nic.mac.to_string() == mac).unwrap();
+    i.nic.filter.as_ref().map(|f| f.values("IP").map(str::to_owned).collect()).unwrap_or_default()
+}
+
+struct Cli {
+    store: String,
+    providers: PathBuf,
+}
+
+impl Cli {
+    fn run(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(VIPVISOR)
+            .env("VIPVISOR_STORE", &self.store)
+            .arg("hypervisor")
+            .args(args)
+            .arg("--providers")
+            .arg(&self.providers)
+            .output()
+            .unwrap();
+        let (o, e) =
+            (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+        assert!(!e.contains("panicked"), "{e}");
+        (out.status.code().unwrap_or(-1), o, e)
+    }
+    fn ok(&self, args: &[&str]) -> String {
+        let (code, o, e) = self.run(args);
+        assert_eq!(code, 0, "vipvisor hypervisor {args:?}: {o}{e}");
+        o
+    }
+}
+
+#[test]
+fn grants_are_applied_idempotent_and_reverted_on_a_real_libvirtd() {
+    if common::skip("the libvirt suite", missing()) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let started = Command::new(common::repo("tests/testbed/libvirt.sh")).arg("start").arg(dir.path()).output().unwrap();
+    assert!(started.status.success(), "libvirt testbed: {}", String::from_utf8_lossy(&started.stderr));
+    let tb = Testbed { dir };
+    let d = tb.dir.path();
+    define("net-define", "<network><name>vv-lab</name><forward mode='bridge'/><bridge name='vvbr0'/></network>", d);
+    // The operator's guest: NIC 1 under clean-traffic with its own address, NIC 2 without
+    // any filter.
+    define(
+        "define",
+        "<domain type='qemu'><name>n1</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>\
+         <os><type arch='x86_64' machine='pc'>hvm</type></os><devices>\
+         <interface type='network'><mac address='52:54:00:00:00:21'/><source network='vv-lab'/><model type='virtio'/>\
+         <filterref filter='clean-traffic'><parameter name='IP' value='192.0.2.21'/></filterref></interface>\
+         <interface type='network'><mac address='52:54:00:00:00:31'/><source network='vv-lab'/><model type='virtio'/></interface>\
+         </devices></domain>",
+        d,
+    );
+    let providers = d.join("providers.yaml");
+    std::fs::write(&providers, "providers:\n  - name: kvm1\n    kind: libvirt\n    uri: qemu:///system\n").unwrap();
+    let cli = Cli { store: format!("sqlite://{}/store/v.db", d.display()), providers };
+    let mac = "52:54:00:00:00:21";
+    let xml = || virsh(&["dumpxml", "--inactive", "n1"]);
+
+    // Inventory: the VM, both NICs, the filter and its parameter.
+    let inv: serde_json::Value = serde_json::from_str(&cli.ok(&["inventory", "-o", "json"])).unwrap();
+    let vm = &inv[0]["vms"].as_array().unwrap().iter().find(|v| v["name"] == "n1").cloned().unwrap();
+    assert_eq!(vm["running"], false);
+    assert_eq!(vm["nics"][0]["mac"], mac);
+    assert_eq!(vm["nics"][0]["network"], "vv-lab");
+    assert_eq!(vm["nics"][0]["filter"]["name"], "clean-traffic");
+    assert!(cli.ok(&["inventory"]).contains("clean-traffic (IP=192.0.2.21)"));
+
+    // Diagnose: the VIP is dropped by clean-traffic; exit 4.
+    let (code, out, _) = cli.run(&["diagnose", "--node", "n1", "--vip", "192.0.2.100"]);
+    assert_eq!(code, 4, "{out}");
+    assert!(
+        out.contains("blocking")
+            && out.contains("192.0.2.100")
+            && out.contains("clean-traffic")
+            && out.contains("IP = 192.0.2.21"),
+        "{out}"
+    );
+    let (code, out, _) = cli.run(&["diagnose", "--node", "n1", "--vip", "2001:db8::100"]);
+    assert_eq!(code, 4, "clean-traffic drops all IPv6: {out}");
+
+    // Apply: one CONFIG update (the domain is stopped), read back; the operator's address
+    // stays first.
+    let before = xml();
+    let out = cli.ok(&["apply", "--node", "n1", "--vip", "192.0.2.100,192.0.2.21"]);
+    assert!(out.contains("applied n1 n1 NIC 52:54:00:00:00:21") && out.contains("(changed)"), "{out}");
+    assert_eq!(ips_of(&xml(), mac), ["192.0.2.21", "192.0.2.100"]);
+    let (code, out, _) = cli.run(&["diagnose", "--node", "n1", "--vip", "192.0.2.100"]);
+    assert_eq!(code, 0, "granted: nothing blocks: {out}");
+    // Idempotent: no update, the XML byte-identical.
+    let granted = xml();
+    assert!(cli.ok(&["apply", "--node", "n1", "--vip", "192.0.2.100"]).contains("(unchanged)"));
+    assert_eq!(xml(), granted, "a second apply writes nothing");
+    let events =
+        Command::new(VIPVISOR).env("VIPVISOR_STORE", &cli.store).args(["events", "-o", "json"]).output().unwrap();
+    let events = String::from_utf8_lossy(&events.stdout);
+    assert_eq!(events.matches("hypervisor.granted").count(), 1, "{events}");
+
+    // Revert: exactly the operator's list again (192.0.2.21 was the operator's, never ours).
+    let out = cli.ok(&["revert"]);
+    assert!(out.contains("revoked") && out.contains("(changed)"), "{out}");
+    assert_eq!(ips_of(&xml(), mac), ["192.0.2.21"]);
+    assert_eq!(ips_of(&xml(), mac), ips_of(&before, mac));
+    assert!(cli.ok(&["revert"]).contains("no grants"));
+
+    // Bad input: each error names the value; nothing changes.
+    let unchanged = xml();
+    let (code, _, err) = cli.run(&["apply", "--node", "n9", "--vip", "192.0.2.100"]);
+    assert!(code == 1 && err.contains("node \"n9\" has no VM"), "{err}");
+    let (code, _, err) = cli.run(&["apply", "--node", "n1", "--vip", "192.0.2.300"]);
+    assert!(code == 2 && err.contains("192.0.2.300"), "{err}");
+    let bad = d.join("bad.yaml");
+    for (text, needle) in [
+        ("providers: [{name: kvm1, kind: libvirt, uri: 'qemu+ssh://nonexistent.invalid/system'}]", "qemu+ssh://nonexistent.invalid/system"),
+        ("providers: [{name: kvm1, kind: libvirt, uri: qemu:///system, secret: x}]", "unknown field `secret`"),
+        ("providers: [{name: kvm1, kind: libvirt, uri: qemu:///system}]\nnodes: [{node: n1, provider: kvm1, vm: n1, mac: '52:54:00:00:00:99'}]", "no NIC with MAC 52:54:00:00:00:99"),
+        ("providers: [{name: kvm1, kind: libvirt, uri: qemu:///system}]\nnodes: [{node: n1, provider: kvm1, vm: ghost}]", "node \"n1\" has no VM"),
+    ] {
+        std::fs::write(&bad, text).unwrap();
+        let out = Command::new(VIPVISOR)
+            .env("VIPVISOR_STORE", &cli.store)
+            .args(["hypervisor", "apply", "--node", "n1", "--vip", "192.0.2.100", "--providers"])
+            .arg(&bad)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(needle), "{text}: expected {needle:?} in {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    assert_eq!(xml(), unchanged, "no failed call changed the domain");
+}
