@@ -156,6 +156,40 @@ fn grants_are_applied_idempotent_and_reverted_on_a_real_libvirtd() {
     assert_eq!(ips_of(&xml(), mac), ips_of(&before, mac));
     assert!(cli.ok(&["revert"]).contains("no grants"));
 
+    // IPv6: clean-traffic drops all of it; with `ipv6_filter: vipvisor` the grant puts
+    // vipvisor's filter (clean-traffic's protections, NDP from the IPV6 list) in its place,
+    // and revert brings the operator's filter back.
+    let v6 = d.join("providers-v6.yaml");
+    std::fs::write(
+        &v6,
+        "providers:\n  - name: kvm1\n    kind: libvirt\n    uri: qemu:///system\n    ipv6_filter: vipvisor\n",
+    )
+    .unwrap();
+    let cli6 = Cli { store: cli.store.clone(), providers: v6 };
+    let out = cli.ok(&["apply", "--node", "n1", "--vip", "2001:db8::100"]);
+    assert!(
+        out.contains("(unchanged)") && out.contains("still blocked") && out.contains("ipv6_filter"),
+        "not allowed: {out}"
+    );
+    assert_eq!(xml(), before, "nothing changed without ipv6_filter");
+    let out = cli6.ok(&["apply", "--node", "n1", "--vip", "2001:db8::100"]);
+    assert!(out.contains("(changed)") && !out.contains("still blocked"), "{out}");
+    let nic = |x: &str| {
+        let d = vipvisor_libvirt::xml::parse_domain(x).unwrap();
+        d.interfaces.into_iter().find(|i| i.nic.mac.to_string() == mac).unwrap().nic.filter.unwrap()
+    };
+    let f = nic(&xml());
+    assert_eq!(f.name, "vipvisor-clean-traffic-v6");
+    assert_eq!(
+        f.params,
+        [("IP".to_string(), "192.0.2.21".to_string()), ("IPV6".to_string(), "2001:db8::100".to_string())]
+    );
+    assert!(virsh(&["nwfilter-list"]).contains("vipvisor-clean-traffic-v6"), "vipvisor's filter is defined");
+    let (code, out, _) = cli6.run(&["diagnose", "--node", "n1", "--vip", "2001:db8::100"]);
+    assert_eq!(code, 0, "{out}");
+    cli6.ok(&["revert", "--vip", "2001:db8::100"]);
+    assert_eq!(nic(&xml()), nic(&before), "the operator's clean-traffic with IP=192.0.2.21 again");
+
     // Bad input: each error names the value; nothing changes.
     let unchanged = xml();
     let (code, _, err) = cli.run(&["apply", "--node", "n9", "--vip", "192.0.2.100"]);

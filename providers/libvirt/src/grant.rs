@@ -16,6 +16,22 @@ use std::net::IpAddr;
 
 use vipvisor_provider::{Filter, Finding, Need, Nic, NicRef, Record, Severity};
 
+/// vipvisor's filter for IPv6 VIPs: `clean-traffic`'s protections, plus IPv6 from the
+/// addresses in `IPV6` only (`no-ipv6-spoofing`), NDP included, and any IPv6 towards the
+/// guest. Put in place of `clean-traffic` only when the provider file allows it
+/// (`ipv6_filter: vipvisor`); the operator's filter comes back on revert.
+pub const VIPVISOR_V6: &str = "vipvisor-clean-traffic-v6";
+
+/// The definition of [`VIPVISOR_V6`]. In the root chain, the jump to `no-ipv6-spoofing`
+/// (priority -610) must come before the IPv6 accept (-605); clean-traffic's final drop is
+/// at 1000.
+pub const VIPVISOR_V6_XML: &str = "<filter name='vipvisor-clean-traffic-v6' chain='root'>\
+<filterref filter='clean-traffic'/>\
+<filterref filter='no-ipv6-spoofing'/>\
+<rule action='accept' direction='out' priority='-605'><mac protocolid='ipv6'/></rule>\
+<filterref filter='allow-incoming-ipv6'/>\
+</filter>";
+
 /// A filter's parameters, in order (`IP` repeats).
 pub type Params = Vec<(String, String)>;
 
@@ -76,7 +92,21 @@ pub fn diagnose(nic_ref: &NicRef, nic: &Nic, need: &Need, refs: &BTreeMap<String
             });
         }
     }
-    if let (Some(by), false) = (has(&chain, &NO_IPV6), v6.is_empty()) {
+    let v6_listed: BTreeSet<&str> = filter.values("IPV6").collect();
+    if chain.contains(VIPVISOR_V6) && !v6.is_empty() {
+        let missing: Vec<String> =
+            v6.iter().map(ToString::to_string).filter(|ip| !v6_listed.contains(ip.as_str())).collect();
+        if !missing.is_empty() {
+            out.push(Finding {
+                severity: Severity::Blocking,
+                nic: nic_ref.clone(),
+                what: format!("Neighbor Advertisements for {} (dropped by no-ipv6-spoofing)", missing.join(", ")),
+                setting: setting("IPV6"),
+                current: format!("IPV6 = {}", v6_listed.iter().copied().collect::<Vec<_>>().join(", ")),
+                fix: format!("add IPV6={} to the filterref (vipvisor hypervisor apply)", missing.join(", IPV6=")),
+            });
+        }
+    } else if let (Some(by), false) = (has(&chain, &NO_IPV6), v6.is_empty()) {
         out.push(Finding {
             severity: Severity::Blocking,
             nic: nic_ref.clone(),
@@ -115,31 +145,64 @@ pub fn diagnose(nic_ref: &NicRef, nic: &Nic, need: &Need, refs: &BTreeMap<String
     out
 }
 
-/// The parameters after granting `need`: every current parameter kept in order, and each
-/// IPv4 VIP not listed yet appended as `IP`. Also returns what this call added (to be
-/// merged into the NIC's [`Record`]).
-pub fn granted(filter: &Filter, need: &Need) -> (Params, Params) {
-    let mut params = filter.params.clone();
-    let mut added = Vec::new();
-    for ip in need.ips().iter().filter(|ip| ip.is_ipv4()) {
-        let p = ("IP".to_string(), ip.to_string());
-        if !params.contains(&p) {
-            params.push(p.clone());
-            added.push(p);
-        }
-    }
-    (params, added)
+/// A NIC's filter after a grant: its name and parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Granted {
+    pub filter: Filter,
+    /// What this call added (to merge into the NIC's [`Record`]).
+    pub added: Params,
+    /// The operator's filter, when this call put vipvisor's in its place.
+    pub replaced: Option<Filter>,
 }
 
-/// The parameters after taking back what `record` says vipvisor added for `need` (or
-/// every addition, when `need` lists no address). A value the operator listed is never in
-/// a record, so it is never removed.
-pub fn reverted(filter: &Filter, record: &Record, need: &Need) -> (Params, Record) {
+/// The filter after granting `need`: every current parameter kept in order, each IPv4 VIP
+/// not listed yet appended as `IP`, and — when `ipv6` allows it and the filter is
+/// `clean-traffic` (which drops all IPv6) — vipvisor's filter in its place with each IPv6
+/// VIP as `IPV6`. IPv6 VIPs are left out otherwise (diagnose says why).
+pub fn granted(filter: &Filter, need: &Need, ipv6: bool) -> Granted {
+    let mut out = Granted { filter: filter.clone(), added: Vec::new(), replaced: None };
+    let add = |f: &mut Filter, name: &str, ip: &IpAddr, added: &mut Params| {
+        let p = (name.to_string(), ip.to_string());
+        if !f.params.contains(&p) {
+            f.params.push(p.clone());
+            added.push(p);
+        }
+    };
+    for ip in need.ips().iter().filter(|ip| ip.is_ipv4()) {
+        add(&mut out.filter, "IP", ip, &mut out.added);
+    }
+    let v6: Vec<&IpAddr> = need.ips().iter().filter(|ip| ip.is_ipv6()).collect();
+    if !v6.is_empty() && ipv6 && (filter.name == "clean-traffic" || filter.name == VIPVISOR_V6) {
+        if filter.name == "clean-traffic" {
+            out.replaced = Some(filter.clone());
+            out.filter.name = VIPVISOR_V6.to_owned();
+        }
+        for ip in v6 {
+            add(&mut out.filter, "IPV6", ip, &mut out.added);
+        }
+    }
+    out
+}
+
+/// The filter after taking back what `record` says vipvisor added for `need` (or every
+/// addition, when `need` lists no address): those parameters go, and once no `IPV6`
+/// addition is left the operator's filter name comes back. A value the operator listed
+/// is never in a record, so it is never removed. Returns the filter and what is left.
+pub fn reverted(filter: &Filter, record: &Record, need: &Need) -> (Filter, Record) {
     let ips: BTreeSet<String> = need.ips().iter().map(ToString::to_string).collect();
     let (remove, keep): (Vec<_>, Vec<_>) =
         record.added.iter().cloned().partition(|(_, v)| ips.is_empty() || ips.contains(v));
-    let params = filter.params.iter().filter(|p| !remove.contains(p)).cloned().collect();
-    (params, Record { added: keep, replaced_filter: record.replaced_filter.clone() })
+    let mut out = Filter {
+        name: filter.name.clone(),
+        params: filter.params.iter().filter(|p| !remove.contains(p)).cloned().collect(),
+    };
+    let mut replaced = record.replaced_filter.clone();
+    if !keep.iter().any(|(n, _)| n == "IPV6") {
+        if let Some(original) = replaced.take() {
+            out.name = original.name;
+        }
+    }
+    (out, Record { added: keep, replaced_filter: replaced })
 }
 
 #[cfg(test)]
@@ -199,19 +262,49 @@ mod tests {
     #[test]
     fn grants_add_only_what_is_missing_and_revert_takes_back_only_that() {
         let operator = ct(&["192.0.2.21", "192.0.2.100"]);
-        let (params, added) = granted(&operator, &announce(&["192.0.2.100", "192.0.2.101", "2001:db8::1"]));
+        let g = granted(&operator, &announce(&["192.0.2.100", "192.0.2.101", "2001:db8::1"]), false);
         assert_eq!(
-            added,
+            g.added,
             vec![("IP".to_string(), "192.0.2.101".to_string())],
-            "the operator's 192.0.2.100 is not ours"
+            "the operator's 192.0.2.100 is not ours; no IPv6 unless allowed"
         );
-        assert_eq!(params.len(), 3);
-        let now = Filter { name: "clean-traffic".into(), params };
-        let (again, none) = granted(&now, &announce(&["192.0.2.100", "192.0.2.101"]));
-        assert!(none.is_empty() && again == now.params, "idempotent");
-        let rec = Record { added, replaced_filter: None };
-        let (back, left) = reverted(&now, &rec, &announce(&["192.0.2.100", "192.0.2.101"]));
-        assert_eq!(back, operator.params, "exactly the operator's list again");
+        assert_eq!((g.filter.params.len(), g.replaced.as_ref()), (3, None));
+        let again = granted(&g.filter, &announce(&["192.0.2.100", "192.0.2.101"]), false);
+        assert!(again.added.is_empty() && again.filter == g.filter, "idempotent");
+        let rec = Record { added: g.added, replaced_filter: None };
+        let (back, left) = reverted(&g.filter, &rec, &announce(&["192.0.2.100", "192.0.2.101"]));
+        assert_eq!(back, operator, "exactly the operator's filter again");
         assert!(left.is_empty());
+    }
+
+    #[test]
+    fn ipv6_vips_swap_in_vipvisors_filter_only_when_allowed_and_revert_restores_it() {
+        let none = BTreeMap::new();
+        let operator = ct(&["192.0.2.21"]);
+        let g = granted(&operator, &announce(&["2001:db8::100"]), true);
+        assert_eq!(g.filter.name, VIPVISOR_V6);
+        assert_eq!(
+            g.filter.params,
+            vec![("IP".to_string(), "192.0.2.21".to_string()), ("IPV6".to_string(), "2001:db8::100".to_string())]
+        );
+        assert_eq!(g.replaced.as_ref(), Some(&operator));
+        let refs = BTreeMap::from([(
+            VIPVISOR_V6.to_string(),
+            vec!["clean-traffic".to_string(), "no-ipv6-spoofing".to_string()],
+        )]);
+        assert!(
+            diagnose(&r(), &nic(Some(g.filter.clone())), &announce(&["2001:db8::100"]), &refs).is_empty(),
+            "granted"
+        );
+        let f = diagnose(&r(), &nic(Some(g.filter.clone())), &announce(&["2001:db8::101"]), &refs);
+        assert!(f[0].what.contains("2001:db8::101") && f[0].fix.contains("IPV6=2001:db8::101"), "{f:?}");
+        let rec = Record { added: g.added.clone(), replaced_filter: g.replaced.clone() };
+        let (back, left) = reverted(&g.filter, &rec, &announce(&[]));
+        assert_eq!(back, operator, "the operator's clean-traffic comes back");
+        assert!(left.is_empty());
+        // Not allowed: nothing IPv6 is touched, and diagnose keeps saying why.
+        let g = granted(&operator, &announce(&["2001:db8::100"]), false);
+        assert!(g.added.is_empty() && g.filter == operator);
+        assert!(!diagnose(&r(), &nic(Some(operator)), &announce(&["2001:db8::100"]), &none).is_empty());
     }
 }

@@ -18,6 +18,9 @@ use crate::xml::{self, XmlError};
 pub struct LibvirtConfig {
     pub name: String,
     pub uri: String,
+    /// May put vipvisor's filter in place of `clean-traffic` for IPv6 VIPs
+    /// (`ipv6_filter: vipvisor`).
+    pub ipv6_filter: bool,
 }
 
 /// The libvirt provider.
@@ -98,17 +101,29 @@ impl Libvirt {
         })
     }
 
-    /// Makes the NIC's filter parameters `params`: one device update with the complete
-    /// interface XML (LIVE|CONFIG on a running domain, CONFIG on a stopped one), then read
-    /// back. Nothing is written when they already are.
-    fn set_params(&self, conn: &Connect, nic: &NicRef, params: &[(String, String)]) -> Result<bool, ProviderError> {
+    /// Makes the NIC's filter `want` (name and parameters): one device update with the
+    /// complete interface XML (LIVE|CONFIG on a running domain, CONFIG on a stopped one),
+    /// then read back. Nothing is written when it already is.
+    fn set_filter(
+        &self,
+        conn: &Connect,
+        nic: &NicRef,
+        want: &vipvisor_provider::Filter,
+    ) -> Result<bool, ProviderError> {
         let dom = self.domain(conn, &nic.vm)?;
         let inactive = self.inactive_xml(&dom, &nic.vm)?;
         let cur = self.find_nic(&inactive, nic)?;
-        if cur.nic.filter.as_ref().map(|f| f.params.as_slice()) == Some(params) {
+        if cur.nic.filter.as_ref() == Some(want) {
             return Ok(false);
         }
-        let device = xml::interface_with_params(&inactive, nic.mac, params).map_err(|e| self.err_xml(&nic.vm, e))?;
+        if want.name == grant::VIPVISOR_V6
+            && virt::nwfilter::NWFilter::lookup_by_name(conn, grant::VIPVISOR_V6).is_err()
+        {
+            virt::nwfilter::NWFilter::define_xml(conn, grant::VIPVISOR_V6_XML)
+                .map_err(|e| self.err_call("virNWFilterDefineXML", grant::VIPVISOR_V6, e))?;
+            info!(provider = %self.cfg.name, filter = grant::VIPVISOR_V6, "defined vipvisor's IPv6 filter");
+        }
+        let device = xml::interface_with_filter(&inactive, nic.mac, want).map_err(|e| self.err_xml(&nic.vm, e))?;
         let active = dom.is_active().map_err(|e| self.err_call("virDomainIsActive", &nic.vm, e))?;
         let flags = if active {
             sys::VIR_DOMAIN_AFFECT_LIVE | sys::VIR_DOMAIN_AFFECT_CONFIG
@@ -118,15 +133,14 @@ impl Libvirt {
         let target = nic.to_string();
         dom.update_device_flags(&device, flags).map_err(|e| self.err_call("virDomainUpdateDeviceFlags", &target, e))?;
         let back = self.find_nic(&self.inactive_xml(&dom, &nic.vm)?, nic)?;
-        let now = back.nic.filter.map(|f| f.params).unwrap_or_default();
-        if now != params {
+        if back.nic.filter.as_ref() != Some(want) {
             return Err(ProviderError::Answer {
                 provider: self.cfg.name.clone(),
                 target,
-                reason: format!("the parameters read back are {now:?}, expected {params:?}"),
+                reason: format!("the filter read back is {:?}, expected {want:?}", back.nic.filter),
             });
         }
-        info!(provider = %self.cfg.name, nic = %nic, live = active, "updated the NIC's filter parameters");
+        info!(provider = %self.cfg.name, nic = %nic, live = active, filter = %want.name, "updated the NIC's filter");
         Ok(true)
     }
 }
@@ -189,12 +203,14 @@ impl Provider for Libvirt {
             let Some(filter) = cur.nic.filter.clone() else {
                 return Ok(Outcome { changed: false, record, remaining: Vec::new() });
             };
-            let (params, added) = grant::granted(&filter, &g.need);
-            let changed = !added.is_empty() && me.set_params(conn, &g.nic, &params)?;
+            let gr = grant::granted(&filter, &g.need, me.cfg.ipv6_filter);
+            let changed = !gr.added.is_empty() && me.set_filter(conn, &g.nic, &gr.filter)?;
             let mut record = record;
-            record.added.extend(added);
-            let after =
-                vipvisor_provider::Nic { filter: Some(vipvisor_provider::Filter { params, ..filter }), ..cur.nic };
+            record.added.extend(gr.added);
+            if record.replaced_filter.is_none() {
+                record.replaced_filter = gr.replaced;
+            }
+            let after = vipvisor_provider::Nic { filter: Some(gr.filter), ..cur.nic };
             let remaining = grant::diagnose(&g.nic, &after, &g.need, &me.filter_refs(conn)?);
             Ok(Outcome { changed, record, remaining })
         })
@@ -209,8 +225,8 @@ impl Provider for Libvirt {
             let Some(filter) = cur.nic.filter.clone() else {
                 return Ok(Outcome { changed: false, record: Record::default(), remaining: Vec::new() });
             };
-            let (params, left) = grant::reverted(&filter, &record, &g.need);
-            let changed = me.set_params(conn, &g.nic, &params)?;
+            let (back, left) = grant::reverted(&filter, &record, &g.need);
+            let changed = me.set_filter(conn, &g.nic, &back)?;
             Ok(Outcome { changed, record: left, remaining: Vec::new() })
         })
         .await

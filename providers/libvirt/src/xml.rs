@@ -158,6 +158,20 @@ pub fn parse_domain(xml: &str) -> Result<Domain, XmlError> {
 /// (inactive) XML, with its `filterref` parameters replaced by `params` (in order). The
 /// rest of the element is kept as it was.
 pub fn interface_with_params(domain_xml: &str, mac: Mac, params: &[(String, String)]) -> Result<String, XmlError> {
+    interface_with(domain_xml, mac, None, params)
+}
+
+/// [`interface_with_params`], with the filter (its name and parameters) replaced.
+pub fn interface_with_filter(domain_xml: &str, mac: Mac, filter: &Filter) -> Result<String, XmlError> {
+    interface_with(domain_xml, mac, Some(&filter.name), &filter.params)
+}
+
+fn interface_with(
+    domain_xml: &str,
+    mac: Mac,
+    name: Option<&str>,
+    params: &[(String, String)],
+) -> Result<String, XmlError> {
     let d = parse_domain(domain_xml)?;
     let i = d
         .interfaces
@@ -187,12 +201,12 @@ pub fn interface_with_params(domain_xml: &str, mac: Mac, params: &[(String, Stri
             Event::Eof => break,
             Event::Start(e) if depth == 1 && e.local_name().as_ref() == b"filterref" => {
                 in_filter = true;
-                w.write_event(ev.clone()).map_err(|e| XmlError(e.to_string()))?;
+                w.write_event(Event::Start(renamed(e, name))).map_err(|e| XmlError(e.to_string()))?;
                 depth += 1;
                 continue;
             }
             Event::Empty(e) if depth == 1 && e.local_name().as_ref() == b"filterref" => {
-                w.write_event(Event::Start(e.clone())).map_err(|e| XmlError(e.to_string()))?;
+                w.write_event(Event::Start(renamed(e, name))).map_err(|e| XmlError(e.to_string()))?;
                 write_params(&mut w)?;
                 w.write_event(Event::End(BytesEnd::new("filterref"))).map_err(|e| XmlError(e.to_string()))?;
                 continue;
@@ -220,6 +234,19 @@ pub fn interface_with_params(domain_xml: &str, mac: Mac, params: &[(String, Stri
         w.write_event(ev).map_err(|e| XmlError(e.to_string()))?;
     }
     String::from_utf8(w.into_inner()).map_err(|e| XmlError(e.to_string()))
+}
+
+/// `filterref` with its `filter` attribute set to `name` (when given), other attributes kept.
+fn renamed(e: &BytesStart, name: Option<&str>) -> BytesStart<'static> {
+    let Some(name) = name else { return e.clone().into_owned() };
+    let mut out = BytesStart::new("filterref");
+    for a in e.attributes().flatten() {
+        if a.key.as_ref() != b"filter" {
+            out.push_attribute(a);
+        }
+    }
+    out.push_attribute(("filter", name));
+    out.into_owned()
 }
 
 /// The filters an nwfilter definition references (`<filterref filter='…'/>` children).

@@ -280,6 +280,7 @@ fn libvirt(p: &config::ProviderConfig) -> Result<Box<dyn Provider>> {
     Ok(Box::new(vipvisor_libvirt::Libvirt::new(vipvisor_libvirt::LibvirtConfig {
         name: p.name.clone(),
         uri: p.uri.clone(),
+        ipv6_filter: p.ipv6_filter == Some(config::Ipv6Filter::Vipvisor),
     })))
 }
 
