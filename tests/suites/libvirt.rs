@@ -13,6 +13,8 @@ use std::process::Command;
 use vipvisor_testkit as common;
 
 const VIPVISOR: &str = env!("CARGO_BIN_EXE_vipvisor");
+/// One libvirtd at a time (each test starts its own testbed).
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 const URI: &str = "qemu:///system";
 
 struct Testbed {
@@ -86,6 +88,7 @@ fn grants_are_applied_idempotent_and_reverted_on_a_real_libvirtd() {
     if common::skip("the libvirt suite", missing()) {
         return;
     }
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = tempfile::tempdir().unwrap();
     let started = Command::new(common::repo("tests/testbed/libvirt.sh")).arg("start").arg(dir.path()).output().unwrap();
     assert!(started.status.success(), "libvirt testbed: {}", String::from_utf8_lossy(&started.stderr));
@@ -215,4 +218,106 @@ fn grants_are_applied_idempotent_and_reverted_on_a_real_libvirtd() {
         assert!(!err.contains("panicked"), "{err}");
     }
     assert_eq!(xml(), unchanged, "no failed call changed the domain");
+}
+
+/// The client namespace of the guest proof, deleted on drop (which removes its veth).
+struct ClientNs(&'static str);
+
+impl Drop for ClientNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", self.0]).status();
+    }
+}
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The MACs answering ARP for `ip`, as the client sees them.
+fn answerers(ns: &str, ip: &str) -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "arping", "-c", "2", "-w", "3", "-I", "vvc0", ip])
+        .output()
+        .unwrap();
+    let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split('[').nth(1)?.split(']').next())
+        .map(str::to_lowercase)
+        .collect();
+    v.dedup();
+    v
+}
+
+/// The proof, with a real booted guest (TCG, Debian's kernel, a busybox initramfs:
+/// tests/testbed/guest.sh) whose NIC has clean-traffic with its own IP and whose kernel
+/// answers for the VIP: before the grant the client's arping gets no answer and diagnose
+/// names the filter; after `hypervisor apply` (a LIVE|CONFIG update) the guest's MAC
+/// answers; after `revert`, silence again and the IP list is the operator's.
+#[test]
+fn a_real_guest_answers_for_its_vip_only_after_the_grant() {
+    if common::skip("the libvirt guest proof", missing().or_else(|| common::lab_missing(&["arping"]))) {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    let guest = common::repo("tests/testbed/guest.sh");
+    let built = Command::new(&guest).arg("build").arg(&d).output().unwrap();
+    assert!(built.status.success(), "guest build: {}", String::from_utf8_lossy(&built.stderr));
+    let started =
+        Command::new(common::repo("tests/testbed/libvirt.sh")).arg("start").arg(d.join("tb")).output().unwrap();
+    assert!(started.status.success(), "libvirt testbed: {}", String::from_utf8_lossy(&started.stderr));
+    let _tb = Testbed { dir };
+    define(
+        "net-define",
+        "<network><name>vv-guest-net</name><forward mode='bridge'/><bridge name='vvbr0'/></network>",
+        &d,
+    );
+    virsh(&["net-start", "vv-guest-net"]);
+    // A client on the guest's bridge (inside the testbed's namespace).
+    let client = ClientNs("vv-client-t");
+    sh(&["ip", "netns", "add", client.0]);
+    sh(&["ip", "-n", client.0, "link", "set", "lo", "up"]);
+    sh(&["ip", "-n", "vv-libvirt", "link", "add", "vvcbr1", "type", "veth", "peer", "name", "vvc0", "netns", client.0]);
+    sh(&["ip", "-n", "vv-libvirt", "link", "set", "vvcbr1", "master", "vvbr0", "up"]);
+    sh(&["ip", "-n", client.0, "addr", "add", "192.0.2.1/24", "dev", "vvc0"]);
+    sh(&["ip", "-n", client.0, "link", "set", "vvc0", "up"]);
+    // The guest: node IP 192.0.2.21, the VIP 192.0.2.100 on its eth0 (its kernel answers).
+    let mac = "52:54:00:00:02:21";
+    let xml = Command::new(&guest)
+        .args(["domain-xml", "g1", mac, "192.0.2.21", "192.0.2.100", "vv-guest-net"])
+        .arg(&d)
+        .output()
+        .unwrap();
+    assert!(xml.status.success(), "{}", String::from_utf8_lossy(&xml.stderr));
+    define("define", &String::from_utf8_lossy(&xml.stdout), &d);
+    virsh(&["start", "g1"]);
+    let ready = Command::new(&guest).arg("wait-ready").arg(d.join("g1.serial.log")).arg("120").output().unwrap();
+    assert!(ready.status.success(), "the guest did not come up: {}", String::from_utf8_lossy(&ready.stdout));
+    eprintln!("guest ready after {} s", String::from_utf8_lossy(&ready.stdout).trim());
+
+    let providers = d.join("providers.yaml");
+    std::fs::write(&providers, "providers:\n  - name: kvm1\n    kind: libvirt\n    uri: qemu:///system\n").unwrap();
+    let cli = Cli { store: format!("sqlite://{}/store/v.db", d.display()), providers };
+    assert_eq!(answerers(client.0, "192.0.2.21"), [mac], "the guest's own IP is allowed");
+    assert!(answerers(client.0, "192.0.2.100").is_empty(), "clean-traffic drops the VIP's replies");
+    let (code, out, _) = cli.run(&["diagnose", "--node", "g1", "--vip", "192.0.2.100"]);
+    assert!(code == 4 && out.contains("clean-traffic"), "{out}");
+
+    let t = std::time::Instant::now();
+    let out = cli.ok(&["apply", "--node", "g1", "--vip", "192.0.2.100"]);
+    eprintln!("live grant applied in {:?}", t.elapsed());
+    assert!(out.contains("(changed)"), "{out}");
+    assert_eq!(answerers(client.0, "192.0.2.100"), [mac], "after the grant the guest answers for the VIP");
+    let live = virsh(&["dumpxml", "g1"]);
+    assert!(live.contains("value='192.0.2.100'"), "the running domain has the grant");
+    let granted = virsh(&["dumpxml", "--inactive", "g1"]);
+    assert!(cli.ok(&["apply", "--node", "g1", "--vip", "192.0.2.100"]).contains("(unchanged)"));
+    assert_eq!(virsh(&["dumpxml", "--inactive", "g1"]), granted, "a second apply writes nothing");
+
+    cli.ok(&["revert"]);
+    assert!(answerers(client.0, "192.0.2.100").is_empty(), "after the revert the VIP is dark again");
+    assert_eq!(ips_of(&virsh(&["dumpxml", "--inactive", "g1"]), mac), ["192.0.2.21"], "the operator's list");
+    assert_eq!(answerers(client.0, "192.0.2.21"), [mac]);
 }
