@@ -4,7 +4,9 @@
 #  1. one VIP granted on one node (`vipvisor hypervisor apply`, the whole command): p50/p99
 #     over N runs, each followed by a revert;
 #  2. 100 VIPs × 3 candidate nodes in one apply: time until all grants are applied, and the
-#     number of device updates (one per NIC per change, not one per VIP).
+#     number of device updates (one per NIC per change, not one per VIP);
+#  3. one VIP on a running guest (tests/testbed/guest.sh, TCG): LIVE|CONFIG apply, p50/p99
+#     over N runs, each followed by a revert.
 # Usage: bench/libvirt.sh [N]   (default 20). Needs root, libvirtd and QEMU installed
 #        (tests/testbed/libvirt.sh install install-qemu).
 set -euo pipefail
@@ -68,3 +70,20 @@ t0=$(date +%s.%N)
 "$V" hypervisor revert --providers "$work/p.yaml" >/dev/null
 t1=$(date +%s.%N)
 awk -v a="$t0" -v b="$t1" 'BEGIN { printf "revert of all of them: %.2f s\n", b - a }'
+
+echo; echo "== 3. one VIP on a running guest (LIVE|CONFIG), apply (then revert), $runs runs"
+"$root/tests/testbed/guest.sh" build "$work/g" >/dev/null 2>&1
+"$root/tests/testbed/guest.sh" domain-xml g1 52:54:00:00:02:21 192.0.2.21 192.0.2.100 vv-bench "$work/g" >"$work/g1.xml"
+vs net-start vv-bench >/dev/null
+vs define "$work/g1.xml" >/dev/null
+vs start g1 >/dev/null
+echo "guest ready after $("$root/tests/testbed/guest.sh" wait-ready "$work/g/g1.serial.log" 120) s"
+: >"$work/live.txt"
+for i in $(seq 1 "$runs"); do
+  t0=$(date +%s.%N)
+  "$V" hypervisor apply --providers "$work/p.yaml" --vip 192.0.2.100 --node g1 >/dev/null
+  t1=$(date +%s.%N)
+  awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }' >>"$work/live.txt"
+  "$V" hypervisor revert --providers "$work/p.yaml" >/dev/null
+done
+python3 "$root/bench/stats.py" --unit ms "$work/live.txt"

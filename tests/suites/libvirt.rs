@@ -265,8 +265,7 @@ fn a_real_guest_answers_for_its_vip_only_after_the_grant() {
     let guest = common::repo("tests/testbed/guest.sh");
     let built = Command::new(&guest).arg("build").arg(&d).output().unwrap();
     assert!(built.status.success(), "guest build: {}", String::from_utf8_lossy(&built.stderr));
-    let started =
-        Command::new(common::repo("tests/testbed/libvirt.sh")).arg("start").arg(d.join("tb")).output().unwrap();
+    let started = Command::new(common::repo("tests/testbed/libvirt.sh")).arg("start").arg(&d).output().unwrap();
     assert!(started.status.success(), "libvirt testbed: {}", String::from_utf8_lossy(&started.stderr));
     let _tb = Testbed { dir };
     define(
