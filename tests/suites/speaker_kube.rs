@@ -305,6 +305,13 @@ fn speakers_elect_report_and_follow_endpoints_and_node_readiness() {
         "the reported owner and the only ARP answerer to agree",
     );
     lab.wait_owner(&first, "initial election");
+    // Each speaker's report carries its interfaces' MACs (how the hypervisor side finds
+    // the node's VM NICs).
+    let out = lab.kubectl(&["get", "servicel2statuses", "-n", "vipvisor-speaker", "-o", "json"], None);
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let owner_report =
+        list["items"].as_array().unwrap().iter().find(|o| o["status"]["node"] == first.as_str()).unwrap();
+    assert_eq!(owner_report["status"]["macs"], serde_json::json!([mac_of(&first)]), "{owner_report}");
     let events = lab.kubectl(&["get", "events.events.k8s.io", "-n", "default", "-o", "json"], None);
     assert!(
         events.contains("\"reason\": \"Announcing\"")

@@ -42,6 +42,10 @@ pub struct Entry {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Report {
     pub node: String,
+    /// The MACs of the interfaces this speaker answers on: how the hypervisor side finds
+    /// the node's VM NICs (issue #11).
+    #[serde(default)]
+    pub macs: Vec<String>,
     #[serde(default)]
     pub announcing: Vec<Entry>,
 }
@@ -206,9 +210,16 @@ mod tests {
 
     #[test]
     fn the_newest_claim_wins_and_the_condition_says_who() {
-        let dead = Report { node: "n1".into(), announcing: vec![e("192.0.2.100", "eth0", "2026-12-02T10:00:00.000Z")] };
-        let taker =
-            Report { node: "n2".into(), announcing: vec![e("192.0.2.100", "eth1", "2026-12-02T10:00:03.500Z")] };
+        let dead = Report {
+            node: "n1".into(),
+            macs: vec![],
+            announcing: vec![e("192.0.2.100", "eth0", "2026-12-02T10:00:00.000Z")],
+        };
+        let taker = Report {
+            node: "n2".into(),
+            macs: vec!["52:54:00:00:00:22".into()],
+            announcing: vec![e("192.0.2.100", "eth1", "2026-12-02T10:00:03.500Z")],
+        };
         let a = announcers([&dead, &taker]);
         assert_eq!(a[&"192.0.2.100".parse().unwrap()], ("n2".to_string(), "eth1".to_string()));
         let vips: Vec<IpAddr> = vec!["192.0.2.100".parse().unwrap(), "2001:db8::100".parse().unwrap()];

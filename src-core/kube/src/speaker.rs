@@ -459,7 +459,11 @@ pub async fn run(
         client.clone(),
         recorder.clone(),
         svc_reader.clone(),
-        cfg.node_name.clone(),
+        l2status::Report {
+            node: cfg.node_name.clone(),
+            macs: links.iter().map(|l| l.mac.to_string()).collect(),
+            announcing: Vec::new(),
+        },
         cfg.status_namespace.clone(),
         announcing_rx,
         changed.subscribe(),
@@ -490,11 +494,13 @@ async fn report(
     client: Client,
     recorder: Recorder,
     services: Reflector<Service>,
-    me: String,
+    // This node's name and MACs (its report with nothing announced).
+    template: l2status::Report,
     namespace: String,
     mut announcing: watch::Receiver<Announcing>,
     mut changed: watch::Receiver<u64>,
 ) {
+    let me = template.node.clone();
     let api: Api<DynamicObject> = Api::namespaced_with(client, &namespace, &l2status::resource());
     let params = PatchParams::apply("vipvisor-speaker").force();
     // When this node began announcing each VIP; the newest claim wins in the controller.
@@ -504,7 +510,7 @@ async fn report(
         let mine = announcing.borrow_and_update().clone();
         since.retain(|v, _| mine.contains_key(v));
         let now = vipvisor_model::Timestamp::now().rfc3339();
-        let mut report = l2status::Report { node: me.clone(), announcing: Vec::new() };
+        let mut report = template.clone();
         let mut news = Vec::new();
         for svc in services.state() {
             let Some(key) = decide::service_key(&svc) else { continue };
