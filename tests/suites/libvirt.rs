@@ -320,3 +320,136 @@ fn a_real_guest_answers_for_its_vip_only_after_the_grant() {
     assert_eq!(ips_of(&virsh(&["dumpxml", "--inactive", "g1"]), mac), ["192.0.2.21"], "the operator's list");
     assert_eq!(answerers(client.0, "192.0.2.21"), [mac]);
 }
+
+/// Grants before failover, with two real guests as the two candidate nodes of a static
+/// speaker group (the static `vipvisor speaker` runs inside each guest's initramfs): both
+/// hold the grant before the VIP is first announced; destroying the owner's domain moves
+/// the VIP to the other guest with no provider call on the failover path (no grant event,
+/// both domains' XML unchanged).
+#[test]
+fn grants_come_before_failover_with_two_guests() {
+    let static_bin = std::env::var_os("VIPVISOR_STATIC").map(PathBuf::from).filter(|p| p.exists());
+    let why = missing().or_else(|| common::lab_missing(&["arping"])).or_else(|| {
+        static_bin
+            .is_none()
+            .then(|| "VIPVISOR_STATIC (a +crt-static vipvisor, built by tests/run) is not set".to_string())
+    });
+    if common::skip("the libvirt failover proof", why) {
+        return;
+    }
+    let static_bin = static_bin.unwrap();
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    let guest = common::repo("tests/testbed/guest.sh");
+    let built = Command::new(&guest).arg("build").arg(&d).arg(&static_bin).output().unwrap();
+    assert!(built.status.success(), "guest build: {}", String::from_utf8_lossy(&built.stderr));
+    let started = Command::new(common::repo("tests/testbed/libvirt.sh")).arg("start").arg(&d).output().unwrap();
+    assert!(started.status.success(), "libvirt testbed: {}", String::from_utf8_lossy(&started.stderr));
+    let _tb = Testbed { dir };
+    define(
+        "net-define",
+        "<network><name>vv-guest-net</name><forward mode='bridge'/><bridge name='vvbr0'/></network>",
+        &d,
+    );
+    virsh(&["net-start", "vv-guest-net"]);
+    let client = ClientNs("vv-client-f");
+    sh(&["ip", "netns", "add", client.0]);
+    sh(&["ip", "-n", client.0, "link", "set", "lo", "up"]);
+    sh(&["ip", "-n", "vv-libvirt", "link", "add", "vvcbr2", "type", "veth", "peer", "name", "vvc0", "netns", client.0]);
+    sh(&["ip", "-n", "vv-libvirt", "link", "set", "vvcbr2", "master", "vvbr0", "up"]);
+    sh(&["ip", "-n", client.0, "addr", "add", "192.0.2.1/24", "dev", "vvc0"]);
+    sh(&["ip", "-n", client.0, "link", "set", "vvc0", "up"]);
+    let vip = "192.0.2.100";
+    let nodes = [
+        ("g1", "52:54:00:00:03:21", "192.0.2.21", "192.0.2.22"),
+        ("g2", "52:54:00:00:03:22", "192.0.2.22", "192.0.2.21"),
+    ];
+    for (name, mac, ip, peer) in nodes {
+        let run = format!(
+            "vv.key=vipvisor-lab-gossip-key-0123456789 vv.run=vipvisor,speaker,--interface,eth0,--vip,{vip},--node-name,{name},--join,{peer}:7946,--gossip-key-file,/run/vv.key,--hold-time,0s"
+        );
+        let xml = Command::new(&guest)
+            .args(["domain-xml", name, mac, ip, "", "vv-guest-net"])
+            .arg(&d)
+            .env("VV_GUEST_CMDLINE", run)
+            .output()
+            .unwrap();
+        assert!(xml.status.success(), "{}", String::from_utf8_lossy(&xml.stderr));
+        define("define", &String::from_utf8_lossy(&xml.stdout), &d);
+    }
+    let providers = d.join("providers.yaml");
+    std::fs::write(&providers, "providers:\n  - name: kvm1\n    kind: libvirt\n    uri: qemu:///system\n").unwrap();
+    let cli = Cli { store: format!("sqlite://{}/store/v.db", d.display()), providers };
+    // Both candidates are granted while their domains are still stopped: before anything
+    // announces the VIP.
+    let out = cli.ok(&["apply", "--vip", vip, "--node", "g1", "--node", "g2"]);
+    assert_eq!(out.matches("(changed)").count(), 2, "{out}");
+    for (name, mac, ..) in nodes {
+        assert!(
+            ips_of(&virsh(&["dumpxml", "--inactive", name]), mac).contains(&vip.to_string()),
+            "{name} holds the grant"
+        );
+    }
+    for (name, ..) in nodes {
+        virsh(&["start", name]);
+    }
+    for (name, ..) in nodes {
+        let ready = Command::new(&guest)
+            .arg("wait-ready")
+            .arg(d.join(format!("{name}.serial.log")))
+            .arg("120")
+            .output()
+            .unwrap();
+        assert!(ready.status.success(), "{name} did not come up: {}", String::from_utf8_lossy(&ready.stdout));
+    }
+    let log = |name: &str| std::fs::read_to_string(d.join(format!("{name}.serial.log"))).unwrap_or_default();
+    // One owner answers (the group formed; the other does not answer).
+    let start = std::time::Instant::now();
+    let owner = loop {
+        let a = answerers(client.0, vip);
+        if a.len() == 1 {
+            break a[0].clone();
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "no single owner: {a:?}\n{}\n{}",
+            log("g1"),
+            log("g2")
+        );
+    };
+    let (owner_name, other_mac) = if owner == nodes[0].1 { ("g1", nodes[1].1) } else { ("g2", nodes[0].1) };
+    let events = || {
+        let out =
+            Command::new(VIPVISOR).env("VIPVISOR_STORE", &cli.store).args(["events", "-o", "json"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).matches("hypervisor.").count()
+    };
+    let (events_before, xml_before) =
+        (events(), [virsh(&["dumpxml", "--inactive", "g1"]), virsh(&["dumpxml", "--inactive", "g2"])]);
+    // The owner's domain dies: the other guest takes over, already granted.
+    let died = std::time::Instant::now();
+    virsh(&["destroy", owner_name]);
+    let gone = std::time::Instant::now();
+    loop {
+        if answerers(client.0, vip) == [other_mac] {
+            break;
+        }
+        assert!(
+            died.elapsed() < std::time::Duration::from_secs(30),
+            "no takeover by {other_mac}\n{}\n{}",
+            log("g1"),
+            log("g2")
+        );
+    }
+    eprintln!(
+        "takeover answered {:?} after `virsh destroy` began, {:?} after it returned",
+        died.elapsed(),
+        gone.elapsed()
+    );
+    assert_eq!(events(), events_before, "no grant was made on the failover path");
+    assert_eq!(
+        [virsh(&["dumpxml", "--inactive", "g1"]), virsh(&["dumpxml", "--inactive", "g2"])],
+        xml_before,
+        "no domain was changed on the failover path"
+    );
+}

@@ -35,6 +35,7 @@
 #   vv.vip=ADDR[/P][,ADDR..] extra addresses on eth0 (default /32): the kernel answers ARP for them
 #   vv.garp=SECONDS          also send a gratuitous ARP for each VIP every SECONDS (off by default)
 #   vv.run=NAME[,ARG...]     start /bin/NAME ARG... (an EXTRA) in the background once eth0 is up
+#   vv.key=TEXT              written to /run/vv.key (0600) first: a test secret for vv.run
 #   vv.name=NAME             only printed
 # and prints, on ttyS0, "vv-guest: ready name=... ip=... vip=... mac=... uptime=..." once the
 # addresses are set and eth0's operstate is up; then it sleeps forever. On an error it prints
@@ -45,6 +46,12 @@
 # exposes a /dev/kvm (PVM) with no vmx/svm flag that cannot boot a stock kernel (TESTBED.md), so
 # it gets TCG; kvm on a real VT-x/AMD-V host is untested. 128 MiB, 1 vCPU,
 # machine 'pc', no ACPI, on_poweroff/reboot/crash destroy, panic=-1 (a panic ends the domain).
+# CPU qemu64 plus RDRAND (<cpu check='none'>; TCG emulates it): the kernel trusts RDRAND
+# (Debian's default), so its CRNG is ready 0.1 s into boot. Without it this idle, disk-less
+# guest gathers ~0.5 bit/s and the CRNG was still not ready after ~10 min, so whatever
+# waits for it hangs silently: a static-glibc vipvisor with --join blocked in
+# poll(/dev/random) (getrandom 0.4's fallback: its dlsym("getrandom") is NULL when static).
+# random.trust_cpu=on alone does not help (qemu64 has no RDRAND); no virtio-rng needed.
 # One NIC: type='network' on NETWORK, that MAC, model $VV_GUEST_NIC_MODEL (virtio; e1000 works
 # too), no option ROM, <filterref filter='$VV_GUEST_FILTER'> (clean-traffic; empty: no filter)
 # with <parameter name='IP' value='IP'/>. VIP may be "" (none). IP and VIP must be in the
@@ -96,6 +103,11 @@
 # VV_GUEST_CMDLINE=vv.run=busyboxvv,echo,hello-from-extra and VV_GUEST_FILTER= prints
 # "hello-from-extra" before the ready line; vv.run of a missing binary makes wait-ready fail as
 # soon as the guest prints its error (8.9 s after start), and the domain is shut off 3 s later.
+# RDRAND (two runs, VV_GUEST_FILTER=, EXTRA the static vipvisor, no VIP on eth0, VV_GUEST_CMDLINE=
+# "vv.key=<34-byte key> vv.run=vipvisor,speaker,--interface,eth0,--vip,192.0.2.100,--node-name,g1,
+# --join,192.0.2.22:7946,--gossip-key-file,/run/vv.key,--hold-time,0s"): "random: crng init done"
+# at 0.09 s uptime, "announced" 9.6 s after start, the client's arping gets 3 replies for the VIP
+# from [52:54:00:00:02:21]. The same XML without <cpu>: no log line from vipvisor, 0 replies.
 set -euo pipefail
 CACHE=${VV_GUEST_CACHE:-/var/tmp/vipvisor-guest}
 URI=${VV_GUEST_URI:-qemu:///system}
@@ -151,6 +163,10 @@ done
 i=0
 # carrier is 1 at once; operstate turns "up" ~1 s later (linkwatch): wait for it, up to 5 s
 while [ "$(cat /sys/class/net/eth0/operstate 2>/dev/null)" != up ] && [ $i -lt 50 ]; do i=$((i + 1)); sleep 0.1; done
+KEY=$(arg vv.key)
+if [ -n "$KEY" ]; then   # a test secret for the program vv.run starts (e.g. a gossip key)
+  umask 077; echo "$KEY" >/run/vv.key; umask 022
+fi
 if [ -n "$RUN" ]; then
   set -- $(echo "$RUN" | tr , ' ')
   p=$1; shift
@@ -347,6 +363,10 @@ domain_xml() {
   <name>$name</name>
   <memory unit='MiB'>128</memory>
   <vcpu>1</vcpu>
+  <cpu mode='custom' match='exact' check='none'>
+    <model fallback='forbid'>qemu64</model>
+    <feature policy='require' name='rdrand'/>
+  </cpu>
   <os>
     <type arch='x86_64' machine='pc'>hvm</type>
     <kernel>$dir/vmlinuz</kernel>

@@ -74,6 +74,9 @@ pub async fn run(
             )
         })?;
     let bind = SocketAddr::new(bind_ip, g.port);
+    // Said before the start: seeding the member's random numbers waits for the kernel's
+    // entropy, which on a freshly booted VM without an RNG can take minutes.
+    info!(%bind, "gossip starting");
     let membership = Membership::start(MemberConfig {
         name: me.to_owned(),
         macs: p.links.iter().map(|l| l.mac.0).collect(),
