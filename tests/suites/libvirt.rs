@@ -193,6 +193,23 @@ fn grants_are_applied_idempotent_and_reverted_on_a_real_libvirtd() {
     cli6.ok(&["revert", "--vip", "2001:db8::100"]);
     assert_eq!(nic(&xml()), nic(&before), "the operator's clean-traffic with IP=192.0.2.21 again");
 
+    // Driven by the store: every allocation's addresses on every mapped node.
+    let mapped = d.join("providers-mapped.yaml");
+    std::fs::write(&mapped, "providers:\n  - name: kvm1\n    kind: libvirt\n    uri: qemu:///system\nnodes:\n  - node: n1\n    provider: kvm1\n    vm: n1\n").unwrap();
+    let ipam = |args: &[&str]| {
+        let out = Command::new(VIPVISOR).env("VIPVISOR_STORE", &cli.store).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    ipam(&["pool", "add", "web", "--addresses", "198.51.100.0/30"]);
+    ipam(&["alloc", "request", "default/web"]);
+    let (code, _, err) = cli.run(&["apply"]);
+    assert!(code == 1 && err.contains("no `nodes:` mapping"), "{err}");
+    let cli_m = Cli { store: cli.store.clone(), providers: mapped };
+    assert!(cli_m.ok(&["apply"]).contains("(changed)"));
+    assert_eq!(ips_of(&xml(), mac), ["192.0.2.21", "198.51.100.0"], "the allocation's address is granted on n1");
+    cli_m.ok(&["revert"]);
+    assert_eq!(ips_of(&xml(), mac), ["192.0.2.21"]);
+
     // Bad input: each error names the value; nothing changes.
     let unchanged = xml();
     let (code, _, err) = cli.run(&["apply", "--node", "n9", "--vip", "192.0.2.100"]);

@@ -119,13 +119,14 @@ pub enum HypervisorCmd {
         virtual_mac: bool,
     },
     /// Grant VIPs on every listed node (every candidate, so a failover never waits on the
-    /// hypervisor); recorded in the store.
+    /// hypervisor); recorded in the store. Without --vip and --node: every allocation's
+    /// addresses in the store, on every node of the provider file's `nodes:`.
     Apply {
         #[arg(long)]
         providers: PathBuf,
-        #[arg(long = "vip", value_delimiter = ',', required = true)]
+        #[arg(long = "vip", value_delimiter = ',', requires = "nodes")]
         vips: Vec<IpAddr>,
-        #[arg(long = "node", required = true)]
+        #[arg(long = "node", requires = "vips")]
         nodes: Vec<String>,
     },
     /// Take back what vipvisor added: for one VIP, one node, or everything.

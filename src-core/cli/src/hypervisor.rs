@@ -120,7 +120,28 @@ pub async fn run(
         HypervisorCmd::Apply { providers, vips, nodes } => {
             let h = load(providers)?;
             let store = store.await?;
-            let r = h.apply(&store, vips, nodes).await;
+            let r = if vips.is_empty() {
+                // Every allocation's addresses, on every mapped node (static mode: all of
+                // them are candidates).
+                let all: Vec<IpAddr> = match store.snapshot().await {
+                    Ok(ipam) => ipam.allocations().iter().flat_map(|a| a.addresses.iter().copied()).collect(),
+                    Err(e) => {
+                        store.close().await;
+                        return Err(anyhow::anyhow!(e.to_string()));
+                    }
+                };
+                let mapped = h.mapped_nodes();
+                if mapped.is_empty() {
+                    store.close().await;
+                    anyhow::bail!(
+                        "{}: no `nodes:` mapping; expected nodes in the provider file, or --vip and --node",
+                        providers.display()
+                    );
+                }
+                h.apply(&store, &all, &mapped).await
+            } else {
+                h.apply(&store, vips, nodes).await
+            };
             store.close().await;
             results(r?, fmt)
         }

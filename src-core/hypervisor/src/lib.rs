@@ -92,6 +92,11 @@ impl Hypervisors {
         Ok(Hypervisors { file, providers })
     }
 
+    /// The nodes the provider file maps to VMs.
+    pub fn mapped_nodes(&self) -> Vec<String> {
+        self.file.nodes.iter().map(|n| n.node.clone()).collect()
+    }
+
     fn provider(&self, name: &str) -> Option<&dyn Provider> {
         self.providers.iter().find(|p| p.name() == name).map(|p| p.as_ref())
     }
