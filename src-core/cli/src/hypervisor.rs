@@ -88,10 +88,7 @@ pub async fn run(
             } else {
                 Need::Announce { ips: vips.clone() }
             };
-            let mut findings = Vec::new();
-            for n in nodes {
-                findings.extend(h.diagnose(n, &need).await?);
-            }
+            let findings = h.diagnose(nodes, &need).await?;
             let out = if fmt == Format::Json {
                 json(&findings)?
             } else if findings.is_empty() {

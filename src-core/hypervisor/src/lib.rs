@@ -110,17 +110,18 @@ impl Hypervisors {
         Ok(out)
     }
 
-    /// The NICs of `node`'s VM that carry its VIPs: the mapping's `mac`, else every NIC
-    /// with a filter (a NIC without one drops nothing).
-    pub async fn nics(&self, node: &str) -> Result<Vec<NodeNic>> {
+    /// The NICs of `node`'s VM that carry its VIPs, in `inventory` (one listing serves
+    /// every node of a call): the mapping's `mac`, else every NIC with a filter (a NIC
+    /// without one drops nothing).
+    pub fn nics(&self, node: &str, inventory: &[ProviderInventory]) -> Result<Vec<NodeNic>> {
         let mapped = self.file.nodes.iter().find(|n| n.node == node);
         let candidates: Vec<(&str, String)> = match mapped {
             Some(m) => vec![(m.provider.as_str(), m.vm.clone())],
             None => self.providers.iter().map(|p| (p.name(), node.to_owned())).collect(),
         };
         for (pname, vm_name) in candidates {
-            let Some(p) = self.provider(pname) else { continue };
-            let Some(vm) = p.inventory().await?.into_iter().find(|v| v.name == vm_name) else { continue };
+            let Some(inv) = inventory.iter().find(|i| i.provider == pname) else { continue };
+            let Some(vm) = inv.vms.iter().find(|v| v.name == vm_name).cloned() else { continue };
             let nics: Vec<NodeNic> = vm
                 .nics
                 .iter()
@@ -149,12 +150,15 @@ impl Hypervisors {
         })
     }
 
-    /// What blocks `need` on each of `node`'s NICs.
-    pub async fn diagnose(&self, node: &str, need: &Need) -> Result<Vec<Finding>> {
+    /// What blocks `need` on each NIC of each of `nodes`.
+    pub async fn diagnose(&self, nodes: &[String], need: &Need) -> Result<Vec<Finding>> {
+        let inventory = self.inventory().await?;
         let mut out = Vec::new();
-        for n in self.nics(node).await? {
-            let p = self.provider(&n.provider).ok_or_else(|| unknown_provider(&n.provider))?;
-            out.extend(p.diagnose(&n.nic, need).await?);
+        for node in nodes {
+            for n in self.nics(node, &inventory)? {
+                let p = self.provider(&n.provider).ok_or_else(|| unknown_provider(&n.provider))?;
+                out.extend(p.diagnose(&n.nic, need).await?);
+            }
         }
         Ok(out)
     }
@@ -164,9 +168,10 @@ impl Hypervisors {
     /// A NIC's failure is recorded as `failed` and reported; the others go on.
     pub async fn apply(&self, store: &Store, vips: &[IpAddr], nodes: &[String]) -> Result<Vec<NicResult>> {
         let rows = store.grants().await?;
+        let inventory = self.inventory().await?;
         let mut out = Vec::new();
         for node in nodes {
-            for n in self.nics(node).await? {
+            for n in self.nics(node, &inventory)? {
                 let p = self.provider(&n.provider).ok_or_else(|| unknown_provider(&n.provider))?;
                 let row = rows
                     .iter()
