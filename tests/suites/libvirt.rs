@@ -46,7 +46,7 @@ fn missing() -> Option<String> {
     }
     ["libvirtd", "virsh", "qemu-system-x86_64"]
         .iter()
-        .find(|t| !Command::new("sh").args(["-c", &format!("command -v {t}")]).status().is_ok_and(|s| s.success()))
+        .find(|t| !Command::new("sh").args(["-c", &format!("command -v {t} >/dev/null")]).status().is_ok_and(|s| s.success()))
         .map(|t| format!("{t} is not installed (tests/testbed/libvirt.sh install install-qemu)"))
 }
 
@@ -246,6 +246,45 @@ impl Drop for ClientNs {
     }
 }
 
+/// A started testbed with the guest image built, network `vv-guest-net` on `vvbr0`, and a
+/// client namespace (192.0.2.1 on `vvc0`) on that bridge through the veth `port`. The
+/// client namespace goes first on drop, then the testbed (whose state is in `dir`).
+struct GuestLab {
+    client: ClientNs,
+    dir: PathBuf,
+    guest: PathBuf,
+    _tb: Testbed,
+}
+
+impl GuestLab {
+    /// `extra`: a binary for the guests' initramfs (guest.sh build DIR EXTRA).
+    fn start(extra: Option<&Path>, client: &'static str, port: &str) -> GuestLab {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let guest = common::repo("tests/testbed/guest.sh");
+        let built = Command::new(&guest).arg("build").arg(&dir).args(extra).output().unwrap();
+        assert!(built.status.success(), "guest build: {}", String::from_utf8_lossy(&built.stderr));
+        // The testbed's state lives in the same directory its Drop stops.
+        let started = Command::new(common::repo("tests/testbed/libvirt.sh")).arg("start").arg(&dir).output().unwrap();
+        assert!(started.status.success(), "libvirt testbed: {}", String::from_utf8_lossy(&started.stderr));
+        let tb = Testbed { dir: tmp };
+        define(
+            "net-define",
+            "<network><name>vv-guest-net</name><forward mode='bridge'/><bridge name='vvbr0'/></network>",
+            &dir,
+        );
+        virsh(&["net-start", "vv-guest-net"]);
+        let client = ClientNs(client);
+        sh(&["ip", "netns", "add", client.0]);
+        sh(&["ip", "-n", client.0, "link", "set", "lo", "up"]);
+        sh(&["ip", "-n", "vv-libvirt", "link", "add", port, "type", "veth", "peer", "name", "vvc0", "netns", client.0]);
+        sh(&["ip", "-n", "vv-libvirt", "link", "set", port, "master", "vvbr0", "up"]);
+        sh(&["ip", "-n", client.0, "addr", "add", "192.0.2.1/24", "dev", "vvc0"]);
+        sh(&["ip", "-n", client.0, "link", "set", "vvc0", "up"]);
+        GuestLab { client, dir, guest, _tb: tb }
+    }
+}
+
 fn sh(args: &[&str]) {
     let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
     assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
@@ -277,28 +316,8 @@ fn a_real_guest_answers_for_its_vip_only_after_the_grant() {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().to_path_buf();
-    let guest = common::repo("tests/testbed/guest.sh");
-    let built = Command::new(&guest).arg("build").arg(&d).output().unwrap();
-    assert!(built.status.success(), "guest build: {}", String::from_utf8_lossy(&built.stderr));
-    let started = Command::new(common::repo("tests/testbed/libvirt.sh")).arg("start").arg(&d).output().unwrap();
-    assert!(started.status.success(), "libvirt testbed: {}", String::from_utf8_lossy(&started.stderr));
-    let _tb = Testbed { dir };
-    define(
-        "net-define",
-        "<network><name>vv-guest-net</name><forward mode='bridge'/><bridge name='vvbr0'/></network>",
-        &d,
-    );
-    virsh(&["net-start", "vv-guest-net"]);
-    // A client on the guest's bridge (inside the testbed's namespace).
-    let client = ClientNs("vv-client-t");
-    sh(&["ip", "netns", "add", client.0]);
-    sh(&["ip", "-n", client.0, "link", "set", "lo", "up"]);
-    sh(&["ip", "-n", "vv-libvirt", "link", "add", "vvcbr1", "type", "veth", "peer", "name", "vvc0", "netns", client.0]);
-    sh(&["ip", "-n", "vv-libvirt", "link", "set", "vvcbr1", "master", "vvbr0", "up"]);
-    sh(&["ip", "-n", client.0, "addr", "add", "192.0.2.1/24", "dev", "vvc0"]);
-    sh(&["ip", "-n", client.0, "link", "set", "vvc0", "up"]);
+    let lab = GuestLab::start(None, "vv-client-t", "vvcbr1");
+    let (d, guest, client) = (lab.dir.clone(), lab.guest.clone(), lab.client.0);
     // The guest: node IP 192.0.2.21, the VIP 192.0.2.100 on its eth0 (its kernel answers).
     let mac = "52:54:00:00:02:21";
     let xml = Command::new(&guest)
@@ -316,8 +335,8 @@ fn a_real_guest_answers_for_its_vip_only_after_the_grant() {
     let providers = d.join("providers.yaml");
     std::fs::write(&providers, "providers:\n  - name: kvm1\n    kind: libvirt\n    uri: qemu:///system\n").unwrap();
     let cli = Cli { store: format!("sqlite://{}/store/v.db", d.display()), providers };
-    assert_eq!(answerers(client.0, "192.0.2.21"), [mac], "the guest's own IP is allowed");
-    assert!(answerers(client.0, "192.0.2.100").is_empty(), "clean-traffic drops the VIP's replies");
+    assert_eq!(answerers(client, "192.0.2.21"), [mac], "the guest's own IP is allowed");
+    assert!(answerers(client, "192.0.2.100").is_empty(), "clean-traffic drops the VIP's replies");
     let (code, out, _) = cli.run(&["diagnose", "--node", "g1", "--vip", "192.0.2.100"]);
     assert!(code == 4 && out.contains("clean-traffic"), "{out}");
 
@@ -325,7 +344,7 @@ fn a_real_guest_answers_for_its_vip_only_after_the_grant() {
     let out = cli.ok(&["apply", "--node", "g1", "--vip", "192.0.2.100"]);
     eprintln!("live grant applied in {:?}", t.elapsed());
     assert!(out.contains("(changed)"), "{out}");
-    assert_eq!(answerers(client.0, "192.0.2.100"), [mac], "after the grant the guest answers for the VIP");
+    assert_eq!(answerers(client, "192.0.2.100"), [mac], "after the grant the guest answers for the VIP");
     let live = virsh(&["dumpxml", "g1"]);
     assert!(live.contains("value='192.0.2.100'"), "the running domain has the grant");
     let granted = virsh(&["dumpxml", "--inactive", "g1"]);
@@ -333,9 +352,9 @@ fn a_real_guest_answers_for_its_vip_only_after_the_grant() {
     assert_eq!(virsh(&["dumpxml", "--inactive", "g1"]), granted, "a second apply writes nothing");
 
     cli.ok(&["revert"]);
-    assert!(answerers(client.0, "192.0.2.100").is_empty(), "after the revert the VIP is dark again");
+    assert!(answerers(client, "192.0.2.100").is_empty(), "after the revert the VIP is dark again");
     assert_eq!(ips_of(&virsh(&["dumpxml", "--inactive", "g1"]), mac), ["192.0.2.21"], "the operator's list");
-    assert_eq!(answerers(client.0, "192.0.2.21"), [mac]);
+    assert_eq!(answerers(client, "192.0.2.21"), [mac]);
 }
 
 /// Grants before failover, with two real guests as the two candidate nodes of a static
@@ -356,27 +375,8 @@ fn grants_come_before_failover_with_two_guests() {
     }
     let static_bin = static_bin.unwrap();
     let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().to_path_buf();
-    let guest = common::repo("tests/testbed/guest.sh");
-    let built = Command::new(&guest).arg("build").arg(&d).arg(&static_bin).output().unwrap();
-    assert!(built.status.success(), "guest build: {}", String::from_utf8_lossy(&built.stderr));
-    let started = Command::new(common::repo("tests/testbed/libvirt.sh")).arg("start").arg(&d).output().unwrap();
-    assert!(started.status.success(), "libvirt testbed: {}", String::from_utf8_lossy(&started.stderr));
-    let _tb = Testbed { dir };
-    define(
-        "net-define",
-        "<network><name>vv-guest-net</name><forward mode='bridge'/><bridge name='vvbr0'/></network>",
-        &d,
-    );
-    virsh(&["net-start", "vv-guest-net"]);
-    let client = ClientNs("vv-client-f");
-    sh(&["ip", "netns", "add", client.0]);
-    sh(&["ip", "-n", client.0, "link", "set", "lo", "up"]);
-    sh(&["ip", "-n", "vv-libvirt", "link", "add", "vvcbr2", "type", "veth", "peer", "name", "vvc0", "netns", client.0]);
-    sh(&["ip", "-n", "vv-libvirt", "link", "set", "vvcbr2", "master", "vvbr0", "up"]);
-    sh(&["ip", "-n", client.0, "addr", "add", "192.0.2.1/24", "dev", "vvc0"]);
-    sh(&["ip", "-n", client.0, "link", "set", "vvc0", "up"]);
+    let lab = GuestLab::start(Some(&static_bin), "vv-client-f", "vvcbr2");
+    let (d, guest, client) = (lab.dir.clone(), lab.guest.clone(), lab.client.0);
     let vip = "192.0.2.100";
     let nodes = [
         ("g1", "52:54:00:00:03:21", "192.0.2.21", "192.0.2.22"),
@@ -424,7 +424,7 @@ fn grants_come_before_failover_with_two_guests() {
     // One owner answers (the group formed; the other does not answer).
     let start = std::time::Instant::now();
     let owner = loop {
-        let a = answerers(client.0, vip);
+        let a = answerers(client, vip);
         if a.len() == 1 {
             break a[0].clone();
         }
@@ -448,7 +448,7 @@ fn grants_come_before_failover_with_two_guests() {
     virsh(&["destroy", owner_name]);
     let gone = std::time::Instant::now();
     loop {
-        if answerers(client.0, vip) == [other_mac] {
+        if answerers(client, vip) == [other_mac] {
             break;
         }
         assert!(
