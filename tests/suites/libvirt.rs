@@ -46,7 +46,9 @@ fn missing() -> Option<String> {
     }
     ["libvirtd", "virsh", "qemu-system-x86_64"]
         .iter()
-        .find(|t| !Command::new("sh").args(["-c", &format!("command -v {t} >/dev/null")]).status().is_ok_and(|s| s.success()))
+        .find(|t| {
+            !Command::new("sh").args(["-c", &format!("command -v {t} >/dev/null")]).status().is_ok_and(|s| s.success())
+        })
         .map(|t| format!("{t} is not installed (tests/testbed/libvirt.sh install install-qemu)"))
 }
 
