@@ -486,6 +486,8 @@ async fn manifests_apply_and_rbac_is_least_privilege() {
         &["create", "leases.coordination.k8s.io", "-n", "vipvisor-system"],
         &["update", "leases.coordination.k8s.io/vipvisor-controller", "-n", "vipvisor-system"],
         &["watch", "servicel2statuses.vipvisor.io", "-n", "vipvisor-speaker"],
+        &["list", "nodes"],
+        &["watch", "nodes"],
     ] {
         assert!(can(allowed), "the controller must be allowed to {allowed:?}");
     }
@@ -500,6 +502,8 @@ async fn manifests_apply_and_rbac_is_least_privilege() {
         &["create", "leases.coordination.k8s.io", "-n", "kube-system"],
         &["create", "pods", "-n", "default"],
         &["patch", "servicel2statuses.vipvisor.io", "-n", "vipvisor-speaker"],
+        &["patch", "nodes"],
+        &["get", "nodes/proxy"],
     ] {
         assert!(!can(denied), "the controller must not be allowed to {denied:?}");
     }

@@ -9,6 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use vipvisor_testkit as common;
 
@@ -471,4 +472,209 @@ fn grants_come_before_failover_with_two_guests() {
         xml_before,
         "no domain was changed on the failover path"
     );
+}
+
+/// `kubectl` against the lab apiserver; `stdin` for `apply -f -`.
+fn kubectl(kc: &Path, args: &[&str], stdin: Option<&str>) -> String {
+    use std::io::Write as _;
+    let mut c = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kc)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(stdin.unwrap_or("").as_bytes()).unwrap();
+    let out = c.wait_with_output().unwrap();
+    assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The controller as the hypervisor reconciler (`controller --providers`), against a real
+/// kube-apiserver and a real libvirtd, running as its service account (the manifests'
+/// RBAC). Three Nodes with speakers (their ServiceL2Status reports, written here as the
+/// speakers write them, carry their MACs): n1's VM is found by MAC (its domain is not
+/// named like the node), n2's by the provider file's mapping, and n3 is excluded from load
+/// balancers. A Service gets an address → HypervisorGranted and the VIP in the IP list of
+/// n1's and n2's domains, not n3's; a second pass writes nothing; n2 stops being a
+/// candidate → revoked there; the Service is deleted → revoked everywhere, the operator's
+/// lists as they were.
+#[test]
+fn kubernetes_services_get_grants_on_every_candidate_and_lose_them_when_deleted() {
+    let why = missing().or_else(common::kube_missing);
+    if common::skip("the Kubernetes hypervisor lab", why) {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let dir = tempfile::tempdir().unwrap();
+    let started = Command::new(common::repo("tests/testbed/libvirt.sh")).arg("start").arg(dir.path()).output().unwrap();
+    assert!(started.status.success(), "libvirt testbed: {}", String::from_utf8_lossy(&started.stderr));
+    let tb = Testbed { dir };
+    let d = tb.dir.path();
+    let kdir = tempfile::tempdir().unwrap();
+    let api = common::Apiserver::start(kdir.path(), None);
+    let kc = api.kubeconfig();
+
+    define("net-define", "<network><name>vv-k8s</name><forward mode='bridge'/><bridge name='vvbr0'/></network>", d);
+    let nodes = [
+        ("n1", "vm-a", "52:54:00:00:01:01", "192.0.2.31"),
+        ("n2", "vm-b", "52:54:00:00:01:02", "192.0.2.32"),
+        ("n3", "vm-c", "52:54:00:00:01:03", "192.0.2.33"),
+    ];
+    for (_, vm, mac, ip) in nodes {
+        define(
+            "define",
+            &format!(
+                "<domain type='qemu'><name>{vm}</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>\
+                 <os><type arch='x86_64' machine='pc'>hvm</type></os><devices>\
+                 <interface type='network'><mac address='{mac}'/><source network='vv-k8s'/><model type='virtio'/>\
+                 <filterref filter='clean-traffic'><parameter name='IP' value='{ip}'/></filterref></interface>\
+                 </devices></domain>"
+            ),
+            d,
+        );
+    }
+    let ips = |vm: &str, mac: &str| ips_of(&virsh(&["dumpxml", "--inactive", vm]), mac);
+    let providers = d.join("providers.yaml");
+    std::fs::write(
+        &providers,
+        "providers:\n  - name: kvm1\n    kind: libvirt\n    uri: qemu:///system\nnodes:\n  - node: n2\n    provider: kvm1\n    vm: vm-b\n",
+    )
+    .unwrap();
+    let pools = d.join("pools.yaml");
+    std::fs::write(&pools, "pools:\n  - name: web\n    addresses: [198.51.100.0/28]\n").unwrap();
+
+    let deploy = common::repo("deploy");
+    for f in ["namespace.yaml", "crd.yaml", "rbac.yaml"] {
+        kubectl(&kc, &["apply", "-f", deploy.join(f).to_str().unwrap()], None);
+    }
+    kubectl(
+        &kc,
+        &["wait", "--for", "condition=established", "crd/servicel2statuses.vipvisor.io", "--timeout=30s"],
+        None,
+    );
+    for (node, _, mac, _) in nodes {
+        let labels = if node == "n3" {
+            serde_json::json!({"node.kubernetes.io/exclude-from-external-load-balancers": ""})
+        } else {
+            serde_json::json!({})
+        };
+        let n = serde_json::json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node, "labels": labels}});
+        kubectl(&kc, &["apply", "-f", "-"], Some(&n.to_string()));
+        let r = serde_json::json!({"apiVersion": "vipvisor.io/v1alpha1", "kind": "ServiceL2Status",
+            "metadata": {"name": node, "namespace": "vipvisor-speaker"},
+            "status": {"node": node, "macs": [mac], "announcing": []}});
+        kubectl(&kc, &["apply", "-f", "-"], Some(&r.to_string()));
+    }
+
+    let sa_kc = api.impersonating("vipvisor-system", "vipvisor-controller", &d.join("sa-kubeconfig"));
+    let log_path = d.join("controller.log");
+    let metrics_port = "127.0.0.1:19471";
+    let mut controller = Command::new(VIPVISOR)
+        .args(["--store", &format!("sqlite://{}/store/c.db", d.display()), "controller", "--kubeconfig"])
+        .arg(&sa_kc)
+        .arg("--pools")
+        .arg(&pools)
+        .arg("--providers")
+        .arg(&providers)
+        .args(["--identity", "c1", "--lease-duration", "3s", "--lease-renew", "500ms", "--metrics-addr", metrics_port])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .env("VIPVISOR_LOG", "info")
+        .spawn()
+        .unwrap();
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _controller = Kill(&mut controller);
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    common::wait_until(Duration::from_secs(30), || log().contains("initial pass done"), "the controller to lead");
+
+    let svc = serde_json::json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"type": "LoadBalancer", "ports": [{"port": 80}]}});
+    kubectl(&kc, &["apply", "-f", "-"], Some(&svc.to_string()));
+    let events = |reason: &str| -> Vec<String> {
+        let v: serde_json::Value =
+            serde_json::from_str(&kubectl(&kc, &["get", "events.events.k8s.io", "-n", "default", "-o", "json"], None))
+                .unwrap();
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["reason"] == reason && e["regarding"]["name"] == "web")
+            .map(|e| e["note"].as_str().unwrap_or("").to_owned())
+            .collect()
+    };
+    common::wait_until(
+        Duration::from_secs(30),
+        || !events("HypervisorGranted").is_empty(),
+        "a HypervisorGranted Event",
+    );
+    let vip = kubectl(
+        &kc,
+        &["get", "service", "web", "-n", "default", "-o", "jsonpath={.status.loadBalancer.ingress[0].ip}"],
+        None,
+    );
+    assert!(vip.starts_with("198.51.100."), "{vip:?}");
+    let note = events("HypervisorGranted").join("\n");
+    assert!(
+        note.contains(&vip) && note.contains("n1 (kvm1/vm-a 52:54:00:00:01:01)") && note.contains("n2 (kvm1/vm-b"),
+        "{note}"
+    );
+    assert!(!note.contains("n3"), "the excluded node gets no grant: {note}");
+    assert_eq!(
+        ips("vm-a", "52:54:00:00:01:01"),
+        ["192.0.2.31".to_string(), vip.clone()],
+        "n1 found by its speaker's MAC"
+    );
+    assert_eq!(ips("vm-b", "52:54:00:00:01:02"), ["192.0.2.32".to_string(), vip.clone()], "n2 by the mapping");
+    assert_eq!(ips("vm-c", "52:54:00:00:01:03"), ["192.0.2.33"], "n3 is excluded");
+    let metrics = || {
+        let out = Command::new("curl").args(["-sf", &format!("http://{metrics_port}/metrics")]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let m = metrics();
+    assert!(m.contains("vipvisor_controller_hypervisor_grants{state=\"applied\"} 2"), "{m}");
+    assert!(m.contains("vipvisor_controller_hypervisor_writes_total{provider=\"kvm1\"} 2"), "{m}");
+    assert!(
+        m.contains("vipvisor_controller_provider_calls_total{provider=\"kvm1\",call=\"ensure\",result=\"ok\"} 2"),
+        "{m}"
+    );
+
+    // Nothing changed: the next looks call nothing, and no domain is written.
+    let before = virsh(&["dumpxml", "--inactive", "vm-a"]);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(virsh(&["dumpxml", "--inactive", "vm-a"]), before, "byte-identical");
+    assert!(metrics().contains("vipvisor_controller_hypervisor_writes_total{provider=\"kvm1\"} 2"), "no more writes");
+
+    // n2 is excluded now: it stops being a candidate and loses the grant.
+    kubectl(&kc, &["label", "node", "n2", "node.kubernetes.io/exclude-from-external-load-balancers="], None);
+    common::wait_until(
+        Duration::from_secs(20),
+        || ips("vm-b", "52:54:00:00:01:02") == ["192.0.2.32"],
+        "n2's grant to be revoked",
+    );
+    assert!(events("HypervisorRevoked").join("\n").contains("n2 (kvm1/vm-b"), "{:?}", events("HypervisorRevoked"));
+    assert_eq!(ips("vm-a", "52:54:00:00:01:01"), ["192.0.2.31".to_string(), vip.clone()], "n1 keeps it");
+
+    // The Service goes: the grant goes, and the operator's lists are what they were.
+    kubectl(&kc, &["delete", "service", "web", "-n", "default"], None);
+    common::wait_until(
+        Duration::from_secs(20),
+        || ips("vm-a", "52:54:00:00:01:01") == ["192.0.2.31"],
+        "n1's grant to be revoked",
+    );
+    common::wait_until(
+        Duration::from_secs(10),
+        || metrics().contains("vipvisor_controller_hypervisor_grants{state=\"applied\"} 0"),
+        "no grant left in the store",
+    );
+    let l = log();
+    assert!(!l.contains("403") && !l.contains("panicked"), "{l}");
 }

@@ -337,6 +337,10 @@ pub struct ControllerArgs {
     /// `vipvisor.io/Announced` condition.
     #[arg(long, default_value = "vipvisor-speaker")]
     pub speaker_namespace: String,
+    /// Provider file: grant every allocated VIP on the VMs of every candidate node
+    /// (nodes with a speaker, not excluded), revoke it when the VIP goes.
+    #[arg(long)]
+    pub providers: Option<PathBuf>,
     /// Namespace and name of the leader-election Lease.
     #[arg(long, default_value = "vipvisor-system")]
     pub lease_namespace: String,

@@ -2,6 +2,7 @@
 //! (metrics, health, readiness), and signals.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use vipvisor_gossip::group::{self, GroupConfig};
@@ -151,6 +152,12 @@ pub async fn run_controller(a: &ControllerArgs, store_url: String, quarantine: D
             a.lease_duration
         );
     }
+    let metrics = controller::Metrics::new();
+    // The whole provider file is checked before anything else is done.
+    let providers = match &a.providers {
+        Some(p) => Some(Arc::new(crate::hypervisor::load(p)?.observed(metrics.provider_observer()))),
+        None => None,
+    };
     let client = vipvisor_kube::client(a.kubeconfig.as_deref()).await.map_err(anyhow::Error::msg)?;
     let identity = a.identity.clone().unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
     let cfg = ControllerConfig {
@@ -166,9 +173,9 @@ pub async fn run_controller(a: &ControllerArgs, store_url: String, quarantine: D
         },
         quarantine,
         speaker_namespace: a.speaker_namespace.clone(),
+        providers,
     };
     let health = Health::new();
-    let metrics = controller::Metrics::new();
     let (phase, phase_rx) = tokio::sync::watch::channel(controller::Phase::Starting);
     if let Some(addr) = a.metrics_addr {
         let m = metrics.clone();

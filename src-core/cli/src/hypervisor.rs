@@ -31,7 +31,7 @@ impl std::fmt::Display for Exit {
 
 impl std::error::Error for Exit {}
 
-fn load(path: &std::path::Path) -> anyhow::Result<Hypervisors> {
+pub fn load(path: &std::path::Path) -> anyhow::Result<Hypervisors> {
     let text = read_text(path, MAX_FILE, "provider file").map_err(|e| anyhow::anyhow!(e.message))?;
     let file = vipvisor_hypervisor::parse(&path.display().to_string(), &text)?;
     Ok(Hypervisors::new(file)?)

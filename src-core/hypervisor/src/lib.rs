@@ -1,8 +1,10 @@
 //! vipvisor-hypervisor: makes the hypervisor let the nodes announce their VIPs. From the
 //! provider file ([`config`]) it builds the providers, maps each node to its VM (an
-//! explicit mapping, else the VM named like the node), and applies and revokes grants,
-//! recording in the store what each NIC got ([`vipvisor_store::GrantRow`]) so that a
-//! revoke takes back exactly that.
+//! explicit mapping, else by the MACs its speaker published, else the VM named like the
+//! node), and applies and revokes grants, recording in the store what each NIC got
+//! ([`vipvisor_store::GrantRow`]) so that a revoke takes back exactly that.
+//! [`Hypervisors::reconcile`] is the one reason-blind loop body: it makes every NIC grant
+//! what the desired state says, whoever changed what.
 //!
 //! Owns: the node ↔ VM mapping and the grant bookkeeping. Must not: know a provider's
 //! internals (the [`Provider`] trait is the boundary), or decide which nodes are
@@ -10,8 +12,10 @@
 
 pub mod config;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use vipvisor_model::Timestamp;
@@ -29,8 +33,8 @@ pub enum HypervisorError {
     Provider(#[from] ProviderError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("node {node:?} has no VM: no mapping in the provider file and no VM named {node:?} in {providers}")]
-    UnknownNode { node: String, providers: String },
+    #[error("node {node:?} has no VM: no mapping in the provider file{macs}, and no VM named {node:?} in {providers}")]
+    UnknownNode { node: String, macs: String, providers: String },
     #[error("VM {vm:?} of node {node:?} has no NIC {what}")]
     NoNic { node: String, vm: String, what: String },
     #[error("this build has no {kind} provider (build vipvisor with --features {kind})")]
@@ -41,11 +45,21 @@ pub enum HypervisorError {
 
 pub type Result<T, E = HypervisorError> = std::result::Result<T, E>;
 
+/// Told of every provider call: `(provider, call, elapsed, ok)`. The controller turns it
+/// into metrics; tests and benchmarks count calls with it.
+pub type Observer = Arc<dyn Fn(&str, &'static str, Duration, bool) + Send + Sync>;
+
 /// The providers of a provider file, and its node mapping.
-#[derive(Debug)]
 pub struct Hypervisors {
     file: ProvidersFile,
     providers: Vec<Box<dyn Provider>>,
+    observer: Option<Observer>,
+}
+
+impl std::fmt::Debug for Hypervisors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hypervisors").field("file", &self.file).field("providers", &self.providers).finish()
+    }
 }
 
 /// A NIC of a node's VM, with its provider.
@@ -63,13 +77,14 @@ pub struct ProviderInventory {
     pub vms: Vec<Vm>,
 }
 
-/// What `apply` or `revert` did to one NIC.
+/// What `apply`, `revert` or `reconcile` did to one NIC.
 #[derive(Debug, Clone, Serialize)]
 pub struct NicResult {
     pub node: String,
     pub provider: String,
     pub vm: String,
     pub mac: Mac,
+    /// The VIPs this call granted (`applied`), took back (`revoked`), or failed to grant.
     pub vips: Vec<IpAddr>,
     /// Whether the hypervisor was written.
     pub changed: bool,
@@ -78,6 +93,25 @@ pub struct NicResult {
     pub error: Option<String>,
     /// What still blocks after the call (e.g. IPv6 without the vipvisor filter).
     pub remaining: Vec<Finding>,
+}
+
+/// Which VIPs each node must be able to announce: every candidate node of a VIP.
+pub type Desired = BTreeMap<String, BTreeSet<IpAddr>>;
+
+/// What [`Hypervisors::reconcile`] did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Reconciled {
+    /// NICs that were granted, revoked or failed (NICs already as desired are not listed).
+    pub nics: Vec<NicResult>,
+    /// Nodes that could not be mapped to a NIC, with the reason (retried next time).
+    pub unmapped: Vec<(String, String)>,
+}
+
+impl Reconciled {
+    /// Whether anything must be retried.
+    pub fn failed(&self) -> bool {
+        !self.unmapped.is_empty() || self.nics.iter().any(|n| n.state == "failed")
+    }
 }
 
 impl Hypervisors {
@@ -89,7 +123,13 @@ impl Hypervisors {
                 config::Kind::Libvirt => providers.push(libvirt(p)?),
             }
         }
-        Ok(Hypervisors { file, providers })
+        Ok(Hypervisors { file, providers, observer: None })
+    }
+
+    /// Tells `observer` of every provider call from now on.
+    pub fn observed(mut self, observer: Observer) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     /// The nodes the provider file maps to VMs.
@@ -97,31 +137,71 @@ impl Hypervisors {
         self.file.nodes.iter().map(|n| n.node.clone()).collect()
     }
 
+    /// The provider names, as the file lists them.
+    pub fn provider_names(&self) -> Vec<String> {
+        self.providers.iter().map(|p| p.name().to_owned()).collect()
+    }
+
     fn provider(&self, name: &str) -> Option<&dyn Provider> {
         self.providers.iter().find(|p| p.name() == name).map(|p| p.as_ref())
+    }
+
+    /// Runs one provider call, telling the observer how long it took and whether it failed.
+    async fn call<T>(
+        &self,
+        provider: &str,
+        call: &'static str,
+        f: impl std::future::Future<Output = Result<T, ProviderError>>,
+    ) -> Result<T, ProviderError> {
+        let started = Instant::now();
+        let r = f.await;
+        if let Some(o) = &self.observer {
+            o(provider, call, started.elapsed(), r.is_ok());
+        }
+        r
     }
 
     /// Every provider's VMs.
     pub async fn inventory(&self) -> Result<Vec<ProviderInventory>> {
         let mut out = Vec::new();
         for p in &self.providers {
-            out.push(ProviderInventory { provider: p.name().to_owned(), vms: p.inventory().await? });
+            let vms = self.call(p.name(), "inventory", p.inventory()).await?;
+            out.push(ProviderInventory { provider: p.name().to_owned(), vms });
         }
         Ok(out)
     }
 
     /// The NICs of `node`'s VM that carry its VIPs, in `inventory` (one listing serves
-    /// every node of a call): the mapping's `mac`, else every NIC with a filter (a NIC
-    /// without one drops nothing).
-    pub fn nics(&self, node: &str, inventory: &[ProviderInventory]) -> Result<Vec<NodeNic>> {
+    /// every node of a call). In order: the provider file's mapping (its `mac`, else every
+    /// NIC with a filter); the NICs whose MAC is one the node's speaker published
+    /// (`macs`); the VM named like the node (every NIC with a filter: one without drops
+    /// nothing).
+    pub fn nics(&self, node: &str, macs: &[Mac], inventory: &[ProviderInventory]) -> Result<Vec<NodeNic>> {
         let mapped = self.file.nodes.iter().find(|n| n.node == node);
+        let nic_of = |provider: &str, vm: &str, mac: Mac| NodeNic {
+            node: node.to_owned(),
+            provider: provider.to_owned(),
+            nic: NicRef { vm: vm.to_owned(), mac },
+        };
+        if mapped.is_none() && !macs.is_empty() {
+            let by_mac: Vec<NodeNic> = inventory
+                .iter()
+                .flat_map(|inv| inv.vms.iter().map(move |vm| (inv.provider.as_str(), vm)))
+                .flat_map(|(p, vm)| {
+                    vm.nics.iter().filter(|n| macs.contains(&n.mac)).map(move |n| nic_of(p, &vm.name, n.mac))
+                })
+                .collect();
+            if !by_mac.is_empty() {
+                return Ok(by_mac);
+            }
+        }
         let candidates: Vec<(&str, String)> = match mapped {
             Some(m) => vec![(m.provider.as_str(), m.vm.clone())],
             None => self.providers.iter().map(|p| (p.name(), node.to_owned())).collect(),
         };
         for (pname, vm_name) in candidates {
             let Some(inv) = inventory.iter().find(|i| i.provider == pname) else { continue };
-            let Some(vm) = inv.vms.iter().find(|v| v.name == vm_name).cloned() else { continue };
+            let Some(vm) = inv.vms.iter().find(|v| v.name == vm_name) else { continue };
             let nics: Vec<NodeNic> = vm
                 .nics
                 .iter()
@@ -129,24 +209,28 @@ impl Hypervisors {
                     Some(mac) => n.mac == mac,
                     None => n.filter.is_some(),
                 })
-                .map(|n| NodeNic {
-                    node: node.to_owned(),
-                    provider: pname.to_owned(),
-                    nic: NicRef { vm: vm.name.clone(), mac: n.mac },
-                })
+                .map(|n| nic_of(pname, &vm.name, n.mac))
                 .collect();
             if nics.is_empty() {
                 let what = match mapped.and_then(|m| m.mac) {
                     Some(mac) => format!("with MAC {mac}"),
                     None => "with a filter (nothing to grant: no NIC filters traffic)".into(),
                 };
-                return Err(HypervisorError::NoNic { node: node.to_owned(), vm: vm.name, what });
+                return Err(HypervisorError::NoNic { node: node.to_owned(), vm: vm.name.clone(), what });
             }
             return Ok(nics);
         }
         Err(HypervisorError::UnknownNode {
             node: node.to_owned(),
-            providers: self.providers.iter().map(|p| p.name().to_owned()).collect::<Vec<_>>().join(", "),
+            macs: if macs.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ", no NIC with its MACs {}",
+                    macs.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                )
+            },
+            providers: self.provider_names().join(", "),
         })
     }
 
@@ -155,9 +239,9 @@ impl Hypervisors {
         let inventory = self.inventory().await?;
         let mut out = Vec::new();
         for node in nodes {
-            for n in self.nics(node, &inventory)? {
+            for n in self.nics(node, &[], &inventory)? {
                 let p = self.provider(&n.provider).ok_or_else(|| unknown_provider(&n.provider))?;
-                out.extend(p.diagnose(&n.nic, need).await?);
+                out.extend(self.call(p.name(), "diagnose", p.diagnose(&n.nic, need)).await?);
             }
         }
         Ok(out)
@@ -171,46 +255,95 @@ impl Hypervisors {
         let inventory = self.inventory().await?;
         let mut out = Vec::new();
         for node in nodes {
-            for n in self.nics(node, &inventory)? {
-                let p = self.provider(&n.provider).ok_or_else(|| unknown_provider(&n.provider))?;
-                let row = rows
-                    .iter()
-                    .find(|r| r.provider == n.provider && r.vm == n.nic.vm && r.mac == n.nic.mac.to_string());
-                let record = row.map(|r| record_of(&r.record)).transpose()?.unwrap_or_default();
-                let before: BTreeSet<IpAddr> = row.map(|r| r.vips.iter().copied().collect()).unwrap_or_default();
-                let all: BTreeSet<IpAddr> = before.iter().chain(vips).copied().collect();
-                let need = Need::Announce { ips: all.iter().copied().collect() };
-                let grant = Grant { nic: n.nic.clone(), need };
-                let now = Timestamp::now();
-                let mut g = GrantRow {
-                    provider: n.provider.clone(),
-                    vm: n.nic.vm.clone(),
-                    mac: n.nic.mac.to_string(),
-                    node: node.clone(),
-                    vips: all.iter().copied().collect(),
-                    record: String::new(),
-                    state: "applied".into(),
-                    error: String::new(),
-                };
-                match p.ensure(&grant, &record).await {
-                    Ok(o) => {
-                        g.record = record_json(&o.record)?;
-                        let new: Vec<IpAddr> = all.difference(&before).copied().collect();
-                        store.put_grant(&g, &new, now).await?;
-                        out.push(result(&n, &g, o.changed, "applied", None, o.remaining));
-                    }
-                    Err(e) => {
-                        g.record = record_json(&record)?;
-                        g.vips = before.iter().copied().collect();
-                        g.state = "failed".into();
-                        g.error = e.to_string();
-                        store.put_grant(&g, &[], now).await?;
-                        out.push(result(&n, &g, false, "failed", Some(e.to_string()), Vec::new()));
-                    }
-                }
+            for n in self.nics(node, &[], &inventory)? {
+                let row = row_of(&rows, &n);
+                let want: BTreeSet<IpAddr> = row.iter().flat_map(|r| r.vips.iter()).chain(vips).copied().collect();
+                out.push(self.grant_nic(store, &n, row, &want).await?);
             }
         }
         Ok(out)
+    }
+
+    /// Makes the NIC grant exactly `want` on top of what `row` says is granted: one
+    /// `ensure` with all of `want` (one device update for all new VIPs), then one `revert`
+    /// of what is granted but no longer wanted. The store follows each step.
+    async fn grant_nic(
+        &self,
+        store: &Store,
+        n: &NodeNic,
+        row: Option<&GrantRow>,
+        want: &BTreeSet<IpAddr>,
+    ) -> Result<NicResult> {
+        let p = self.provider(&n.provider).ok_or_else(|| unknown_provider(&n.provider))?;
+        let record = row.map(|r| record_of(&r.record)).transpose()?.unwrap_or_default();
+        let have: BTreeSet<IpAddr> = row.map(|r| r.vips.iter().copied().collect()).unwrap_or_default();
+        let add: Vec<IpAddr> = want.difference(&have).copied().collect();
+        let drop: Vec<IpAddr> = have.difference(want).copied().collect();
+        let now = Timestamp::now();
+        let mut g = GrantRow {
+            provider: n.provider.clone(),
+            vm: n.nic.vm.clone(),
+            mac: n.nic.mac.to_string(),
+            node: n.node.clone(),
+            vips: have.iter().copied().collect(),
+            record: record_json(&record)?,
+            state: "applied".into(),
+            error: String::new(),
+        };
+        let grant = Grant { nic: n.nic.clone(), need: Need::Announce { ips: want.iter().copied().collect() } };
+        let (changed, remaining) = match self.call(p.name(), "ensure", p.ensure(&grant, &record)).await {
+            Ok(o) => {
+                g.record = record_json(&o.record)?;
+                g.vips = have.union(want).copied().collect();
+                store.put_grant(&g, &add, now).await?;
+                (o.changed, o.remaining)
+            }
+            Err(e) => {
+                g.state = "failed".into();
+                g.error = e.to_string();
+                store.put_grant(&g, &[], now).await?;
+                return Ok(result(n, add, false, "failed", Some(e.to_string()), Vec::new()));
+            }
+        };
+        if drop.is_empty() {
+            return Ok(result(n, add, changed, "applied", None, remaining));
+        }
+        let r = self.revoke_row(store, &g, Some(&drop)).await?;
+        Ok(NicResult {
+            vips: add,
+            changed: changed || r.changed,
+            state: if r.state == "failed" { "failed" } else { "applied" },
+            ..r
+        })
+    }
+
+    /// Takes back `ips` (or everything) that `row` granted, and records it.
+    async fn revoke_row(&self, store: &Store, row: &GrantRow, ips: Option<&[IpAddr]>) -> Result<NicResult> {
+        let mac: Mac = row.mac.parse()?;
+        let nic = NicRef { vm: row.vm.clone(), mac };
+        let n = NodeNic { node: row.node.clone(), provider: row.provider.clone(), nic: nic.clone() };
+        let Some(p) = self.provider(&row.provider) else {
+            let e = format!("provider {:?} is no longer in the provider file; its grant is kept", row.provider);
+            return Ok(result(&n, row.vips.clone(), false, "failed", Some(e), Vec::new()));
+        };
+        let record = record_of(&row.record)?;
+        let ips: Vec<IpAddr> = ips.map(<[IpAddr]>::to_vec).unwrap_or_default();
+        let grant = Grant { nic, need: Need::Announce { ips: ips.clone() } };
+        let now = Timestamp::now();
+        match self.call(p.name(), "revert", p.revert(&grant, &record)).await {
+            Ok(o) => {
+                let revoked: Vec<IpAddr> = if ips.is_empty() { row.vips.clone() } else { ips };
+                let left: Vec<IpAddr> = row.vips.iter().copied().filter(|v| !revoked.contains(v)).collect();
+                if left.is_empty() {
+                    store.delete_grant(row, &revoked, now).await?;
+                } else {
+                    let g = GrantRow { vips: left, record: record_json(&o.record)?, ..row.clone() };
+                    store.put_grant(&g, &[], now).await?;
+                }
+                Ok(result(&n, revoked, o.changed, "revoked", None, Vec::new()))
+            }
+            Err(e) => Ok(result(&n, ips, false, "failed", Some(e.to_string()), Vec::new())),
+        }
     }
 
     /// Takes back vipvisor's additions: for `vip` (or all), on `node` (or every node).
@@ -220,31 +353,68 @@ impl Hypervisors {
             if node.is_some_and(|n| n != row.node) || vip.is_some_and(|v| !row.vips.contains(&v)) {
                 continue;
             }
-            let Some(p) = self.provider(&row.provider) else { continue };
-            let mac: Mac = row.mac.parse()?;
-            let nic = NicRef { vm: row.vm.clone(), mac };
-            let record = record_of(&row.record)?;
-            let ips: Vec<IpAddr> = vip.into_iter().collect();
-            let grant = Grant { nic: nic.clone(), need: Need::Announce { ips: ips.clone() } };
-            let n = NodeNic { node: row.node.clone(), provider: row.provider.clone(), nic };
-            let now = Timestamp::now();
-            match p.revert(&grant, &record).await {
-                Ok(o) => {
-                    let revoked: Vec<IpAddr> = if ips.is_empty() { row.vips.clone() } else { ips };
-                    let left: Vec<IpAddr> = row.vips.iter().copied().filter(|v| !revoked.contains(v)).collect();
-                    let g = GrantRow { vips: left.clone(), record: record_json(&o.record)?, ..row.clone() };
-                    if left.is_empty() {
-                        store.delete_grant(&row, &revoked, now).await?;
-                    } else {
-                        store.put_grant(&g, &[], now).await?;
-                    }
-                    out.push(result(&n, &GrantRow { vips: revoked, ..g }, o.changed, "revoked", None, Vec::new()));
-                }
-                Err(e) => out.push(result(&n, &row, false, "failed", Some(e.to_string()), Vec::new())),
-            }
+            let ips: Option<Vec<IpAddr>> = vip.map(|v| vec![v]);
+            out.push(self.revoke_row(store, &row, ips.as_deref()).await?);
         }
         Ok(out)
     }
+
+    /// Makes the hypervisors match `desired` (reason-blind: whatever changed): every NIC
+    /// of every node in it grants exactly that node's VIPs, and every grant in the store
+    /// that no desired NIC holds is revoked. `macs` are the MACs each node's speaker
+    /// published (the mapping by MAC). NICs whose stored grant already matches are not
+    /// called unless `full` (a periodic check that the hypervisor still has them; an
+    /// `ensure` that finds everything in place writes nothing). One inventory per call.
+    pub async fn reconcile(
+        &self,
+        store: &Store,
+        desired: &Desired,
+        macs: &BTreeMap<String, Vec<Mac>>,
+        full: bool,
+    ) -> Result<Reconciled> {
+        let rows = store.grants().await?;
+        let inventory = self.inventory().await?;
+        let mut out = Reconciled::default();
+        let mut held: BTreeSet<(String, String, String)> = BTreeSet::new();
+        for (node, want) in desired.iter().filter(|(_, w)| !w.is_empty()) {
+            let nics = match self.nics(node, macs.get(node).map_or(&[][..], Vec::as_slice), &inventory) {
+                Ok(n) => n,
+                Err(e) => {
+                    out.unmapped.push((node.clone(), e.to_string()));
+                    // Keep what it has: a node that cannot be mapped now may be a lookup
+                    // that failed, not a node that left.
+                    held.extend(
+                        rows.iter()
+                            .filter(|r| &r.node == node)
+                            .map(|r| (r.provider.clone(), r.vm.clone(), r.mac.clone())),
+                    );
+                    continue;
+                }
+            };
+            for n in nics {
+                held.insert((n.provider.clone(), n.nic.vm.clone(), n.nic.mac.to_string()));
+                let row = row_of(&rows, &n);
+                let same = row.is_some_and(|r| {
+                    r.state == "applied" && r.node == *node && r.vips.iter().copied().collect::<BTreeSet<_>>() == *want
+                });
+                if same && !full {
+                    continue;
+                }
+                let r = self.grant_nic(store, &n, row, want).await?;
+                if !same || r.changed || r.state == "failed" {
+                    out.nics.push(r);
+                }
+            }
+        }
+        for row in rows.iter().filter(|r| !held.contains(&(r.provider.clone(), r.vm.clone(), r.mac.clone()))) {
+            out.nics.push(self.revoke_row(store, row, None).await?);
+        }
+        Ok(out)
+    }
+}
+
+fn row_of<'a>(rows: &'a [GrantRow], n: &NodeNic) -> Option<&'a GrantRow> {
+    rows.iter().find(|r| r.provider == n.provider && r.vm == n.nic.vm && r.mac == n.nic.mac.to_string())
 }
 
 /// Whether any finding blocks.
@@ -254,7 +424,7 @@ pub fn blocks(findings: &[Finding]) -> bool {
 
 fn result(
     n: &NodeNic,
-    g: &GrantRow,
+    vips: Vec<IpAddr>,
     changed: bool,
     state: &'static str,
     error: Option<String>,
@@ -265,7 +435,7 @@ fn result(
         provider: n.provider.clone(),
         vm: n.nic.vm.clone(),
         mac: n.nic.mac,
-        vips: g.vips.clone(),
+        vips,
         changed,
         state,
         error,

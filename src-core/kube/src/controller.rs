@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Service};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Config as ControllerRuntimeConfig, Controller, Error as ControllerError};
 use kube::runtime::events::{Event as KEvent, EventType, Recorder, Reporter};
@@ -69,12 +69,39 @@ pub struct ControllerConfig {
     pub quarantine: Duration,
     /// Where the speakers' ServiceL2Status objects are ([`crate::l2status`]).
     pub speaker_namespace: String,
+    /// The hypervisors to grant VIPs on (`--providers FILE`, [`crate::grants`]).
+    pub providers: Option<Arc<vipvisor_hypervisor::Hypervisors>>,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: String,
 }
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabel {
+    provider: String,
+    call: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallResultLabel {
+    provider: String,
+    call: String,
+    result: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProviderLabel {
+    provider: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: String,
+}
+
+type CallHistogram = Family<CallLabel, Histogram, fn() -> Histogram>;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PoolLabel {
@@ -94,6 +121,10 @@ pub struct Metrics {
     /// The pool gauges set last time, so gauges of pools that went away are removed.
     pool_labels: Arc<Mutex<HashSet<PoolLabel>>>,
     leader: Gauge,
+    provider_calls: Family<CallResultLabel, Counter>,
+    provider_call_seconds: CallHistogram,
+    hypervisor_writes: Family<ProviderLabel, Counter>,
+    grants: Family<StateLabel, Gauge>,
     registry: Arc<Registry>,
 }
 
@@ -114,6 +145,10 @@ impl Metrics {
             addresses: Family::default(),
             pool_labels: Arc::default(),
             leader: Gauge::default(),
+            provider_calls: Family::default(),
+            provider_call_seconds: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.001, 2.0, 16))),
+            hypervisor_writes: Family::default(),
+            grants: Family::default(),
             registry: Arc::new(Registry::default()),
         };
         r.register("reconciles", "Service reconciliations", m.reconciles.clone());
@@ -122,7 +157,41 @@ impl Metrics {
         r.register("allocation_duration_seconds", "Time to allocate through the store", m.allocation_seconds.clone());
         r.register("pool_addresses", "Addresses per pool, family and state", m.addresses.clone());
         r.register("leader", "1 while this replica holds the lease", m.leader.clone());
+        r.register(
+            "provider_calls",
+            "Hypervisor provider calls by provider, call and result",
+            m.provider_calls.clone(),
+        );
+        r.register(
+            "provider_call_duration_seconds",
+            "Time of one hypervisor provider call",
+            m.provider_call_seconds.clone(),
+        );
+        r.register(
+            "hypervisor_writes",
+            "Grants and revokes that wrote to a hypervisor (a device update)",
+            m.hypervisor_writes.clone(),
+        );
+        r.register("hypervisor_grants", "Granted NICs in the store by state", m.grants.clone());
         Metrics { registry: Arc::new(r), ..m }
+    }
+    /// An observer for [`vipvisor_hypervisor::Hypervisors::observed`].
+    pub fn provider_observer(&self) -> vipvisor_hypervisor::Observer {
+        let (calls, seconds) = (self.provider_calls.clone(), self.provider_call_seconds.clone());
+        Arc::new(move |provider: &str, call: &'static str, took: Duration, ok: bool| {
+            let result = if ok { "ok" } else { "error" };
+            calls
+                .get_or_create(&CallResultLabel { provider: provider.into(), call: call.into(), result: result.into() })
+                .inc();
+            seconds
+                .get_or_create(&CallLabel { provider: provider.into(), call: call.into() })
+                .observe(took.as_secs_f64());
+        })
+    }
+    pub(crate) fn grant_written(&self, provider: &str, changed: bool) {
+        if changed {
+            self.hypervisor_writes.get_or_create(&ProviderLabel { provider: provider.into() }).inc();
+        }
     }
     fn fail(&self, reason: &str) {
         self.failures.get_or_create(&ReasonLabel { reason: reason.into() }).inc();
@@ -231,6 +300,8 @@ pub struct Ctx {
     deleted: Mutex<HashMap<ServiceKey, Option<Uid>>>,
     /// Services seen during a term's initial pass (looked at again after it).
     pending: Mutex<HashSet<ServiceKey>>,
+    /// Woken when allocations change (the hypervisor grants follow at once).
+    pub(crate) kick: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for Ctx {
@@ -270,30 +341,50 @@ impl Ctx {
             attempts: Mutex::default(),
             deleted: Mutex::default(),
             pending: Mutex::default(),
+            kick: Arc::default(),
         }
     }
 
     pub fn set_phase(&self, p: Phase) {
         self.phase.send_replace(p);
     }
-    fn leading(&self) -> bool {
+    pub(crate) fn leading(&self) -> bool {
         *self.phase.borrow() == Phase::Leading
     }
 
-    async fn event(&self, svc: &Service, type_: EventType, reason: &str, note: String) {
-        let ev = KEvent { type_, reason: reason.into(), note: Some(note), action: "Allocate".into(), secondary: None };
+    pub(crate) async fn event(&self, svc: &Service, type_: EventType, reason: &str, note: String) {
+        let action = if reason.starts_with("Hypervisor") { "Grant" } else { "Allocate" };
+        let ev = KEvent { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
         if let Err(e) = self.recorder.publish(&ev, &svc.object_ref(&())).await {
             warn!(error = %crate::Safe(&e), reason, "could not record an event");
         }
     }
 
     /// Reports `note` once per distinct value per Service and slot.
-    async fn once(&self, svc: &Service, slot: &'static str, type_: EventType, reason: &str, note: String) {
+    pub(crate) async fn once(&self, svc: &Service, slot: &'static str, type_: EventType, reason: &str, note: String) {
         let Some(key) = service_key(svc) else { return };
         if locked(&self.reported).insert((key, slot), note.clone()).as_ref() == Some(&note) {
             return;
         }
         self.event(svc, type_, reason, note).await;
+    }
+
+    /// Forgets the note last reported in `slot` (the next one is reported even if equal).
+    pub(crate) fn forget(&self, key: &ServiceKey, slot: &'static str) {
+        locked(&self.reported).remove(&(key.clone(), slot));
+    }
+
+    /// The grant gauges from the store.
+    pub(crate) async fn refresh_grant_metrics(&self) {
+        match self.app.store().grants().await {
+            Ok(rows) => {
+                for state in ["applied", "failed"] {
+                    let n = rows.iter().filter(|r| r.state == state).count();
+                    self.metrics.grants.get_or_create(&StateLabel { state: state.into() }).set(n as i64);
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot read the grants for metrics"),
+        }
     }
 
     /// The labels of the Service's namespace, from the Namespace cache.
@@ -344,6 +435,7 @@ impl Ctx {
             Decision::Release { service, uid, clear_status } => {
                 let r = self.app.release(&service, uid.as_ref()).await.map_err(ReconcileError::Store)?;
                 if !r.released.is_empty() {
+                    self.kick.notify_one();
                     let addrs: Vec<String> = r.released.iter().map(ToString::to_string).collect();
                     info!(%service, addresses = ?addrs, "released");
                     self.publish_quarantine().await;
@@ -388,6 +480,9 @@ impl Ctx {
                 let mut have = status_addresses.to_vec();
                 have.sort();
                 let status_changes = have != o.allocation.addresses;
+                if o.change != Change::Unchanged || status_changes {
+                    self.kick.notify_one();
+                }
                 if status_changes {
                     self.set_status(svc, &o.allocation.addresses).await?;
                 }
@@ -423,6 +518,7 @@ impl Ctx {
     async fn release_deleted(&self, key: &ServiceKey, uid: Option<&Uid>) -> Result<(), ReconcileError> {
         let r = self.app.release(key, uid).await.map_err(ReconcileError::Store)?;
         if !r.released.is_empty() {
+            self.kick.notify_one();
             info!(service = %key, addresses = ?r.released, "released (service deleted)");
             self.publish_quarantine().await;
         }
@@ -731,6 +827,7 @@ pub async fn run(
     }
     info!(services = svc_reader.state().len(), elapsed_ms = started.elapsed().as_millis() as u64, "caches synced");
     ctx.set_phase(Phase::Standby);
+    let (reports_tx, reports_rx) = watch::channel(crate::grants::Reports::new());
     let announced = {
         let c = ctx.clone();
         tokio::spawn(crate::l2status::reflect_into_services(
@@ -739,8 +836,23 @@ pub async fn run(
             cfg.speaker_namespace.clone(),
             cfg.policy.clone(),
             move || c.leading(),
+            reports_tx,
         ))
     };
+    // Hypervisor grants (`--providers`): the Nodes say which report's node is excluded.
+    let grants = cfg.providers.clone().map(|hv| {
+        let (node_reader, node_writer) = reflector::store::<Node>();
+        let nodes = reflect(Api::<Node>::all(client.clone()), node_writer, "node", |_| {});
+        let task = tokio::spawn(crate::grants::run(
+            ctx.clone(),
+            hv,
+            svc_reader.clone(),
+            node_reader,
+            reports_rx,
+            ctx.kick.clone(),
+        ));
+        (nodes, task)
+    });
 
     let beat = health.register("leader", STALLED_AFTER);
     let mut tick = tokio::time::interval(Duration::from_secs(2));
@@ -833,6 +945,10 @@ pub async fn run(
     beat.done();
     ctx.set_phase(Phase::Standby);
     announced.abort();
+    if let Some((nodes, task)) = grants {
+        task.abort();
+        nodes.abort();
+    }
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), lease_task).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), runner).await;

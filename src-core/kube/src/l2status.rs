@@ -123,6 +123,7 @@ pub async fn reflect_into_services(
     namespace: String,
     policy: crate::decide::ClassPolicy,
     leading: impl Fn() -> bool + Send + 'static,
+    reports_tx: tokio::sync::watch::Sender<BTreeMap<String, Report>>,
 ) {
     use futures::StreamExt;
     use kube::api::{Api, Patch, PatchParams};
@@ -164,6 +165,13 @@ pub async fn reflect_into_services(
                     Err(e) => { warn!(error = %crate::Safe(&e), "ServiceL2Status watch error"); continue; }
                 }
                 if !synced { continue }
+                reports_tx.send_if_modified(|cur| {
+                    let changed = *cur != reports;
+                    if changed {
+                        *cur = reports.clone();
+                    }
+                    changed
+                });
                 // Let a burst of reports (a failover touches two) settle.
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }

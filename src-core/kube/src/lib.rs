@@ -8,6 +8,7 @@
 
 pub mod controller;
 pub mod decide;
+pub mod grants;
 pub mod l2status;
 pub mod lease;
 pub mod reflect;
