@@ -499,8 +499,9 @@ fn kubectl(kc: &Path, args: &[&str], stdin: Option<&str>) -> String {
 /// named like the node), n2's by the provider file's mapping, and n3 is excluded from load
 /// balancers. A Service gets an address → HypervisorGranted and the VIP in the IP list of
 /// n1's and n2's domains, not n3's; a second pass writes nothing; n2 stops being a
-/// candidate → revoked there; the Service is deleted → revoked everywhere, the operator's
-/// lists as they were.
+/// candidate → revoked there; the leader dies and the standby takes the grants over from
+/// the Lease; the Service is deleted → revoked everywhere, the operator's lists as they
+/// were.
 #[test]
 fn kubernetes_services_get_grants_on_every_candidate_and_lose_them_when_deleted() {
     let why = missing().or_else(common::kube_missing);
@@ -570,31 +571,41 @@ fn kubernetes_services_get_grants_on_every_candidate_and_lose_them_when_deleted(
     }
 
     let sa_kc = api.impersonating("vipvisor-system", "vipvisor-controller", &d.join("sa-kubeconfig"));
-    let log_path = d.join("controller.log");
-    let metrics_port = "127.0.0.1:19471";
-    let mut controller = Command::new(VIPVISOR)
-        .args(["--store", &format!("sqlite://{}/store/c.db", d.display()), "controller", "--kubeconfig"])
-        .arg(&sa_kc)
-        .arg("--pools")
-        .arg(&pools)
-        .arg("--providers")
-        .arg(&providers)
-        .args(["--identity", "c1", "--lease-duration", "3s", "--lease-renew", "500ms", "--metrics-addr", metrics_port])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .env("VIPVISOR_LOG", "info")
-        .spawn()
-        .unwrap();
-    struct Kill<'a>(&'a mut std::process::Child);
-    impl Drop for Kill<'_> {
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
         fn drop(&mut self) {
             let _ = self.0.kill();
             let _ = self.0.wait();
         }
     }
-    let _controller = Kill(&mut controller);
-    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
-    common::wait_until(Duration::from_secs(30), || log().contains("initial pass done"), "the controller to lead");
+    // Each replica has its own store, as in a cluster.
+    let start = |identity: &str, metrics: &str| {
+        Kill(
+            Command::new(VIPVISOR)
+                .args([
+                    "--store",
+                    &format!("sqlite://{}/store/{identity}.db", d.display()),
+                    "controller",
+                    "--kubeconfig",
+                ])
+                .arg(&sa_kc)
+                .arg("--pools")
+                .arg(&pools)
+                .arg("--providers")
+                .arg(&providers)
+                .args(["--identity", identity, "--lease-duration", "3s", "--lease-renew", "500ms"])
+                .args(["--metrics-addr", metrics])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::fs::File::create(d.join(format!("{identity}.log"))).unwrap())
+                .env("VIPVISOR_LOG", "info")
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let log = |identity: &str| std::fs::read_to_string(d.join(format!("{identity}.log"))).unwrap_or_default();
+    let c1 = start("c1", "127.0.0.1:19471");
+    common::wait_until(Duration::from_secs(30), || log("c1").contains("initial pass done"), "c1 to lead");
+    let mut metrics_port = "127.0.0.1:19471";
 
     let svc = serde_json::json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "default"},
         "spec": {"type": "LoadBalancer", "ports": [{"port": 80}]}});
@@ -635,11 +646,11 @@ fn kubernetes_services_get_grants_on_every_candidate_and_lose_them_when_deleted(
     );
     assert_eq!(ips("vm-b", "52:54:00:00:01:02"), ["192.0.2.32".to_string(), vip.clone()], "n2 by the mapping");
     assert_eq!(ips("vm-c", "52:54:00:00:01:03"), ["192.0.2.33"], "n3 is excluded");
-    let metrics = || {
-        let out = Command::new("curl").args(["-sf", &format!("http://{metrics_port}/metrics")]).output().unwrap();
+    let metrics = |port: &str| {
+        let out = Command::new("curl").args(["-sf", &format!("http://{port}/metrics")]).output().unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    let m = metrics();
+    let m = metrics(metrics_port);
     assert!(m.contains("vipvisor_controller_hypervisor_grants{state=\"applied\"} 2"), "{m}");
     assert!(m.contains("vipvisor_controller_hypervisor_writes_total{provider=\"kvm1\"} 2"), "{m}");
     assert!(
@@ -651,7 +662,26 @@ fn kubernetes_services_get_grants_on_every_candidate_and_lose_them_when_deleted(
     let before = virsh(&["dumpxml", "--inactive", "vm-a"]);
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(virsh(&["dumpxml", "--inactive", "vm-a"]), before, "byte-identical");
-    assert!(metrics().contains("vipvisor_controller_hypervisor_writes_total{provider=\"kvm1\"} 2"), "no more writes");
+    assert!(
+        metrics(metrics_port).contains("vipvisor_controller_hypervisor_writes_total{provider=\"kvm1\"} 2"),
+        "no more writes"
+    );
+
+    // The leader dies; the standby (its own, empty store) takes the grants over from the
+    // Lease, so it later revokes exactly what c1 added.
+    let _c2 = start("c2", "127.0.0.1:19472");
+    common::wait_until(Duration::from_secs(20), || log("c2").contains("caches synced"), "c2 to stand by");
+    drop(c1);
+    common::wait_until(Duration::from_secs(30), || log("c2").contains("initial pass done"), "c2 to lead");
+    let l2 = log("c2");
+    assert!(l2.contains("took the hypervisor grants over from the Lease") && l2.contains("grants=2"), "{l2}");
+    metrics_port = "127.0.0.1:19472";
+    common::wait_until(
+        Duration::from_secs(10),
+        || metrics(metrics_port).contains("vipvisor_controller_hypervisor_grants{state=\"applied\"} 2"),
+        "c2's gauges",
+    );
+    assert!(!metrics(metrics_port).contains("hypervisor_writes_total"), "c2's check wrote nothing");
 
     // n2 is excluded now: it stops being a candidate and loses the grant.
     kubectl(&kc, &["label", "node", "n2", "node.kubernetes.io/exclude-from-external-load-balancers="], None);
@@ -672,9 +702,11 @@ fn kubernetes_services_get_grants_on_every_candidate_and_lose_them_when_deleted(
     );
     common::wait_until(
         Duration::from_secs(10),
-        || metrics().contains("vipvisor_controller_hypervisor_grants{state=\"applied\"} 0"),
+        || metrics(metrics_port).contains("vipvisor_controller_hypervisor_grants{state=\"applied\"} 0"),
         "no grant left in the store",
     );
-    let l = log();
-    assert!(!l.contains("403") && !l.contains("panicked"), "{l}");
+    for c in ["c1", "c2"] {
+        let l = log(c);
+        assert!(!l.contains("403") && !l.contains("panicked"), "{c}: {l}");
+    }
 }

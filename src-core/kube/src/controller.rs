@@ -51,6 +51,11 @@ use crate::reflect::reflect;
 
 /// The Lease annotation where the leader keeps the quarantine for the next leader.
 pub const ANN_QUARANTINE: &str = "vipvisor.io/quarantine";
+/// The Lease annotation where the leader keeps the hypervisor grants it recorded, so the
+/// next leader revokes exactly what was added (each replica has its own store).
+pub const ANN_GRANTS: &str = "vipvisor.io/grants";
+/// The grants note's bound (a Lease's annotations may hold 256 KiB in all).
+const GRANTS_NOTE_MAX: usize = 128 * 1024;
 /// At most this many quarantine entries travel in the Lease (the newest; the default
 /// quarantine is 60 s, so this is a minute of releases).
 const QUARANTINE_NOTE_MAX: usize = 1000;
@@ -372,6 +377,45 @@ impl Ctx {
     /// Forgets the note last reported in `slot` (the next one is reported even if equal).
     pub(crate) fn forget(&self, key: &ServiceKey, slot: &'static str) {
         locked(&self.reported).remove(&(key.clone(), slot));
+    }
+
+    /// Tells the Lease about the grants (the next leader inherits them). A note over its
+    /// bound is left out, with a warning: the next leader then adopts what it finds.
+    pub(crate) async fn publish_grants(&self) {
+        let rows = match self.app.store().grants().await {
+            Ok(r) => r,
+            Err(e) => return warn!(error = %e, "cannot read the grants"),
+        };
+        let mut note = serde_json::to_string(&rows).unwrap_or_default();
+        if note.len() > GRANTS_NOTE_MAX {
+            warn!(
+                bytes = note.len(),
+                max = GRANTS_NOTE_MAX,
+                "the grants are too many for the Lease; the next leader will adopt them from the hypervisors instead"
+            );
+            note.clear();
+        }
+        self.notes.send_if_modified(|n| {
+            let changed = n.get(ANN_GRANTS) != Some(&note);
+            if changed {
+                n.insert(ANN_GRANTS.into(), note);
+            }
+            changed
+        });
+    }
+
+    /// Takes over the grants the previous leader left in the Lease.
+    async fn inherit_grants(&self, note: &str) {
+        if note.is_empty() {
+            return;
+        }
+        match serde_json::from_str::<Vec<vipvisor_store::GrantRow>>(note) {
+            Ok(rows) => match self.app.store().replace_grants(&rows, Timestamp::now()).await {
+                Ok(()) => info!(grants = rows.len(), "took the hypervisor grants over from the Lease"),
+                Err(e) => warn!(error = %e, "cannot take the grants over"),
+            },
+            Err(e) => warn!(error = %e, "the Lease's grants note is unreadable; adopting what the hypervisors have"),
+        }
     }
 
     /// The grant gauges from the store.
@@ -886,6 +930,9 @@ pub async fn run(
         // Deletions seen while standing by are covered by the pass's sweep.
         locked(&ctx.deleted).clear();
         let inherited = term.inherited.get(ANN_QUARANTINE).map(|n| parse_quarantine_note(n)).unwrap_or_default();
+        if let (Some(_), Some(note)) = (&cfg.providers, term.inherited.get(ANN_GRANTS)) {
+            ctx.inherit_grants(note).await;
+        }
         locked(&ctx.pending).clear();
         let seen = full_pass(&ctx, &svc_reader, inherited).await;
         ctx.set_phase(Phase::Leading);

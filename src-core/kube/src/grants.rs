@@ -18,7 +18,9 @@
 //!   `HypervisorGrantFailed` (the reason, once per distinct reason) and
 //!   `HypervisorRevoked` (a node that stopped being a candidate).
 //!
-//! Only the leader runs it; the store it records grants in is the leader's.
+//! Only the leader runs it. The grants are recorded in the leader's store and handed to
+//! the next leader in the Lease (`vipvisor.io/grants`, like the quarantine), so a new
+//! leader revokes exactly what an earlier one added.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -151,6 +153,7 @@ pub async fn run(
             }
         };
         ctx.refresh_grant_metrics().await;
+        ctx.publish_grants().await;
         if failed {
             attempts = attempts.saturating_add(1);
             let delay = backoff(attempts);

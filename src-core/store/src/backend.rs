@@ -24,7 +24,7 @@ pub struct Rows {
 /// A hypervisor grant on one VM NIC (issue #11): the VIPs its node may announce and the
 /// provider's record of what vipvisor added (opaque JSON to the store).
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct GrantRow {
     pub provider: String,
     pub vm: String,

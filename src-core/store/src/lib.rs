@@ -323,6 +323,24 @@ impl Store {
         tx.commit().await
     }
 
+    /// Makes the grants exactly `rows` (what the previous leader recorded, handed over in
+    /// the Lease), in one transaction: grants this store has and `rows` lacks are
+    /// forgotten, not revoked (the hypervisor no longer has them).
+    pub async fn replace_grants(&self, rows: &[GrantRow], now: Timestamp) -> Result<()> {
+        let current = self.grants().await?;
+        let mut tx = self.backend.begin().await?;
+        for g in current
+            .iter()
+            .filter(|g| !rows.iter().any(|r| (&r.provider, &r.vm, &r.mac) == (&g.provider, &g.vm, &g.mac)))
+        {
+            tx.write(Write::DeleteGrant { provider: &g.provider, vm: &g.vm, mac: &g.mac }, now).await?;
+        }
+        for g in rows {
+            tx.write(Write::UpsertGrant(g), now).await?;
+        }
+        tx.commit().await
+    }
+
     /// Allocates addresses for a service (idempotent). `hold` is the quarantine applied to
     /// addresses the service gives up if the request makes it move.
     pub async fn allocate(&self, req: &AllocRequest, now: Timestamp, hold: Duration) -> Result<Outcome> {
