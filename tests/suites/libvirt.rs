@@ -710,3 +710,118 @@ fn kubernetes_services_get_grants_on_every_candidate_and_lose_them_when_deleted(
         assert!(!l.contains("403") && !l.contains("panicked"), "{c}: {l}");
     }
 }
+
+/// libvirtd dies (SIGKILL, as in a crash) in the middle of `hypervisor apply` over many
+/// domains: the command fails with an error naming the URI or the call, never panics, and
+/// nothing is half-done: each domain either has the VIP and a grant recorded as applied, or
+/// has its operator's list and no applied grant. With libvirtd back, the same apply
+/// finishes the job, and revert gives every domain exactly its operator's list again.
+#[test]
+fn libvirtd_dying_mid_apply_leaves_no_partial_change() {
+    if common::skip("the libvirt suite", missing()) {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let dir = tempfile::tempdir().unwrap();
+    let testbed = common::repo("tests/testbed/libvirt.sh");
+    let started = Command::new(&testbed).arg("start").arg(dir.path()).output().unwrap();
+    assert!(started.status.success(), "libvirt testbed: {}", String::from_utf8_lossy(&started.stderr));
+    let tb = Testbed { dir };
+    let d = tb.dir.path();
+    define("net-define", "<network><name>vv-crash</name><forward mode='bridge'/><bridge name='vvbr0'/></network>", d);
+    const N: usize = 24;
+    let vm = |i: usize| format!("vm-{i:02}");
+    let mac = |i: usize| format!("52:54:00:00:02:{i:02x}");
+    let own = |i: usize| format!("192.0.2.{}", 100 + i);
+    for i in 0..N {
+        define(
+            "define",
+            &format!(
+                "<domain type='qemu'><name>{}</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>\
+                 <os><type arch='x86_64' machine='pc'>hvm</type></os><devices>\
+                 <interface type='network'><mac address='{}'/><source network='vv-crash'/><model type='virtio'/>\
+                 <filterref filter='clean-traffic'><parameter name='IP' value='{}'/></filterref></interface>\
+                 </devices></domain>",
+                vm(i),
+                mac(i),
+                own(i)
+            ),
+            d,
+        );
+    }
+    let providers = d.join("providers.yaml");
+    std::fs::write(&providers, "providers:\n  - name: kvm1\n    kind: libvirt\n    uri: qemu:///system\n").unwrap();
+    let store = format!("sqlite://{}/store/v.db", d.display());
+    let vip = "198.51.100.7";
+    let mut args: Vec<String> = ["hypervisor", "apply", "--vip", vip].iter().map(|s| s.to_string()).collect();
+    for i in 0..N {
+        args.extend(["--node".to_string(), vm(i)]);
+    }
+    args.extend(["--providers".to_string(), providers.display().to_string()]);
+    let ips = |i: usize| ips_of(&virsh(&["dumpxml", "--inactive", &vm(i)]), &mac(i));
+
+    // Kill libvirtd as soon as the first domain has the grant.
+    let apply = Command::new(VIPVISOR)
+        .env("VIPVISOR_STORE", &store)
+        .args(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    common::wait_until(Duration::from_secs(30), || ips(0).len() == 2, "the first grant");
+    let killed = Command::new(&testbed).arg("kill-libvirtd").arg(d).output().unwrap();
+    assert!(killed.status.success(), "{}", String::from_utf8_lossy(&killed.stderr));
+    let out = apply.wait_with_output().unwrap();
+    let (o, e) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "the apply must fail: {o}{e}");
+    assert!(!e.contains("panicked"), "{e}");
+    assert!(e.contains("qemu:///system") || e.contains("failed for"), "the error names the URI or the call: {e}");
+
+    let revived = Command::new(&testbed).arg("revive-libvirtd").arg(d).output().unwrap();
+    assert!(revived.status.success(), "{}", String::from_utf8_lossy(&revived.stderr));
+    let rows = |store: &str| {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let s = vipvisor_store::Store::open(store).await.unwrap();
+            let r = s.grants().await.unwrap();
+            s.close().await;
+            r
+        })
+    };
+    let grants = rows(&store);
+    let mut granted = 0;
+    for i in 0..N {
+        let row = grants.iter().find(|r| r.vm == vm(i));
+        let applied = row.is_some_and(|r| r.state == "applied" && r.vips.iter().any(|v| v.to_string() == vip));
+        let has = ips(i);
+        if has.len() == 2 {
+            granted += 1;
+            // Granted on the hypervisor: recorded as applied, or as a failure whose answer
+            // was lost (the next call settles it).
+            assert!(
+                applied || row.is_some_and(|r| r.state == "failed" && r.record.contains(vip)),
+                "{}: {row:?}",
+                vm(i)
+            );
+        } else {
+            assert_eq!(has, [own(i)], "{}: the operator's list, untouched", vm(i));
+            assert!(!applied, "{}: not granted, so not recorded as applied: {row:?}", vm(i));
+        }
+    }
+    assert!(granted >= 1 && granted < N, "the kill landed mid-apply ({granted} of {N} granted)");
+
+    // libvirtd is back: the same apply finishes, and revert restores every list.
+    let run = |args: &[String]| {
+        let out = Command::new(VIPVISOR).env("VIPVISOR_STORE", &store).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(&args);
+    for i in 0..N {
+        assert_eq!(ips(i), [own(i), vip.to_string()], "{}", vm(i));
+    }
+    run(&["hypervisor", "revert", "--providers", &providers.display().to_string()].map(String::from));
+    for i in 0..N {
+        assert_eq!(ips(i), [own(i)], "{}: exactly the operator's list", vm(i));
+    }
+    assert!(rows(&store).is_empty(), "no grant left");
+}

@@ -206,6 +206,29 @@ kill_pidfile() { # kill_pidfile FILE COMM: TERM, wait up to 5 s, then KILL; only
   rm -f "$f"
 }
 
+# kill-libvirtd DIR: SIGKILL the testbed's libvirtd (by its pid file), as a crash would;
+# revive-libvirtd DIR starts it again with the same configuration and waits for it.
+kill_libvirtd() {
+  local dir=${1:?usage: kill-libvirtd DIR}
+  pid_alive "$dir/libvirtd.pid" libvirtd || die "libvirtd of $dir does not run"
+  kill -9 "$(cat "$dir/libvirtd.pid")"
+  local i; for i in $(seq 1 50); do pid_alive "$dir/libvirtd.pid" libvirtd || return 0; sleep 0.1; done
+  die "libvirtd of $dir survived SIGKILL"
+}
+
+revive_libvirtd() {
+  local dir=${1:?usage: revive-libvirtd DIR} ns=$NS
+  [ -s "$dir/netns" ] && ns=$(cat "$dir/netns")
+  pid_alive "$dir/libvirtd.pid" libvirtd && die "libvirtd of $dir still runs"
+  rm -f "$dir/libvirtd.pid"
+  ip netns exec "$ns" /usr/sbin/libvirtd -d -f "$dir/libvirtd.conf" -p "$dir/libvirtd.pid"
+  local i; for i in $(seq 1 $((READY_TIMEOUT * 10))); do
+    virsh -q -c "$URI" uri >/dev/null 2>&1 && { log "libvirtd revived (pid $(cat "$dir/libvirtd.pid"))"; return 0; }
+    sleep 0.1
+  done
+  die "libvirtd did not answer again within ${READY_TIMEOUT} s"
+}
+
 stop() {
   local dir=${1:?usage: stop DIR}
   local ns=$NS
@@ -262,5 +285,7 @@ case ${1:-} in
   install-qemu) install_qemu ;;
   start) shift; start "$@" ;;
   stop) shift; stop "$@" ;;
-  *) echo "usage: $0 install | install-qemu | start DIR | stop DIR" >&2; exit 2 ;;
+  kill-libvirtd) shift; kill_libvirtd "$@" ;;
+  revive-libvirtd) shift; revive_libvirtd "$@" ;;
+  *) echo "usage: $0 install | install-qemu | start DIR | stop DIR | kill-libvirtd DIR | revive-libvirtd DIR" >&2; exit 2 ;;
 esac

@@ -177,11 +177,15 @@ pub struct Record {
     pub added: Vec<(String, String)>,
     /// The operator's filter, when vipvisor put its own in place.
     pub replaced_filter: Option<Filter>,
+    /// IPs a call that failed may have granted after all (the hypervisor went away before
+    /// it answered): if the NIC has them at the next call, vipvisor put them there.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub uncertain: Vec<IpAddr>,
 }
 
 impl Record {
     pub fn is_empty(&self) -> bool {
-        self.added.is_empty() && self.replaced_filter.is_none()
+        self.added.is_empty() && self.replaced_filter.is_none() && self.uncertain.is_empty()
     }
 }
 

@@ -188,6 +188,27 @@ pub fn granted(filter: &Filter, need: &Need, ipv6: bool) -> Granted {
 /// addition, when `need` lists no address): those parameters go, and once no `IPV6`
 /// addition is left the operator's filter name comes back. A value the operator listed
 /// is never in a record, so it is never removed. Returns the filter and what is left.
+/// Settles a record's `uncertain` IPs against the NIC's filter as it is now: those it
+/// lists are vipvisor's (the failed call did land), the others were never added. A
+/// vipvisor filter without a recorded original replaced `clean-traffic` (the only filter
+/// it replaces), whose parameters were the current ones without vipvisor's.
+pub fn settled(filter: &Filter, record: &Record) -> Record {
+    let mut out = Record { uncertain: Vec::new(), ..record.clone() };
+    for ip in &record.uncertain {
+        let p = (if ip.is_ipv4() { "IP" } else { "IPV6" }.to_string(), ip.to_string());
+        if filter.params.contains(&p) && !out.added.contains(&p) {
+            out.added.push(p);
+        }
+    }
+    if filter.name == VIPVISOR_V6 && out.replaced_filter.is_none() && !record.uncertain.is_empty() {
+        out.replaced_filter = Some(Filter {
+            name: "clean-traffic".into(),
+            params: filter.params.iter().filter(|p| !out.added.contains(p)).cloned().collect(),
+        });
+    }
+    out
+}
+
 pub fn reverted(filter: &Filter, record: &Record, need: &Need) -> (Filter, Record) {
     let ips: BTreeSet<String> = need.ips().iter().map(ToString::to_string).collect();
     let (remove, keep): (Vec<_>, Vec<_>) =
@@ -202,7 +223,7 @@ pub fn reverted(filter: &Filter, record: &Record, need: &Need) -> (Filter, Recor
             out.name = original.name;
         }
     }
-    (out, Record { added: keep, replaced_filter: replaced })
+    (out, Record { added: keep, replaced_filter: replaced, uncertain: Vec::new() })
 }
 
 #[cfg(test)]
@@ -260,6 +281,23 @@ mod tests {
     }
 
     #[test]
+    fn a_grant_whose_answer_was_lost_is_settled_by_what_the_nic_has() {
+        let operator = ct(&["192.0.2.21"]);
+        let ips = ["192.0.2.100".parse().unwrap(), "2001:db8::100".parse().unwrap()];
+        let uncertain = Record { uncertain: ips.to_vec(), ..Record::default() };
+        // The update landed (the filter has them): they are ours, and so is the swap.
+        let landed = granted(&operator, &Need::Announce { ips: ips.to_vec() }, true);
+        let s = settled(&landed.filter, &uncertain);
+        assert_eq!(s.added, landed.added);
+        assert_eq!(s.replaced_filter.as_ref(), Some(&operator), "the operator's filter is known again");
+        let (back, left) = reverted(&landed.filter, &s, &Need::Announce { ips: vec![] });
+        assert_eq!((back, left.is_empty()), (operator.clone(), true));
+        // It did not land: nothing is ours.
+        let s = settled(&operator, &uncertain);
+        assert!(s.is_empty(), "{s:?}");
+    }
+
+    #[test]
     fn grants_add_only_what_is_missing_and_revert_takes_back_only_that() {
         let operator = ct(&["192.0.2.21", "192.0.2.100"]);
         let g = granted(&operator, &announce(&["192.0.2.100", "192.0.2.101", "2001:db8::1"]), false);
@@ -271,7 +309,7 @@ mod tests {
         assert_eq!((g.filter.params.len(), g.replaced.as_ref()), (3, None));
         let again = granted(&g.filter, &announce(&["192.0.2.100", "192.0.2.101"]), false);
         assert!(again.added.is_empty() && again.filter == g.filter, "idempotent");
-        let rec = Record { added: g.added, replaced_filter: None };
+        let rec = Record { added: g.added, ..Record::default() };
         let (back, left) = reverted(&g.filter, &rec, &announce(&["192.0.2.100", "192.0.2.101"]));
         assert_eq!(back, operator, "exactly the operator's filter again");
         assert!(left.is_empty());
@@ -298,7 +336,7 @@ mod tests {
         );
         let f = diagnose(&r(), &nic(Some(g.filter.clone())), &announce(&["2001:db8::101"]), &refs);
         assert!(f[0].what.contains("2001:db8::101") && f[0].fix.contains("IPV6=2001:db8::101"), "{f:?}");
-        let rec = Record { added: g.added.clone(), replaced_filter: g.replaced.clone() };
+        let rec = Record { added: g.added.clone(), replaced_filter: g.replaced.clone(), ..Record::default() };
         let (back, left) = reverted(&g.filter, &rec, &announce(&[]));
         assert_eq!(back, operator, "the operator's clean-traffic comes back");
         assert!(left.is_empty());

@@ -13,6 +13,9 @@ use virt::sys;
 use crate::grant;
 use crate::xml::{self, XmlError};
 
+/// How long one provider call (a connection and its libvirt calls) may take.
+pub const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// One `kind: libvirt` entry of the provider file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LibvirtConfig {
@@ -50,7 +53,7 @@ impl Libvirt {
         f: impl FnOnce(&Libvirt, &Connect) -> Result<T, ProviderError> + Send + 'static,
     ) -> Result<T, ProviderError> {
         let me = self.clone();
-        tokio::task::spawn_blocking(move || {
+        let call = tokio::task::spawn_blocking(move || {
             let mut conn = Connect::open(Some(&me.cfg.uri)).map_err(|e| ProviderError::Unreachable {
                 provider: me.cfg.name.clone(),
                 target: me.cfg.uri.clone(),
@@ -59,12 +62,20 @@ impl Libvirt {
             let r = f(&me, &conn);
             let _ = conn.close();
             r
-        })
-        .await
-        .map_err(|e| ProviderError::Unsupported {
-            provider: self.cfg.name.clone(),
-            reason: format!("libvirt call panicked: {e}"),
-        })?
+        });
+        // A libvirtd that stops answering must not stall the caller's loop for ever (the
+        // blocked thread is left to libvirt's own keepalive).
+        match tokio::time::timeout(CALL_TIMEOUT, call).await {
+            Ok(r) => r.map_err(|e| ProviderError::Unsupported {
+                provider: self.cfg.name.clone(),
+                reason: format!("libvirt call panicked: {e}"),
+            })?,
+            Err(_) => Err(ProviderError::Unreachable {
+                provider: self.cfg.name.clone(),
+                target: self.cfg.uri.clone(),
+                reason: format!("no answer within {} s", CALL_TIMEOUT.as_secs()),
+            }),
+        }
     }
 
     fn domain(&self, conn: &Connect, vm: &str) -> Result<VirDomain, ProviderError> {
@@ -203,6 +214,7 @@ impl Provider for Libvirt {
             let Some(filter) = cur.nic.filter.clone() else {
                 return Ok(Outcome { changed: false, record, remaining: Vec::new() });
             };
+            let record = grant::settled(&filter, &record);
             let gr = grant::granted(&filter, &g.need, me.cfg.ipv6_filter);
             let changed = !gr.added.is_empty() && me.set_filter(conn, &g.nic, &gr.filter)?;
             let mut record = record;
@@ -225,7 +237,7 @@ impl Provider for Libvirt {
             let Some(filter) = cur.nic.filter.clone() else {
                 return Ok(Outcome { changed: false, record: Record::default(), remaining: Vec::new() });
             };
-            let (back, left) = grant::reverted(&filter, &record, &g.need);
+            let (back, left) = grant::reverted(&filter, &grant::settled(&filter, &record), &g.need);
             let changed = me.set_filter(conn, &g.nic, &back)?;
             Ok(Outcome { changed, record: left, remaining: Vec::new() })
         })

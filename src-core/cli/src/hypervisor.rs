@@ -176,7 +176,7 @@ fn results(r: Vec<vipvisor_hypervisor::NicResult>, fmt: Format) -> anyhow::Resul
                 cell(&n.vm),
                 n.mac,
                 if n.state == "revoked" { "took back" } else { "grants" },
-                ips_text(&n.vips)
+                if n.vips.is_empty() && n.state == "applied" { "nothing new".into() } else { ips_text(&n.vips) }
             ));
             for f in &n.remaining {
                 s.push_str(&format!("  still blocked: {}; fix: {}\n", cell(&f.what), cell(&f.fix)));

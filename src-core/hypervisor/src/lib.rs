@@ -299,6 +299,12 @@ impl Hypervisors {
                 (o.changed, o.remaining)
             }
             Err(e) => {
+                // The hypervisor may have made the change and lost the answer: the next
+                // call settles these against what the NIC has.
+                let mut record = record;
+                record.uncertain =
+                    record.uncertain.iter().chain(&add).copied().collect::<BTreeSet<_>>().into_iter().collect();
+                g.record = record_json(&record)?;
                 g.state = "failed".into();
                 g.error = e.to_string();
                 store.put_grant(&g, &[], now).await?;
