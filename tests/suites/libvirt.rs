@@ -808,7 +808,7 @@ fn libvirtd_dying_mid_apply_leaves_no_partial_change() {
             assert!(!applied, "{}: not granted, so not recorded as applied: {row:?}", vm(i));
         }
     }
-    assert!(granted >= 1 && granted < N, "the kill landed mid-apply ({granted} of {N} granted)");
+    assert!((1..N).contains(&granted), "the kill landed mid-apply ({granted} of {N} granted)");
 
     // libvirtd is back: the same apply finishes, and revert restores every list.
     let run = |args: &[String]| {
