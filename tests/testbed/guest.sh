@@ -33,6 +33,8 @@
 # The guest's /init reads the kernel command line:
 #   vv.ip=ADDR/PREFIX        eth0's address (required)
 #   vv.vip=ADDR[/P][,ADDR..] extra addresses on eth0 (default /32): the kernel answers ARP for them
+#   vv.lo=ADDR[,ADDR..]      addresses on lo, with arp_ignore=1: the kernel takes traffic for
+#                            them (a ping is answered) but leaves their ARP to vv.run's speaker
 #   vv.garp=SECONDS          also send a gratuitous ARP for each VIP every SECONDS (off by default)
 #   vv.run=NAME[,ARG...]     start /bin/NAME ARG... (an EXTRA) in the background once eth0 is up
 #   vv.key=TEXT              written to /run/vv.key (0600) first: a test secret for vv.run
@@ -159,6 +161,10 @@ for v in $(echo "$VIP" | tr , ' '); do
   case $v in */*) ;; *) v=$v/32 ;; esac
   ip addr add "$v" dev eth0 || fail "ip addr add $v dev eth0"
   VIPS="$VIPS ${v%/*}"
+done
+for v in $(arg vv.lo | tr , ' '); do
+  echo 1 >/proc/sys/net/ipv4/conf/all/arp_ignore; echo 1 >/proc/sys/net/ipv4/conf/eth0/arp_ignore
+  ip addr add "$v/32" dev lo || fail "ip addr add $v/32 dev lo"
 done
 i=0
 # carrier is 1 at once; operstate turns "up" ~1 s later (linkwatch): wait for it, up to 5 s

@@ -95,10 +95,12 @@ pub async fn run(
     let mut retry_at: Option<Instant> = None;
     let mut resync_at = Instant::now();
     let mut was_leading = false;
+    let mut open = true;
     loop {
         tokio::select! {
             () = kick.notified() => {}
-            r = reports.changed() => if r.is_err() { return },
+            // The report watch ends only with the controller; until then, keep looking.
+            r = reports.changed(), if open => if r.is_err() { open = false },
             () = tokio::time::sleep(LOOK_EVERY) => {}
         }
         if !ctx.leading() {
