@@ -364,7 +364,9 @@ fn a_real_guest_answers_for_its_vip_only_after_the_grant() {
 /// speaker group (the static `vipvisor speaker` runs inside each guest's initramfs): both
 /// hold the grant before the VIP is first announced; destroying the owner's domain moves
 /// the VIP to the other guest with no provider call on the failover path (no grant event,
-/// both domains' XML unchanged).
+/// both domains' XML unchanged). The speakers' node names differ from the domains': first
+/// the provider file maps them; at the end, without a mapping, `apply --speaker` finds the
+/// VMs by the MACs the members gossip (a static speaker's `/members`).
 #[test]
 fn grants_come_before_failover_with_two_guests() {
     let static_bin = std::env::var_os("VIPVISOR_STATIC").map(PathBuf::from).filter(|p| p.exists());
@@ -387,7 +389,7 @@ fn grants_come_before_failover_with_two_guests() {
     ];
     for (name, mac, ip, peer) in nodes {
         let run = format!(
-            "vv.key=vipvisor-lab-gossip-key-0123456789 vv.run=vipvisor,speaker,--interface,eth0,--vip,{vip},--node-name,{name},--join,{peer}:7946,--gossip-key-file,/run/vv.key,--hold-time,0s"
+            "vv.key=vipvisor-lab-gossip-key-0123456789 vv.run=vipvisor,speaker,--interface,eth0,--vip,{vip},--node-name,node-{name},--join,{peer}:7946,--gossip-key-file,/run/vv.key,--hold-time,0s,--metrics-addr,{ip}:9472"
         );
         let xml = Command::new(&guest)
             .args(["domain-xml", name, mac, ip, "", "vv-guest-net"])
@@ -398,12 +400,19 @@ fn grants_come_before_failover_with_two_guests() {
         assert!(xml.status.success(), "{}", String::from_utf8_lossy(&xml.stderr));
         define("define", &String::from_utf8_lossy(&xml.stdout), &d);
     }
+    // The nodes (the speakers' names) are not named like their domains: here the provider
+    // file maps them; at the end the speakers' gossiped MACs do.
     let providers = d.join("providers.yaml");
-    std::fs::write(&providers, "providers:\n  - name: kvm1\n    kind: libvirt\n    uri: qemu:///system\n").unwrap();
+    let plain = "providers:\n  - name: kvm1\n    kind: libvirt\n    uri: qemu:///system\n";
+    std::fs::write(
+        &providers,
+        format!("{plain}nodes:\n  - {{node: node-g1, provider: kvm1, vm: g1}}\n  - {{node: node-g2, provider: kvm1, vm: g2}}\n"),
+    )
+    .unwrap();
     let cli = Cli { store: format!("sqlite://{}/store/v.db", d.display()), providers };
     // Both candidates are granted while their domains are still stopped: before anything
     // announces the VIP.
-    let out = cli.ok(&["apply", "--vip", vip, "--node", "g1", "--node", "g2"]);
+    let out = cli.ok(&["apply", "--vip", vip, "--node", "node-g1", "--node", "node-g2"]);
     assert_eq!(out.matches("(changed)").count(), 2, "{out}");
     for (name, mac, ..) in nodes {
         assert!(
@@ -472,8 +481,69 @@ fn grants_come_before_failover_with_two_guests() {
         xml_before,
         "no domain was changed on the failover path"
     );
-}
 
+    // Static mode without a mapping: the dead guest comes back, and `apply --speaker`
+    // asks a speaker for its group (`/members`: the live members with the MACs they
+    // gossip, and its VIPs), then finds each member's VM by MAC.
+    std::fs::write(d.join(format!("{owner_name}.serial.log")), "").unwrap();
+    virsh(&["start", owner_name]);
+    let ready = Command::new(&guest)
+        .arg("wait-ready")
+        .arg(d.join(format!("{owner_name}.serial.log")))
+        .arg("120")
+        .output()
+        .unwrap();
+    assert!(ready.status.success(), "{owner_name} did not come back: {}", String::from_utf8_lossy(&ready.stdout));
+    let survivor_ip = if owner_name == "g1" { nodes[1].2 } else { nodes[0].2 };
+    let members = || {
+        let out = Command::new("ip")
+            .args(["netns", "exec", client, "python3", "-c"])
+            .arg(format!(
+                "import urllib.request;print(urllib.request.urlopen('http://{survivor_ip}:9472/members', timeout=2).read().decode())"
+            ))
+            .output()
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()
+    };
+    common::wait_until(
+        std::time::Duration::from_secs(60),
+        || members()["members"].as_array().is_some_and(|m| m.len() == 2),
+        "both members in the survivor's /members",
+    );
+    let m = members();
+    assert_eq!(m["vips"], serde_json::json!([vip]), "{m}");
+    assert!(
+        m["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["node"] == "node-g1" && x["macs"] == serde_json::json!([nodes[0].1])),
+        "{m}"
+    );
+    cli.ok(&["revert"]);
+    std::fs::write(&cli.providers, plain).unwrap();
+    let speaker = format!("{survivor_ip}:9472");
+    let out = Command::new("ip")
+        .args(["netns", "exec", client, VIPVISOR, "hypervisor", "apply", "--speaker", &speaker, "--providers"])
+        .arg(&cli.providers)
+        .env("VIPVISOR_STORE", &cli.store)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("applied node-g1 g1 NIC") && text.contains("applied node-g2 g2 NIC"), "{text}");
+    for (name, mac, ..) in nodes {
+        assert!(ips_of(&virsh(&["dumpxml", "--inactive", name]), mac).contains(&vip.to_string()), "{name}: {text}");
+    }
+    let bad = Command::new(VIPVISOR)
+        .args(["hypervisor", "apply", "--speaker", "127.0.0.1:9", "--providers"])
+        .arg(&cli.providers)
+        .env("VIPVISOR_STORE", &cli.store)
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && e.contains("--speaker 127.0.0.1:9") && !e.contains("panicked"), "{e}");
+}
 /// `kubectl` against the lab apiserver; `stdin` for `apply -f -`.
 fn kubectl(kc: &Path, args: &[&str], stdin: Option<&str>) -> String {
     use std::io::Write as _;

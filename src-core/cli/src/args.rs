@@ -109,8 +109,12 @@ pub enum HypervisorCmd {
         #[arg(long)]
         providers: PathBuf,
         /// A node (repeat for several).
-        #[arg(long = "node", required = true)]
+        #[arg(long = "node", required_unless_present = "speaker")]
         nodes: Vec<String>,
+        /// A static speaker's `--metrics-addr` (host:port): its group's live members are
+        /// the nodes, found by their MACs, and its VIPs the VIPs (unless --vip).
+        #[arg(long)]
+        speaker: Option<std::net::SocketAddr>,
         /// VIPs to check, comma-separated.
         #[arg(long = "vip", value_delimiter = ',')]
         vips: Vec<IpAddr>,
@@ -120,14 +124,19 @@ pub enum HypervisorCmd {
     },
     /// Grant VIPs on every listed node (every candidate, so a failover never waits on the
     /// hypervisor); recorded in the store. Without --vip and --node: every allocation's
-    /// addresses in the store, on every node of the provider file's `nodes:`.
+    /// addresses in the store, on every node of the provider file's `nodes:`. With
+    /// --speaker: a static group's VIPs on all its live members (all are candidates),
+    /// their VMs found by the MACs the members gossip.
     Apply {
         #[arg(long)]
         providers: PathBuf,
-        #[arg(long = "vip", value_delimiter = ',', requires = "nodes")]
+        #[arg(long = "vip", value_delimiter = ',')]
         vips: Vec<IpAddr>,
-        #[arg(long = "node", requires = "vips")]
+        #[arg(long = "node", conflicts_with = "speaker")]
         nodes: Vec<String>,
+        /// A static speaker's `--metrics-addr` (host:port), asked for `/members`.
+        #[arg(long)]
+        speaker: Option<std::net::SocketAddr>,
     },
     /// Take back what vipvisor added: for one VIP, one node, or everything.
     Revert {

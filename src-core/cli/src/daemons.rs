@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use vipvisor_gossip::group::{self, GroupConfig};
-use vipvisor_gossip::membership::{self, GossipTiming, Sealer};
+use vipvisor_gossip::membership::{self, GossipTiming, Live, MemberInfo, Sealer};
 use vipvisor_health::Health;
 use vipvisor_kube::controller::{self, ControllerConfig};
 use vipvisor_kube::decide::ClassPolicy;
@@ -58,11 +58,17 @@ async fn read_key(path: &PathBuf) -> anyhow::Result<Sealer> {
     Sealer::new(&secret).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
-/// The speaker's `/metrics` and `/healthz`, when `--metrics-addr` asks for them.
-async fn serve_metrics(a: &SpeakerArgs, metrics: &Metrics, health: &Health) -> anyhow::Result<()> {
+/// The speaker's `/metrics` and `/healthz` (and a static speaker's `/members`), when
+/// `--metrics-addr` asks for them.
+async fn serve_metrics(
+    a: &SpeakerArgs,
+    metrics: &Metrics,
+    health: &Health,
+    members: Option<http::Members>,
+) -> anyhow::Result<()> {
     if let Some(addr) = a.metrics_addr {
         let m = metrics.clone();
-        http::serve(addr, http::router(move || m.encode(), health.clone(), None)).await?;
+        http::serve(addr, http::router(move || m.encode(), health.clone(), None, members)).await?;
     }
     Ok(())
 }
@@ -105,7 +111,7 @@ pub async fn run_speaker(a: &SpeakerArgs) -> anyhow::Result<()> {
         };
         let sealer = read_key(path).await?;
         let client = vipvisor_kube::client(a.kubeconfig.as_deref()).await.map_err(anyhow::Error::msg)?;
-        serve_metrics(a, &metrics, &health).await?;
+        serve_metrics(a, &metrics, &health, None).await?;
         let k = KubeSpeakerConfig {
             node_name,
             interfaces: a.interfaces.clone(),
@@ -136,10 +142,13 @@ pub async fn run_speaker(a: &SpeakerArgs) -> anyhow::Result<()> {
     let cfg =
         StaticConfig { interfaces: a.interfaces.clone(), vips: a.vips.clone(), node_name: node_name.clone(), timing };
     let mut prepared = Prepared::open(&cfg, metrics.clone(), &health)?;
-    serve_metrics(a, &metrics, &health).await?;
+    // Alone, the node is its only member; in a group, the gossip says who is live.
+    let me = MemberInfo { settled: true, macs: prepared.links.iter().map(|l| l.mac.0).collect() };
+    let (members_tx, live) = tokio::sync::watch::channel(Live::from([(node_name.clone(), me)]));
+    serve_metrics(a, &metrics, &health, Some(http::Members { vips: a.vips.clone(), live })).await?;
     match group {
         None => prepared.run_alone(&node_name, shutdown_signal()).await?,
-        Some(g) => group::run(&mut prepared, &node_name, g, &health, shutdown_signal()).await?,
+        Some(g) => group::run(&mut prepared, &node_name, g, &health, members_tx, shutdown_signal()).await?,
     }
     Ok(())
 }
@@ -179,7 +188,7 @@ pub async fn run_controller(a: &ControllerArgs, store_url: String, quarantine: D
     let (phase, phase_rx) = tokio::sync::watch::channel(controller::Phase::Starting);
     if let Some(addr) = a.metrics_addr {
         let m = metrics.clone();
-        http::serve(addr, http::router(move || m.encode(), health.clone(), Some(phase_rx))).await?;
+        http::serve(addr, http::router(move || m.encode(), health.clone(), Some(phase_rx), None)).await?;
     }
     Ok(controller::run(client, cfg, health, metrics, phase, shutdown_signal()).await?)
 }

@@ -1,24 +1,66 @@
 //! The small HTTP surface of the daemons: `/metrics` (OpenMetrics text), `/healthz` (every
-//! main loop turned recently: a wedged loop fails it) and, for the controller, `/readyz`.
+//! main loop turned recently: a wedged loop fails it), for the controller `/readyz`, and
+//! for a static speaker `/members` (its VIPs and the group's live members with their MACs:
+//! what `vipvisor hypervisor apply --speaker` maps to VMs).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
 use tokio::sync::watch;
 use tracing::warn;
+use vipvisor_gossip::membership::Live;
 use vipvisor_health::Health;
 use vipvisor_kube::controller::Phase;
+use vipvisor_provider::Mac;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// `/metrics` answering with `encode()`, `/healthz` from `health`, and `/readyz` from the
-/// controller's phase when given.
+/// A static speaker's VIPs and its group's live members.
+#[derive(Debug, Clone)]
+pub struct Members {
+    pub vips: Vec<IpAddr>,
+    pub live: watch::Receiver<Live>,
+}
+
+/// The body of `/members`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MembersBody {
+    pub vips: Vec<IpAddr>,
+    pub members: Vec<Member>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Member {
+    pub node: String,
+    pub macs: Vec<Mac>,
+    pub settled: bool,
+}
+
+impl Members {
+    pub fn body(&self) -> MembersBody {
+        let members = self
+            .live
+            .borrow()
+            .iter()
+            .map(|(node, m)| Member {
+                node: node.clone(),
+                macs: m.macs.iter().map(|b| Mac(*b)).collect(),
+                settled: m.settled,
+            })
+            .collect();
+        MembersBody { vips: self.vips.clone(), members }
+    }
+}
+
+/// `/metrics` answering with `encode()`, `/healthz` from `health`, `/readyz` from the
+/// controller's phase and `/members` from a static speaker, when given.
 pub fn router(
     encode: impl Fn() -> String + Clone + Send + Sync + 'static,
     health: Health,
     phase: Option<watch::Receiver<Phase>>,
+    members: Option<Members>,
 ) -> Router {
     let mut r = Router::new()
         .route(
@@ -40,6 +82,15 @@ pub fn router(
                 }
             }),
         );
+    if let Some(m) = members {
+        r = r.route(
+            "/members",
+            get(move || {
+                let body = m.body();
+                async move { axum::Json(body) }
+            }),
+        );
+    }
     if let Some(phase) = phase {
         r = r.route(
             "/readyz",
@@ -93,7 +144,7 @@ mod tests {
         let beat = health.register("ownership", Duration::from_millis(300));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, router(String::new, health, None)).await });
+        tokio::spawn(async move { axum::serve(listener, router(String::new, health, None, None)).await });
         beat.beat();
         assert_eq!(get(addr, "/healthz").await.0, 200, "a loop that just turned is healthy");
         tokio::time::sleep(Duration::from_millis(400)).await;
@@ -102,5 +153,36 @@ mod tests {
         assert!(body.contains("ownership"), "the answer names the stalled loop: {body}");
         beat.beat();
         assert_eq!(get(addr, "/healthz").await.0, 200);
+    }
+
+    #[tokio::test]
+    async fn members_lists_the_vips_and_the_live_members_with_their_macs() {
+        use vipvisor_gossip::membership::MemberInfo;
+        let live = Live::from([
+            ("n1".to_string(), MemberInfo { settled: true, macs: vec![[0x52, 0x54, 0, 0, 0, 1]] }),
+            ("n2".to_string(), MemberInfo { settled: false, macs: vec![] }),
+        ]);
+        let (tx, rx) = watch::channel(live);
+        let m = Members { vips: vec!["192.0.2.100".parse().unwrap()], live: rx };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router(String::new, Health::new(), None, Some(m))).await });
+        let (status, out) = get(addr, "/members").await;
+        assert_eq!(status, 200, "{out}");
+        let body: MembersBody = serde_json::from_str(out.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        assert_eq!(body.vips, ["192.0.2.100".parse::<IpAddr>().unwrap()]);
+        assert_eq!(
+            body.members[0],
+            Member { node: "n1".into(), macs: vec![Mac([0x52, 0x54, 0, 0, 0, 1])], settled: true }
+        );
+        tx.send_modify(|l| {
+            l.remove("n2");
+        });
+        let (_, out) = get(addr, "/members").await;
+        assert!(!out.contains("\"n2\""), "a member that left is gone: {out}");
+        let plain = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let paddr = plain.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(plain, router(String::new, Health::new(), None, None)).await });
+        assert_eq!(get(paddr, "/members").await.0, 404, "not a static speaker: no /members");
     }
 }

@@ -1,6 +1,7 @@
 //! `vipvisor hypervisor …`: flags → [`vipvisor_hypervisor`] → rendered text. Findings and
 //! results are one line each; `-o json` prints them whole.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use vipvisor_api::files::read_text;
@@ -9,6 +10,7 @@ use vipvisor_provider::{Mac, Need};
 use vipvisor_store::Store;
 
 use crate::args::{Format, HypervisorCmd};
+use crate::http::MembersBody;
 use crate::render::{cell, row, table};
 
 /// Exit code of `hypervisor diagnose` when something blocks.
@@ -35,6 +37,43 @@ pub fn load(path: &std::path::Path) -> anyhow::Result<Hypervisors> {
     let text = read_text(path, MAX_FILE, "provider file").map_err(|e| anyhow::anyhow!(e.message))?;
     let file = vipvisor_hypervisor::parse(&path.display().to_string(), &text)?;
     Ok(Hypervisors::new(file)?)
+}
+
+/// The largest `/members` answer read.
+const MAX_MEMBERS: usize = 1 << 20;
+
+/// What a static speaker says about its group (`/members`).
+async fn members(addr: std::net::SocketAddr) -> anyhow::Result<MembersBody> {
+    use http_body_util::BodyExt as _;
+    let url = format!("http://{addr}/members");
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<hyper::body::Bytes>>();
+    let ask = async {
+        let res = client.get(url.parse()?).await?;
+        if !res.status().is_success() {
+            anyhow::bail!("answered {} (is it a static speaker, with --metrics-addr {addr}?)", res.status());
+        }
+        let body = http_body_util::Limited::new(res.into_body(), MAX_MEMBERS)
+            .collect()
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .to_bytes();
+        Ok(serde_json::from_slice::<MembersBody>(&body)?)
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(10), ask).await {
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(e)) => anyhow::bail!("--speaker {addr}: {url}: {e}"),
+        Err(_) => anyhow::bail!("--speaker {addr}: no answer from {url} within 10 s"),
+    }
+}
+
+impl MembersBody {
+    fn nodes(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.node.clone()).collect()
+    }
+    fn macs(&self) -> BTreeMap<String, Vec<Mac>> {
+        self.members.iter().map(|m| (m.node.clone(), m.macs.clone())).collect()
+    }
 }
 
 fn json<T: serde::Serialize>(v: &T) -> anyhow::Result<String> {
@@ -79,8 +118,20 @@ pub async fn run(
             }
             Ok(table(&t))
         }
-        HypervisorCmd::Diagnose { providers, nodes, vips, virtual_mac } => {
+        HypervisorCmd::Diagnose { providers, nodes, speaker, vips, virtual_mac } => {
             let h = load(providers)?;
+            let group = match speaker {
+                Some(addr) => Some(members(*addr).await?),
+                None => None,
+            };
+            let (nodes, macs) = match &group {
+                Some(g) => (g.nodes(), g.macs()),
+                None => (nodes.clone(), BTreeMap::new()),
+            };
+            let vips = match &group {
+                Some(g) if vips.is_empty() => g.vips.clone(),
+                _ => vips.clone(),
+            };
             let need = if *virtual_mac {
                 // The virtual-MAC mode's MAC (its own issue): any locally administered one
                 // asks the same question of the filters.
@@ -88,11 +139,11 @@ pub async fn run(
             } else {
                 Need::Announce { ips: vips.clone() }
             };
-            let findings = h.diagnose(nodes, &need).await?;
+            let findings = h.diagnose(&nodes, &macs, &need).await?;
             let out = if fmt == Format::Json {
                 json(&findings)?
             } else if findings.is_empty() {
-                format!("nothing blocks {} on {}\n", ips_text(vips), nodes.join(", "))
+                format!("nothing blocks {} on {}\n", ips_text(&vips), nodes.join(", "))
             } else {
                 findings
                     .iter()
@@ -114,8 +165,19 @@ pub async fn run(
             }
             Ok(out)
         }
-        HypervisorCmd::Apply { providers, vips, nodes } => {
+        HypervisorCmd::Apply { providers, vips, nodes, speaker } => {
             let h = load(providers)?;
+            if let Some(addr) = speaker {
+                let g = members(*addr).await?;
+                let vips = if vips.is_empty() { g.vips.clone() } else { vips.clone() };
+                let store = store.await?;
+                let r = h.apply(&store, &vips, &g.nodes(), &g.macs()).await;
+                store.close().await;
+                return results(r?, fmt);
+            }
+            if vips.is_empty() != nodes.is_empty() {
+                anyhow::bail!("--vip and --node go together (or use --speaker, or neither for the store's allocations on the mapped nodes)");
+            }
             let store = store.await?;
             let r = if vips.is_empty() {
                 // Every allocation's addresses, on every mapped node (static mode: all of
@@ -135,9 +197,9 @@ pub async fn run(
                         providers.display()
                     );
                 }
-                h.apply(&store, &all, &mapped).await
+                h.apply(&store, &all, &mapped, &BTreeMap::new()).await
             } else {
-                h.apply(&store, vips, nodes).await
+                h.apply(&store, vips, nodes, &BTreeMap::new()).await
             };
             store.close().await;
             results(r?, fmt)

@@ -11,7 +11,7 @@ use vipvisor_health::Health;
 use vipvisor_l2::sys::Link;
 use vipvisor_l2::{Prepared, Speaker, SpeakerError, STALLED_AFTER};
 
-use crate::membership::{GossipTiming, MemberConfig, Membership, Sealer};
+use crate::membership::{GossipTiming, Live, MemberConfig, Membership, Sealer};
 use crate::ownership::{self, Facts, OwnerTracker, StaticFacts};
 
 #[derive(Debug, Clone)]
@@ -61,6 +61,7 @@ pub async fn run(
     me: &str,
     g: GroupConfig,
     health: &Health,
+    members: tokio::sync::watch::Sender<Live>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), SpeakerError> {
     let bind_ip = g
@@ -89,6 +90,16 @@ pub async fn run(
     .await
     .map_err(|e| SpeakerError::Gossip(e.to_string()))?;
     let mut live = membership.live();
+    // The live members and their MACs, for `/members` (the hypervisor mapping).
+    let mut forward = membership.live();
+    let publisher = tokio::spawn(async move {
+        loop {
+            members.send_replace(forward.borrow_and_update().clone());
+            if forward.changed().await.is_err() {
+                return;
+            }
+        }
+    });
     info!(%bind, peers = ?g.join, "gossip started");
     // Give the group a moment to answer, so a joining node does not decide alone.
     if !g.join.is_empty() {
@@ -96,6 +107,7 @@ pub async fn run(
     }
     let result = serve(&p.speaker, me, &membership, StaticFacts::new(&p.placed), health, shutdown).await;
     p.groups.leave_all();
+    publisher.abort();
     info!("speaker stopped");
     result
 }

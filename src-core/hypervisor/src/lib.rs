@@ -235,11 +235,16 @@ impl Hypervisors {
     }
 
     /// What blocks `need` on each NIC of each of `nodes`.
-    pub async fn diagnose(&self, nodes: &[String], need: &Need) -> Result<Vec<Finding>> {
+    pub async fn diagnose(
+        &self,
+        nodes: &[String],
+        macs: &BTreeMap<String, Vec<Mac>>,
+        need: &Need,
+    ) -> Result<Vec<Finding>> {
         let inventory = self.inventory().await?;
         let mut out = Vec::new();
         for node in nodes {
-            for n in self.nics(node, &[], &inventory)? {
+            for n in self.nics(node, macs_of(macs, node), &inventory)? {
                 let p = self.provider(&n.provider).ok_or_else(|| unknown_provider(&n.provider))?;
                 out.extend(self.call(p.name(), "diagnose", p.diagnose(&n.nic, need)).await?);
             }
@@ -250,12 +255,18 @@ impl Hypervisors {
     /// Grants `vips` on every NIC of every one of `nodes` (all candidates of the VIPs, so
     /// a failover never waits on the hypervisor), recording each NIC's grant in `store`.
     /// A NIC's failure is recorded as `failed` and reported; the others go on.
-    pub async fn apply(&self, store: &Store, vips: &[IpAddr], nodes: &[String]) -> Result<Vec<NicResult>> {
+    pub async fn apply(
+        &self,
+        store: &Store,
+        vips: &[IpAddr],
+        nodes: &[String],
+        macs: &BTreeMap<String, Vec<Mac>>,
+    ) -> Result<Vec<NicResult>> {
         let rows = store.grants().await?;
         let inventory = self.inventory().await?;
         let mut out = Vec::new();
         for node in nodes {
-            for n in self.nics(node, &[], &inventory)? {
+            for n in self.nics(node, macs_of(macs, node), &inventory)? {
                 let row = row_of(&rows, &n);
                 let want: BTreeSet<IpAddr> = row.iter().flat_map(|r| r.vips.iter()).chain(vips).copied().collect();
                 out.push(self.grant_nic(store, &n, row, &want).await?);
@@ -383,7 +394,7 @@ impl Hypervisors {
         let mut out = Reconciled::default();
         let mut held: BTreeSet<(String, String, String)> = BTreeSet::new();
         for (node, want) in desired.iter().filter(|(_, w)| !w.is_empty()) {
-            let nics = match self.nics(node, macs.get(node).map_or(&[][..], Vec::as_slice), &inventory) {
+            let nics = match self.nics(node, macs_of(macs, node), &inventory) {
                 Ok(n) => n,
                 Err(e) => {
                     out.unmapped.push((node.clone(), e.to_string()));
@@ -417,6 +428,10 @@ impl Hypervisors {
         }
         Ok(out)
     }
+}
+
+fn macs_of<'a>(macs: &'a BTreeMap<String, Vec<Mac>>, node: &str) -> &'a [Mac] {
+    macs.get(node).map_or(&[][..], Vec::as_slice)
 }
 
 fn row_of<'a>(rows: &'a [GrantRow], n: &NodeNic) -> Option<&'a GrantRow> {
