@@ -566,8 +566,8 @@ fn kubectl(kc: &Path, args: &[&str], stdin: Option<&str>) -> String {
 /// kube-apiserver and a real libvirtd, running as its service account (the manifests'
 /// RBAC). Three Nodes with speakers (their ServiceL2Status reports, written here as the
 /// speakers write them, carry their MACs): n1's VM is found by MAC (its domain is not
-/// named like the node), n2's by the provider file's mapping, and n3 is excluded from load
-/// balancers. A Service gets an address → HypervisorGranted and the VIP in the IP list of
+/// named like the node), n2's by the provider file's mapping, n3 is excluded from load
+/// balancers, and n4's VM cannot be found (HypervisorGrantFailed naming it). A Service gets an address → HypervisorGranted and the VIP in the IP list of
 /// n1's and n2's domains, not n3's; a second pass writes nothing; n2 stops being a
 /// candidate → revoked there; the leader dies and the standby takes the grants over from
 /// the Lease; the Service is deleted → revoked everywhere, the operator's lists as they
@@ -626,7 +626,8 @@ fn kubernetes_services_get_grants_on_every_candidate_and_lose_them_when_deleted(
         &["wait", "--for", "condition=established", "crd/servicel2statuses.vipvisor.io", "--timeout=30s"],
         None,
     );
-    for (node, _, mac, _) in nodes {
+    // n4 runs a speaker too, but no VM has its MAC or its name.
+    for (node, _, mac, _) in nodes.iter().copied().chain([("n4", "-", "52:54:00:00:01:09", "-")]) {
         let labels = if node == "n3" {
             serde_json::json!({"node.kubernetes.io/exclude-from-external-load-balancers": ""})
         } else {
@@ -709,6 +710,16 @@ fn kubernetes_services_get_grants_on_every_candidate_and_lose_them_when_deleted(
         "{note}"
     );
     assert!(!note.contains("n3"), "the excluded node gets no grant: {note}");
+    common::wait_until(
+        Duration::from_secs(10),
+        || !events("HypervisorGrantFailed").is_empty(),
+        "HypervisorGrantFailed",
+    );
+    let failed = events("HypervisorGrantFailed").join("\n");
+    assert!(
+        failed.contains("node n4") && failed.contains("52:54:00:00:01:09"),
+        "the reason names the node and its MACs: {failed}"
+    );
     assert_eq!(
         ips("vm-a", "52:54:00:00:01:01"),
         ["192.0.2.31".to_string(), vip.clone()],
