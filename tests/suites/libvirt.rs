@@ -238,6 +238,14 @@ fn grants_are_applied_idempotent_and_reverted_on_a_real_libvirtd() {
         assert!(!err.contains("panicked"), "{err}");
     }
     assert_eq!(xml(), unchanged, "no failed call changed the domain");
+
+    // A granted VM that is deleted (or recreated with another NIC) leaves a grant with
+    // nothing to take back: revert forgets it instead of failing for ever.
+    cli.ok(&["apply", "--node", "n1", "--vip", "192.0.2.100"]);
+    virsh(&["undefine", "n1"]);
+    let out = cli.ok(&["revert"]);
+    assert!(out.contains("revoked n1 n1"), "{out}");
+    assert!(cli.ok(&["revert"]).contains("no grants"), "the grant is gone from the store");
 }
 
 /// The client namespace of the guest proof, deleted on drop (which removes its veth).

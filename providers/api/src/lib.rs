@@ -241,6 +241,11 @@ pub enum ProviderError {
     /// The hypervisor refused or failed a call; nothing was changed.
     #[error("provider {provider}: {call} failed for {target}: {reason}; nothing was changed")]
     Call { provider: String, call: &'static str, target: String, reason: String },
+    /// The connection went away during a write: the change may or may not have been made.
+    /// `attempted` are the addresses the write would have added (the caller records them
+    /// as [`Record::uncertain`], settled at the next call).
+    #[error("provider {provider}: {call} for {target} got no answer ({reason}); the change may have been made, and is checked at the next call")]
+    Lost { provider: String, call: &'static str, target: String, reason: String, attempted: Vec<IpAddr> },
     /// The hypervisor answered with something this provider cannot read.
     #[error("provider {provider}: unexpected answer for {target}: {reason}")]
     Answer { provider: String, target: String, reason: String },

@@ -30,13 +30,16 @@ pub struct LibvirtConfig {
 #[derive(Debug, Clone)]
 pub struct Libvirt {
     cfg: LibvirtConfig,
+    /// One call at a time: a call abandoned after [`CALL_TIMEOUT`] still holds it, so a
+    /// late write can never land after a newer call's.
+    serial: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 impl Libvirt {
     pub fn new(cfg: LibvirtConfig) -> Self {
         // libvirt prints every error on stderr unless told otherwise; ours are returned.
         virt::error::clear_error_callback();
-        Libvirt { cfg }
+        Libvirt { cfg, serial: Default::default() }
     }
 
     fn err_call(&self, call: &'static str, target: &str, e: virt::error::Error) -> ProviderError {
@@ -54,6 +57,7 @@ impl Libvirt {
     ) -> Result<T, ProviderError> {
         let me = self.clone();
         let call = tokio::task::spawn_blocking(move || {
+            let _one = me.serial.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let mut conn = Connect::open(Some(&me.cfg.uri)).map_err(|e| ProviderError::Unreachable {
                 provider: me.cfg.name.clone(),
                 target: me.cfg.uri.clone(),
@@ -120,6 +124,7 @@ impl Libvirt {
         conn: &Connect,
         nic: &NicRef,
         want: &vipvisor_provider::Filter,
+        attempted: &[std::net::IpAddr],
     ) -> Result<bool, ProviderError> {
         let dom = self.domain(conn, &nic.vm)?;
         let inactive = self.inactive_xml(&dom, &nic.vm)?;
@@ -142,14 +147,33 @@ impl Libvirt {
             sys::VIR_DOMAIN_AFFECT_CONFIG
         };
         let target = nic.to_string();
-        dom.update_device_flags(&device, flags).map_err(|e| self.err_call("virDomainUpdateDeviceFlags", &target, e))?;
-        let back = self.find_nic(&self.inactive_xml(&dom, &nic.vm)?, nic)?;
-        if back.nic.filter.as_ref() != Some(want) {
-            return Err(ProviderError::Answer {
+        if let Err(e) = dom.update_device_flags(&device, flags) {
+            // libvirtd answered with an error: nothing was changed. No answer at all (the
+            // connection is gone): it may have been.
+            if conn.is_alive().unwrap_or(false) {
+                return Err(self.err_call("virDomainUpdateDeviceFlags", &target, e));
+            }
+            return Err(ProviderError::Lost {
                 provider: self.cfg.name.clone(),
+                call: "virDomainUpdateDeviceFlags",
                 target,
-                reason: format!("the filter read back is {:?}, expected {want:?}", back.nic.filter),
+                reason: e.to_string(),
+                attempted: attempted.to_vec(),
             });
+        }
+        // libvirtd took the update: from here on it is made, or at least may be, so a
+        // failed read-back leaves the addresses to be settled at the next call.
+        let lost = |reason: String| ProviderError::Lost {
+            provider: self.cfg.name.clone(),
+            call: "virDomainGetXMLDesc (read-back)",
+            target: target.clone(),
+            reason,
+            attempted: attempted.to_vec(),
+        };
+        let back =
+            self.inactive_xml(&dom, &nic.vm).and_then(|x| self.find_nic(&x, nic)).map_err(|e| lost(e.to_string()))?;
+        if back.nic.filter.as_ref() != Some(want) {
+            return Err(lost(format!("the filter read back is {:?}, expected {want:?}", back.nic.filter)));
         }
         info!(provider = %self.cfg.name, nic = %nic, live = active, filter = %want.name, "updated the NIC's filter");
         Ok(true)
@@ -216,14 +240,23 @@ impl Provider for Libvirt {
             };
             let record = grant::settled(&filter, &record);
             let gr = grant::granted(&filter, &g.need, me.cfg.ipv6_filter);
-            let changed = !gr.added.is_empty() && me.set_filter(conn, &g.nic, &gr.filter)?;
+            let attempted: Vec<std::net::IpAddr> = gr.added.iter().filter_map(|(_, v)| v.parse().ok()).collect();
+            let changed = !gr.added.is_empty() && me.set_filter(conn, &g.nic, &gr.filter, &attempted)?;
             let mut record = record;
             record.added.extend(gr.added);
             if record.replaced_filter.is_none() {
                 record.replaced_filter = gr.replaced;
             }
             let after = vipvisor_provider::Nic { filter: Some(gr.filter), ..cur.nic };
-            let remaining = grant::diagnose(&g.nic, &after, &g.need, &me.filter_refs(conn)?);
+            // What still blocks is advice: failing to work it out must not turn a grant that
+            // was made into an error.
+            let remaining = match me.filter_refs(conn) {
+                Ok(refs) => grant::diagnose(&g.nic, &after, &g.need, &refs),
+                Err(e) => {
+                    tracing::warn!(nic = %g.nic, error = %e, "granted, but cannot tell what still blocks");
+                    Vec::new()
+                }
+            };
             Ok(Outcome { changed, record, remaining })
         })
         .await
@@ -238,7 +271,7 @@ impl Provider for Libvirt {
                 return Ok(Outcome { changed: false, record: Record::default(), remaining: Vec::new() });
             };
             let (back, left) = grant::reverted(&filter, &grant::settled(&filter, &record), &g.need);
-            let changed = me.set_filter(conn, &g.nic, &back)?;
+            let changed = me.set_filter(conn, &g.nic, &back, &[])?;
             Ok(Outcome { changed, record: left, remaining: Vec::new() })
         })
         .await

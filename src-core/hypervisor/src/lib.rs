@@ -289,7 +289,6 @@ impl Hypervisors {
         let record = row.map(|r| record_of(&r.record)).transpose()?.unwrap_or_default();
         let have: BTreeSet<IpAddr> = row.map(|r| r.vips.iter().copied().collect()).unwrap_or_default();
         let add: Vec<IpAddr> = want.difference(&have).copied().collect();
-        let drop: Vec<IpAddr> = have.difference(want).copied().collect();
         let now = Timestamp::now();
         let mut g = GrantRow {
             provider: n.provider.clone(),
@@ -304,17 +303,28 @@ impl Hypervisors {
         let grant = Grant { nic: n.nic.clone(), need: Need::Announce { ips: want.iter().copied().collect() } };
         let (changed, remaining) = match self.call(p.name(), "ensure", p.ensure(&grant, &record)).await {
             Ok(o) => {
+                // What the NIC grants now: what it did, what is wanted, and what an earlier
+                // call whose answer was lost turned out to have added.
+                let landed = o.record.added.iter().filter_map(|(_, v)| v.parse::<IpAddr>().ok());
+                g.vips = have.iter().chain(want).copied().chain(landed).collect::<BTreeSet<_>>().into_iter().collect();
                 g.record = record_json(&o.record)?;
-                g.vips = have.union(want).copied().collect();
                 store.put_grant(&g, &add, now).await?;
                 (o.changed, o.remaining)
             }
             Err(e) => {
-                // The hypervisor may have made the change and lost the answer: the next
-                // call settles these against what the NIC has.
+                // The connection went away during the write: the next call settles what it
+                // tried to add against what the NIC has. Any other failure changed nothing.
                 let mut record = record;
-                record.uncertain =
-                    record.uncertain.iter().chain(&add).copied().collect::<BTreeSet<_>>().into_iter().collect();
+                if let ProviderError::Lost { attempted, .. } = &e {
+                    record.uncertain = record
+                        .uncertain
+                        .iter()
+                        .chain(attempted)
+                        .copied()
+                        .collect::<BTreeSet<_>>()
+                        .into_iter()
+                        .collect();
+                }
                 g.record = record_json(&record)?;
                 g.state = "failed".into();
                 g.error = e.to_string();
@@ -322,6 +332,7 @@ impl Hypervisors {
                 return Ok(result(n, add, false, "failed", Some(e.to_string()), Vec::new()));
             }
         };
+        let drop: Vec<IpAddr> = g.vips.iter().copied().filter(|v| !want.contains(v)).collect();
         if drop.is_empty() {
             return Ok(result(n, add, changed, "applied", None, remaining));
         }
@@ -359,6 +370,19 @@ impl Hypervisors {
                 }
                 Ok(result(&n, revoked, o.changed, "revoked", None, Vec::new()))
             }
+            // The VM or its NIC is gone (deleted, recreated with another MAC): nothing is
+            // left to take back, so the grant is forgotten rather than retried for ever.
+            Err(e @ (ProviderError::UnknownVm { .. } | ProviderError::UnknownNic { .. })) => {
+                let revoked: Vec<IpAddr> = if ips.is_empty() { row.vips.clone() } else { ips };
+                let left: Vec<IpAddr> = row.vips.iter().copied().filter(|v| !revoked.contains(v)).collect();
+                if left.is_empty() {
+                    store.delete_grant(row, &revoked, now).await?;
+                } else {
+                    store.put_grant(&GrantRow { vips: left, ..row.clone() }, &[], now).await?;
+                }
+                tracing::warn!(nic = %n.nic, error = %e, "the NIC of a grant is gone; forgetting the grant");
+                Ok(result(&n, revoked, false, "revoked", None, Vec::new()))
+            }
             Err(e) => Ok(result(&n, ips, false, "failed", Some(e.to_string()), Vec::new())),
         }
     }
@@ -382,17 +406,21 @@ impl Hypervisors {
     /// published (the mapping by MAC). NICs whose stored grant already matches are not
     /// called unless `full` (a periodic check that the hypervisor still has them; an
     /// `ensure` that finds everything in place writes nothing). One inventory per call.
+    /// Two nodes that map to one NIC share it (the union of their VIPs, one call). The
+    /// pass stops between NICs as soon as `go_on()` says so (the leader lost its lease).
     pub async fn reconcile(
         &self,
         store: &Store,
         desired: &Desired,
         macs: &BTreeMap<String, Vec<Mac>>,
         full: bool,
+        go_on: &(dyn Fn() -> bool + Sync),
     ) -> Result<Reconciled> {
         let rows = store.grants().await?;
         let inventory = self.inventory().await?;
         let mut out = Reconciled::default();
         let mut held: BTreeSet<(String, String, String)> = BTreeSet::new();
+        let mut work: BTreeMap<(String, String, String), (NodeNic, BTreeSet<IpAddr>)> = BTreeMap::new();
         for (node, want) in desired.iter().filter(|(_, w)| !w.is_empty()) {
             let nics = match self.nics(node, macs_of(macs, node), &inventory) {
                 Ok(n) => n,
@@ -409,21 +437,39 @@ impl Hypervisors {
                 }
             };
             for n in nics {
-                held.insert((n.provider.clone(), n.nic.vm.clone(), n.nic.mac.to_string()));
-                let row = row_of(&rows, &n);
-                let same = row.is_some_and(|r| {
-                    r.state == "applied" && r.node == *node && r.vips.iter().copied().collect::<BTreeSet<_>>() == *want
-                });
-                if same && !full {
-                    continue;
-                }
-                let r = self.grant_nic(store, &n, row, want).await?;
-                if !same || r.changed || r.state == "failed" {
-                    out.nics.push(r);
+                let key = (n.provider.clone(), n.nic.vm.clone(), n.nic.mac.to_string());
+                held.insert(key.clone());
+                match work.get_mut(&key) {
+                    Some((first, w)) => {
+                        tracing::warn!(nic = %n.nic, nodes = %format!("{}, {node}", first.node), "two nodes map to one NIC; it grants both nodes' VIPs");
+                        w.extend(want.iter().copied());
+                    }
+                    None => {
+                        work.insert(key, (n, want.clone()));
+                    }
                 }
             }
         }
+        for (n, want) in work.values() {
+            if !go_on() {
+                return Ok(out);
+            }
+            let row = row_of(&rows, n);
+            let same = row.is_some_and(|r| {
+                r.state == "applied" && r.node == n.node && r.vips.iter().copied().collect::<BTreeSet<_>>() == *want
+            });
+            if same && !full {
+                continue;
+            }
+            let r = self.grant_nic(store, n, row, want).await?;
+            if !same || r.changed || r.state == "failed" {
+                out.nics.push(r);
+            }
+        }
         for row in rows.iter().filter(|r| !held.contains(&(r.provider.clone(), r.vm.clone(), r.mac.clone()))) {
+            if !go_on() {
+                return Ok(out);
+            }
             out.nics.push(self.revoke_row(store, row, None).await?);
         }
         Ok(out)

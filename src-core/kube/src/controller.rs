@@ -388,10 +388,10 @@ impl Ctx {
         };
         let mut note = serde_json::to_string(&rows).unwrap_or_default();
         if note.len() > GRANTS_NOTE_MAX {
-            warn!(
+            tracing::error!(
                 bytes = note.len(),
                 max = GRANTS_NOTE_MAX,
-                "the grants are too many for the Lease; the next leader will adopt them from the hypervisors instead"
+                "the grants are too many for the Lease: a next leader will not know which IP parameters vipvisor added, and will leave them in place when their VIPs go"
             );
             note.clear();
         }
@@ -406,10 +406,12 @@ impl Ctx {
 
     /// Takes over the grants the previous leader left in the Lease.
     async fn inherit_grants(&self, note: &str) {
-        if note.is_empty() {
-            return;
-        }
-        match serde_json::from_str::<Vec<vipvisor_store::GrantRow>>(note) {
+        // An empty note: the previous leader had too many to hand over. Our own rows are
+        // older than its, so none are trusted (what it added stays; what the operator
+        // listed is never removed).
+        let parsed =
+            if note.is_empty() { Ok(Vec::new()) } else { serde_json::from_str::<Vec<vipvisor_store::GrantRow>>(note) };
+        match parsed {
             Ok(rows) => match self.app.store().replace_grants(&rows, Timestamp::now()).await {
                 Ok(()) => info!(grants = rows.len(), "took the hypervisor grants over from the Lease"),
                 Err(e) => warn!(error = %e, "cannot take the grants over"),
@@ -871,7 +873,7 @@ pub async fn run(
     }
     info!(services = svc_reader.state().len(), elapsed_ms = started.elapsed().as_millis() as u64, "caches synced");
     ctx.set_phase(Phase::Standby);
-    let (reports_tx, reports_rx) = watch::channel(crate::grants::Reports::new());
+    let (reports_tx, reports_rx) = watch::channel(None::<crate::grants::Reports>);
     let announced = {
         let c = ctx.clone();
         tokio::spawn(crate::l2status::reflect_into_services(
@@ -903,9 +905,11 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut metrics_every = 0u32;
     'outer: loop {
-        // Standby: keep the caches warm, write nothing.
+        // Standby: keep the caches warm, write nothing. Our grants note is stale now: the
+        // next acquisition must not write it over the current leader's.
         metrics.leader.set(0);
         ctx.set_phase(Phase::Standby);
+        ctx.notes.send_if_modified(|n| n.remove(ANN_GRANTS).is_some());
         while !lead_rx.borrow_and_update().leading {
             beat.beat();
             tokio::select! {

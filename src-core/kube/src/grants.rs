@@ -87,9 +87,15 @@ pub async fn run(
     hv: Arc<Hypervisors>,
     services: Reflector<Service>,
     nodes: Reflector<Node>,
-    mut reports: watch::Receiver<Reports>,
+    mut reports: watch::Receiver<Option<Reports>>,
     kick: Arc<Notify>,
 ) {
+    // Nothing is decided before the Nodes and the speakers' reports are known: an empty
+    // cache would look like "no candidates" and revoke every grant.
+    if nodes.wait_until_ready().await.is_err() {
+        return;
+    }
+    let mut said = false;
     let mut done: Option<Wanted> = None;
     let mut attempts = 0u32;
     let mut retry_at: Option<Instant> = None;
@@ -127,14 +133,26 @@ pub async fn run(
                 continue;
             }
         };
-        let want = wanted(&allocations, candidates(&reports.borrow_and_update(), &nodes.state()));
+        let Some(known) = reports.borrow_and_update().clone() else {
+            if !said {
+                info!("hypervisor grants wait for the speakers' reports (the ServiceL2Status CRD, deploy/crd.yaml)");
+                said = true;
+            }
+            continue;
+        };
+        let want = wanted(&allocations, candidates(&known, &nodes.state()));
         let now = Instant::now();
         let full = now >= resync_at;
         let due = retry_at.is_some_and(|t| now >= t);
         if !full && !due && done.as_ref() == Some(&want) {
             continue;
         }
-        let r = hv.reconcile(ctx.app.store(), &want.desired, &want.macs, full).await;
+        let leading = || ctx.leading();
+        let r = hv.reconcile(ctx.app.store(), &want.desired, &want.macs, full, &leading).await;
+        if !ctx.leading() {
+            // The lease went during the pass: the next leader checks everything itself.
+            continue;
+        }
         if full {
             resync_at = now + RESYNC;
         }

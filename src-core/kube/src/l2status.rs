@@ -123,7 +123,7 @@ pub async fn reflect_into_services(
     namespace: String,
     policy: crate::decide::ClassPolicy,
     leading: impl Fn() -> bool + Send + 'static,
-    reports_tx: tokio::sync::watch::Sender<BTreeMap<String, Report>>,
+    reports_tx: tokio::sync::watch::Sender<Option<BTreeMap<String, Report>>>,
 ) {
     use futures::StreamExt;
     use kube::api::{Api, Patch, PatchParams};
@@ -166,9 +166,9 @@ pub async fn reflect_into_services(
                 }
                 if !synced { continue }
                 reports_tx.send_if_modified(|cur| {
-                    let changed = *cur != reports;
+                    let changed = cur.as_ref() != Some(&reports);
                     if changed {
-                        *cur = reports.clone();
+                        *cur = Some(reports.clone());
                     }
                     changed
                 });
