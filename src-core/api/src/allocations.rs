@@ -6,7 +6,7 @@ use serde::Serialize;
 use vipvisor_ipam::{Change, IpamError, Outcome};
 use vipvisor_model::{AllocRequest, Allocation, PoolName, Quarantined, ServiceKey, Uid};
 
-use crate::{App, Result};
+use crate::{ApiError, App, ErrorCode, Result};
 
 /// What a service holds after a request.
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
@@ -42,6 +42,34 @@ pub struct ReleaseResult {
     pub quarantined_until: Option<String>,
 }
 
+/// The largest page of a listing.
+pub const MAX_PAGE: usize = 10_000;
+
+/// Which allocations to list: filters (all optional) and a page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllocationQuery {
+    pub pool: Option<String>,
+    pub namespace: Option<String>,
+    pub address: Option<IpAddr>,
+    pub offset: usize,
+    pub limit: usize,
+}
+
+impl Default for AllocationQuery {
+    fn default() -> Self {
+        AllocationQuery { pool: None, namespace: None, address: None, offset: 0, limit: 100 }
+    }
+}
+
+/// One page of a listing: `total` matches, `items` from `offset` on.
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Page<T> {
+    pub total: usize,
+    pub offset: usize,
+    pub items: Vec<T>,
+}
+
 impl App {
     /// Gives `req.service` addresses (idempotent: asking again changes nothing).
     pub async fn allocate(&self, req: &AllocRequest) -> Result<Allocated> {
@@ -73,6 +101,32 @@ impl App {
     /// Every allocation, by service.
     pub async fn allocations(&self) -> Result<Vec<Allocation>> {
         Ok(self.store.read(|i| i.allocations().into_iter().cloned().collect()).await?)
+    }
+
+    /// The allocations matching `q`, by service, `q.limit` of them from `q.offset` on.
+    pub async fn allocations_page(&self, q: &AllocationQuery) -> Result<Page<Allocation>> {
+        if q.limit == 0 || q.limit > MAX_PAGE {
+            return Err(ApiError::new(
+                ErrorCode::InvalidValue,
+                format!("invalid limit {}; expected 1 to {MAX_PAGE}", q.limit),
+            ));
+        }
+        let q = q.clone();
+        Ok(self
+            .store
+            .read(move |i| {
+                let all: Vec<&Allocation> = i
+                    .allocations()
+                    .into_iter()
+                    .filter(|a| q.pool.as_deref().is_none_or(|p| a.pool.as_str() == p))
+                    .filter(|a| q.namespace.as_deref().is_none_or(|n| a.service.namespace() == n))
+                    .filter(|a| q.address.is_none_or(|ip| a.addresses.contains(&ip)))
+                    .collect();
+                let total = all.len();
+                let items = all.into_iter().skip(q.offset).take(q.limit).cloned().collect();
+                Page { total, offset: q.offset, items }
+            })
+            .await?)
     }
 
     /// Forgets (without quarantine) the allocations for which `keep` is false, and every

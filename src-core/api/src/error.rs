@@ -34,6 +34,14 @@ pub enum ErrorCode {
     UidMismatch,
     /// A file could not be read.
     Unreadable,
+    UnknownToken,
+    TokenExists,
+    /// No token, or one that is not (or no longer) known.
+    Unauthenticated,
+    /// The token's role may not do this (a viewer writing).
+    Forbidden,
+    /// No such resource or route.
+    NotFound,
     /// The store did not answer in time; retrying later may work.
     StoreUnavailable,
     /// Anything else: the store holds something it should not, or could not be opened.
@@ -46,9 +54,11 @@ impl ErrorCode {
         use ErrorCode::*;
         match self {
             InvalidValue | ConfigConflict | Unreadable => 400,
-            UnknownPool | UnknownReservation => 404,
-            PoolExists | ReservationExists | WouldStrand | AddressInUse | PortInUse | AddressQuarantined
-            | UidMismatch => 409,
+            Unauthenticated => 401,
+            Forbidden => 403,
+            UnknownPool | UnknownReservation | UnknownToken | NotFound => 404,
+            PoolExists | ReservationExists | TokenExists | WouldStrand | AddressInUse | PortInUse
+            | AddressQuarantined | UidMismatch => 409,
             PoolExhausted | NoEligiblePool | AddressNotInPool | PoolNotEligible | AddressReserved => 422,
             StoreUnavailable => 503,
             Internal => 500,
@@ -75,6 +85,11 @@ impl ErrorCode {
             AddressQuarantined => "address_quarantined",
             UidMismatch => "uid_mismatch",
             Unreadable => "unreadable",
+            UnknownToken => "unknown_token",
+            TokenExists => "token_exists",
+            Unauthenticated => "unauthenticated",
+            Forbidden => "forbidden",
+            NotFound => "not_found",
             StoreUnavailable => "store_unavailable",
             Internal => "internal",
         }

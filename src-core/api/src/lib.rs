@@ -16,6 +16,7 @@ pub mod events;
 pub mod files;
 pub mod pools;
 pub mod reservations;
+pub mod tokens;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -71,6 +71,11 @@ pub enum Command {
     /// Let the nodes' VMs announce their VIPs through the hypervisor's filters (libvirt).
     #[command(subcommand)]
     Hypervisor(HypervisorCmd),
+    /// Manage the API tokens of `vipvisor serve` (shown once, stored hashed).
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// Serve the API (REST JSON under /api/v1, bearer tokens) until SIGTERM/SIGINT.
+    Serve(ServeArgs),
     /// Show the audit log.
     Events {
         /// Only events since this time: a duration ago (1h, 30m) or an RFC 3339 time.
@@ -91,8 +96,38 @@ impl Command {
                 | Command::Reserve(ReserveCmd::List)
                 | Command::Alloc(AllocCmd::List)
                 | Command::Events { .. }
+                | Command::Token(TokenCmd::List)
         )
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCmd {
+    /// Create a token; it is printed once (`-o json`: {"name","role","token"}).
+    Create {
+        name: String,
+        #[arg(long, value_enum)]
+        role: RoleArg,
+    },
+    /// List the tokens (names and roles, never the secrets).
+    List,
+    /// Revoke a token: it is refused from now on.
+    Revoke { name: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RoleArg {
+    /// Reads everything.
+    Viewer,
+    /// Reads and writes.
+    Admin,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (loopback by default: put TLS in front before exposing it).
+    #[arg(long, default_value = "127.0.0.1:8470")]
+    pub listen: std::net::SocketAddr,
 }
 
 #[derive(Debug, Subcommand)]

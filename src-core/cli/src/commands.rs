@@ -7,8 +7,9 @@ use vipvisor_api::events::EventQuery;
 use vipvisor_api::{ApiError, App, Change, FamilyStats};
 use vipvisor_model::{AllocRequest, FamilyRequest, Pool, PoolOptions, Reservation};
 
-use crate::args::{AllocCmd, Cli, Command, FamilyArg, PoolCmd, ReserveCmd, SinceArg};
+use crate::args::{AllocCmd, Cli, Command, FamilyArg, PoolCmd, ReserveCmd, RoleArg, SinceArg, TokenCmd};
 use crate::render::{addrs_text, blocks_text, labels_text, released_text, render, row, table};
+use vipvisor_api::tokens::Role;
 
 /// Runs an IPAM command; returns the text to print on stdout.
 pub async fn execute(app: &App, cli: &Cli) -> Result<String, ApiError> {
@@ -207,9 +208,35 @@ pub async fn execute(app: &App, cli: &Cli) -> Result<String, ApiError> {
                 table(&t)
             })
         }
-        Command::Speaker(_) | Command::Controller(_) | Command::Hypervisor(_) => Err(ApiError::new(
-            vipvisor_api::ErrorCode::Internal,
-            "long-running modes and hypervisor commands are started by main",
-        )),
+        Command::Token(TokenCmd::Create { name, role }) => {
+            let role = match role {
+                RoleArg::Viewer => Role::Viewer,
+                RoleArg::Admin => Role::Admin,
+            };
+            let t = app.create_token(name, role).await?;
+            render(fmt, &t, || {
+                format!("created {} token {:?}; it is shown only now:\n{}\n", t.role.as_str(), t.name, t.token)
+            })
+        }
+        Command::Token(TokenCmd::List) => {
+            let tokens = app.tokens().await?;
+            render(fmt, &tokens, || {
+                let mut t = vec![row(["NAME", "ROLE", "CREATED"])];
+                for k in &tokens {
+                    t.push(vec![k.name.clone(), k.role.as_str().into(), k.created.clone()]);
+                }
+                table(&t)
+            })
+        }
+        Command::Token(TokenCmd::Revoke { name }) => {
+            app.revoke_token(name).await?;
+            render(fmt, &serde_json::json!({"revoked": name}), || format!("revoked token {name:?}\n"))
+        }
+        Command::Speaker(_) | Command::Controller(_) | Command::Hypervisor(_) | Command::Serve(_) => {
+            Err(ApiError::new(
+                vipvisor_api::ErrorCode::Internal,
+                "long-running modes and hypervisor commands are started by main",
+            ))
+        }
     }
 }

@@ -61,6 +61,15 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
         };
         return hypervisor::run(h, cli.output, store).await;
     }
+    if let Command::Serve(a) = &cli.command {
+        let app =
+            App::open(&url, "serve", cli.quarantine).await.map_err(|e| anyhow::anyhow!(render::error_text(&e)))?;
+        let extra = http::router(String::new, vipvisor_health::Health::new(), None, None);
+        let r = vipvisor_server::serve(a.listen, app.clone(), extra, daemons::shutdown_signal()).await;
+        app.close().await;
+        r.map_err(|e| anyhow::anyhow!(render::error_text(&e)))?;
+        return Ok(String::new());
+    }
     let actor = cli
         .actor
         .clone()
@@ -79,7 +88,7 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Long-running modes log what they do; one-shot commands only warnings.
-    let long = matches!(cli.command, Command::Speaker(_) | Command::Controller(_));
+    let long = matches!(cli.command, Command::Speaker(_) | Command::Controller(_) | Command::Serve(_));
     let default = if long { "info" } else { "warn" };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

@@ -61,6 +61,13 @@ pub enum Audit {
         mac: String,
         vips: Vec<IpAddr>,
     },
+    TokenCreated {
+        name: String,
+        role: String,
+    },
+    TokenRevoked {
+        name: String,
+    },
 }
 
 fn allocation_detail(a: &Allocation) -> serde_json::Map<String, Value> {
@@ -90,6 +97,8 @@ impl Audit {
             Audit::ReservationRemoved { .. } => "reservation.removed",
             Audit::HypervisorGranted { .. } => "hypervisor.granted",
             Audit::HypervisorRevoked { .. } => "hypervisor.revoked",
+            Audit::TokenCreated { .. } => "token.created",
+            Audit::TokenRevoked { .. } => "token.revoked",
         }
     }
 
@@ -109,6 +118,7 @@ impl Audit {
             Audit::HypervisorGranted { provider, vm, mac, .. } | Audit::HypervisorRevoked { provider, vm, mac, .. } => {
                 format!("{provider}/{vm}/{mac}")
             }
+            Audit::TokenCreated { name, .. } | Audit::TokenRevoked { name } => format!("token/{name}"),
         }
     }
 
@@ -147,6 +157,8 @@ impl Audit {
             | Audit::ReservationUpdated { note, .. }
             | Audit::ReservationRemoved { note, .. } => json!({ "note": note }),
             Audit::HypervisorGranted { vips, .. } | Audit::HypervisorRevoked { vips, .. } => json!({ "vips": vips }),
+            Audit::TokenCreated { role, .. } => json!({ "role": role }),
+            Audit::TokenRevoked { .. } => json!({}),
         }
     }
 }

@@ -39,6 +39,18 @@ pub struct GrantRow {
     pub error: String,
 }
 
+/// An API token as stored: its name, role and the SHA-256 of its secret (never the
+/// secret itself).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TokenRow {
+    pub name: String,
+    /// `viewer` or `admin`.
+    pub role: String,
+    #[serde(skip)]
+    pub hash: String,
+    pub created: Timestamp,
+}
+
 /// One change to the rows. The store issues them in an order the schema's foreign keys
 /// accept (blocks of changed pools go before new blocks are written, allocations move
 /// before old pools are deleted).
@@ -63,6 +75,8 @@ pub enum Write<'a> {
         vm: &'a str,
         mac: &'a str,
     },
+    InsertToken(&'a TokenRow),
+    DeleteToken(&'a str),
     Audit {
         actor: &'a str,
         event: &'a Audit,
@@ -82,6 +96,10 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     async fn events(&self, since: Option<Timestamp>, limit: Option<u32>) -> Result<Vec<Event>>;
     /// Every hypervisor grant, by provider, VM and NIC.
     async fn grants(&self) -> Result<Vec<GrantRow>>;
+    /// Every API token, by name.
+    async fn tokens(&self) -> Result<Vec<TokenRow>>;
+    /// The token whose secret hashes to `hash`.
+    async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRow>>;
     /// The database's own consistency checks; empty when all is well.
     async fn integrity_check(&self) -> Result<Vec<String>>;
     async fn close(&self);

@@ -17,6 +17,7 @@ pub mod sqlite;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -27,7 +28,7 @@ use vipvisor_model::{AddressBlock, AllocRequest, Allocation, InvalidValue, Pool,
 use vipvisor_model::{Quarantined, Timestamp, Uid};
 
 pub use audit::Audit;
-pub use backend::{Backend, GrantRow, Rows, Write, WriteTx};
+pub use backend::{Backend, GrantRow, Rows, TokenRow, Write, WriteTx};
 pub use sqlite::MIGRATOR;
 
 #[derive(Debug, thiserror::Error)]
@@ -160,9 +161,9 @@ struct Cached {
 /// The IPAM store. Cheap to share behind an `Arc`; writes from one process are serialized
 /// by an in-process lock, and between processes by the database's write lock.
 pub struct Store {
-    backend: Box<dyn Backend>,
+    backend: Arc<dyn Backend>,
     actor: String,
-    cache: Mutex<Option<Cached>>,
+    cache: Arc<Mutex<Option<Cached>>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -202,7 +203,7 @@ impl Store {
 
     /// A store over `backend`.
     pub fn new(backend: Box<dyn Backend>) -> Store {
-        Store { backend, actor: "vipvisor".into(), cache: Mutex::new(None) }
+        Store { backend: Arc::from(backend), actor: "vipvisor".into(), cache: Arc::new(Mutex::new(None)) }
     }
 
     /// A store over an SQLite pool that is already migrated (tests use `#[sqlx::test]`).
@@ -214,6 +215,42 @@ impl Store {
     pub fn with_actor(mut self, actor: impl Into<String>) -> Self {
         self.actor = actor.into();
         self
+    }
+
+    /// The same store (database, cache) acting as `actor`: a server records each
+    /// request's caller.
+    pub fn as_actor(&self, actor: impl Into<String>) -> Store {
+        Store { backend: self.backend.clone(), actor: actor.into(), cache: self.cache.clone() }
+    }
+
+    /// Every API token (names and roles; the hashes stay in the store).
+    pub async fn tokens(&self) -> Result<Vec<TokenRow>> {
+        self.backend.tokens().await
+    }
+
+    /// The token whose secret hashes to `hash`, if any.
+    pub async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRow>> {
+        self.backend.token_by_hash(hash).await
+    }
+
+    /// Records a new token (its hash only), with an audit event.
+    pub async fn add_token(&self, t: &TokenRow) -> Result<()> {
+        let mut tx = self.backend.begin().await?;
+        tx.write(Write::InsertToken(t), t.created).await?;
+        self.audit(&mut tx, t.created, Audit::TokenCreated { name: t.name.clone(), role: t.role.clone() }).await?;
+        tx.commit().await
+    }
+
+    /// Revokes the token `name`; false when there is none.
+    pub async fn revoke_token(&self, name: &str, now: Timestamp) -> Result<bool> {
+        if !self.tokens().await?.iter().any(|t| t.name == name) {
+            return Ok(false);
+        }
+        let mut tx = self.backend.begin().await?;
+        tx.write(Write::DeleteToken(name), now).await?;
+        self.audit(&mut tx, now, Audit::TokenRevoked { name: name.to_owned() }).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// A consistent read of the whole state, fresh from the database.

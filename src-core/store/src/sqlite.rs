@@ -18,7 +18,7 @@ use vipvisor_model::{
     SharingKey, Timestamp, Uid,
 };
 
-use crate::backend::{Backend, GrantRow, Rows, Write, WriteTx};
+use crate::backend::{Backend, GrantRow, Rows, TokenRow, Write, WriteTx};
 use crate::{redact_url, Event, Result, StoreError};
 
 /// The embedded migrations of `migrations/`.
@@ -314,6 +314,20 @@ impl Backend for SqliteBackend {
             .collect()
     }
 
+    async fn tokens(&self) -> Result<Vec<TokenRow>> {
+        let rows =
+            sqlx::query("SELECT name, role, hash, created_ms FROM tokens ORDER BY name").fetch_all(&self.pool).await?;
+        Ok(rows.into_iter().map(|r| token_row(&r)).collect())
+    }
+
+    async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRow>> {
+        let row = sqlx::query("SELECT name, role, hash, created_ms FROM tokens WHERE hash = ?1")
+            .bind(hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(token_row))
+    }
+
     async fn integrity_check(&self) -> Result<Vec<String>> {
         let mut out: Vec<String> = sqlx::query_scalar("PRAGMA integrity_check").fetch_all(&self.pool).await?;
         out.retain(|s| s != "ok");
@@ -409,6 +423,20 @@ impl WriteTx for SqliteTx {
                 .bind(now.0)
                 .execute(&mut **tx)
                 .await?;
+                Ok(())
+            }
+            Write::InsertToken(t) => {
+                sqlx::query("INSERT INTO tokens (name, role, hash, created_ms) VALUES (?1, ?2, ?3, ?4)")
+                    .bind(&t.name)
+                    .bind(&t.role)
+                    .bind(&t.hash)
+                    .bind(t.created.0)
+                    .execute(&mut **tx)
+                    .await?;
+                Ok(())
+            }
+            Write::DeleteToken(name) => {
+                sqlx::query("DELETE FROM tokens WHERE name = ?1").bind(name).execute(&mut **tx).await?;
                 Ok(())
             }
             Write::DeleteGrant { provider, vm, mac } => {
@@ -646,4 +674,8 @@ async fn load(tx: &mut Transaction<'static, Sqlite>) -> Result<Rows> {
         });
     }
     Ok(Rows { generation, pools, reservations, allocations, quarantine })
+}
+
+fn token_row(r: &sqlx::sqlite::SqliteRow) -> TokenRow {
+    TokenRow { name: r.get("name"), role: r.get("role"), hash: r.get("hash"), created: Timestamp(r.get("created_ms")) }
 }

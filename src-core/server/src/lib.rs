@@ -1,0 +1,291 @@
+//! vipvisor-server: the application layer ([`vipvisor_api::App`]) over HTTP, for
+//! `vipvisor serve` (and, later, the controller's `--serve` and the web UI).
+//!
+//! - REST JSON under `/api/v1`; bodies in the pools file's shape where one exists (a pool
+//!   is `{"name", "addresses", …options}`); every error is `{"code", "message"}` with the
+//!   status its [`ErrorCode`] maps to.
+//! - Bearer tokens (`vipvisor token create`): every `/api/v1` request needs one; `viewer`
+//!   reads, `admin` also writes. The token is checked **before** anything of the request
+//!   is read or validated, and a write is audited as `token:NAME`.
+//!
+//! Owns: routes, authentication, the mapping of query strings and bodies to the API's
+//! types. Must not: hold application logic (it calls `App`), or log a token.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Extension, Json, Router};
+use serde::Deserialize;
+use tracing::{info, warn};
+use vipvisor_api::allocations::{AllocationQuery, MAX_PAGE};
+use vipvisor_api::events::EventQuery;
+use vipvisor_api::tokens::{Caller, Role};
+use vipvisor_api::{ApiError, App, ErrorCode};
+use vipvisor_model::{AllocRequest, Pool, PoolName, ServiceKey, Timestamp};
+
+/// The largest request body read.
+pub const MAX_BODY: usize = 1 << 20;
+
+/// An [`ApiError`] as an HTTP answer: `{code, message}` with its status.
+struct HttpError(ApiError);
+
+impl From<ApiError> for HttpError {
+    fn from(e: ApiError) -> Self {
+        HttpError(e)
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.0.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = Json(serde_json::json!({"code": self.0.code, "message": self.0.message}));
+        if status == StatusCode::UNAUTHORIZED {
+            return (status, [(header::WWW_AUTHENTICATE, "Bearer")], body).into_response();
+        }
+        (status, body).into_response()
+    }
+}
+
+type Answer<T> = Result<Json<T>, HttpError>;
+
+fn invalid(message: String) -> HttpError {
+    HttpError(ApiError::new(ErrorCode::InvalidValue, message))
+}
+
+/// A JSON body, read whole (bounded) and parsed here so that a bad one is an
+/// `invalid_value` naming the field, like every other validation error.
+fn body<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, HttpError> {
+    serde_json::from_slice(bytes).map_err(|e| invalid(format!("invalid {what} body: {e}")))
+}
+
+/// The routes. `app` is the application as the server's own actor; each request acts as
+/// its token.
+pub fn router(app: App) -> Router {
+    let api = Router::new()
+        .route("/whoami", get(whoami))
+        .route("/pools", get(list_pools).post(create_pool))
+        .route("/pools/{name}", get(get_pool).delete(delete_pool))
+        .route("/allocations", get(list_allocations).post(allocate))
+        .route("/allocations/{namespace}/{name}", axum::routing::delete(release))
+        .route("/events", get(events))
+        .fallback(not_found)
+        .route_layer(middleware::from_fn_with_state(app.clone(), authenticate))
+        .with_state(app);
+    Router::new().nest("/api/v1", api).fallback(not_found).layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+}
+
+async fn not_found() -> HttpError {
+    HttpError(ApiError::new(
+        ErrorCode::NotFound,
+        "no such route; expected one under /api/v1 (see /api/v1/openapi.json)",
+    ))
+}
+
+/// Checks the bearer token before anything else of the request is looked at.
+async fn authenticate(State(app): State<App>, mut req: Request, next: Next) -> Response {
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(token) = token else {
+        return HttpError(ApiError::new(
+            ErrorCode::Unauthenticated,
+            "no token; expected an Authorization: Bearer header with a token from `vipvisor token create`",
+        ))
+        .into_response();
+    };
+    let caller = match app.authenticate(token).await {
+        Ok(Some(c)) => c,
+        Ok(None) => {
+            return HttpError(ApiError::new(
+                ErrorCode::Unauthenticated,
+                "unknown or revoked token; expected one from `vipvisor token create`",
+            ))
+            .into_response()
+        }
+        Err(e) => return HttpError(e).into_response(),
+    };
+    let reads = matches!(*req.method(), Method::GET | Method::HEAD);
+    if !reads && caller.role < Role::Admin {
+        return HttpError(ApiError::new(
+            ErrorCode::Forbidden,
+            format!(
+                "token {:?} is a viewer; expected an admin token to {} {}",
+                caller.name,
+                req.method(),
+                req.uri().path()
+            ),
+        ))
+        .into_response();
+    }
+    req.extensions_mut().insert(caller);
+    next.run(req).await
+}
+
+async fn whoami(Extension(caller): Extension<Caller>) -> Json<Caller> {
+    Json(caller)
+}
+
+async fn list_pools(State(app): State<App>) -> Answer<Vec<vipvisor_api::pools::PoolView>> {
+    Ok(Json(app.pools().await?))
+}
+
+fn pool_name(name: &str) -> Result<PoolName, HttpError> {
+    name.parse::<PoolName>().map_err(|e| HttpError(ApiError::from(e)))
+}
+
+async fn get_pool(State(app): State<App>, Path(name): Path<String>) -> Answer<vipvisor_api::pools::PoolView> {
+    Ok(Json(app.pool(&pool_name(&name)?).await?))
+}
+
+async fn create_pool(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+    bytes: axum::body::Bytes,
+) -> Result<(StatusCode, Json<vipvisor_api::ConfigReport>), HttpError> {
+    let pool: Pool = body(&bytes, "pool")?;
+    let r = app.as_caller(&caller).create_pool(pool).await?;
+    Ok((StatusCode::CREATED, Json(r)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeleteParams {
+    #[serde(default)]
+    force: bool,
+}
+
+async fn delete_pool(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    q: Result<Query<DeleteParams>, axum::extract::rejection::QueryRejection>,
+) -> Answer<vipvisor_api::ConfigReport> {
+    let Query(q) = q.map_err(|e| invalid(format!("invalid query: {e}")))?;
+    Ok(Json(app.as_caller(&caller).delete_pool(&pool_name(&name)?, q.force).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListParams {
+    pool: Option<String>,
+    namespace: Option<String>,
+    address: Option<String>,
+    offset: Option<usize>,
+    limit: Option<usize>,
+}
+
+async fn list_allocations(
+    State(app): State<App>,
+    q: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
+) -> Answer<vipvisor_api::allocations::Page<vipvisor_model::Allocation>> {
+    let Query(q) = q.map_err(|e| invalid(format!("invalid query: {e}")))?;
+    let address = match q.address.as_deref() {
+        Some(a) => Some(
+            a.parse::<IpAddr>()
+                .map_err(|_| invalid(format!("invalid address {a:?}; expected an IPv4 or IPv6 address")))?,
+        ),
+        None => None,
+    };
+    let query = AllocationQuery {
+        pool: q.pool,
+        namespace: q.namespace,
+        address,
+        offset: q.offset.unwrap_or(0),
+        limit: q.limit.unwrap_or(100).min(MAX_PAGE + 1),
+    };
+    Ok(Json(app.allocations_page(&query).await?))
+}
+
+/// `POST /api/v1/allocations`: what `vipvisor alloc request` asks.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AllocBody {
+    /// `namespace/name`.
+    service: String,
+    #[serde(default)]
+    pool: Option<String>,
+    #[serde(default)]
+    addresses: Vec<IpAddr>,
+}
+
+async fn allocate(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+    bytes: axum::body::Bytes,
+) -> Answer<vipvisor_api::allocations::Allocated> {
+    let b: AllocBody = body(&bytes, "allocation")?;
+    let service = service_key(&b.service)?;
+    let mut req = AllocRequest::new(service);
+    req.addresses = b.addresses;
+    req.pool = b.pool.as_deref().map(pool_name).transpose()?;
+    Ok(Json(app.as_caller(&caller).allocate(&req).await?))
+}
+
+fn service_key(s: &str) -> Result<ServiceKey, HttpError> {
+    let (ns, name) =
+        s.split_once('/').ok_or_else(|| invalid(format!("invalid service {s:?}; expected namespace/name")))?;
+    ServiceKey::new(ns, name).map_err(|e| HttpError(ApiError::from(e)))
+}
+
+async fn release(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Answer<vipvisor_api::allocations::ReleaseResult> {
+    let key = ServiceKey::new(&namespace, &name).map_err(|e| HttpError(ApiError::from(e)))?;
+    Ok(Json(app.as_caller(&caller).release(&key, None).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventParams {
+    /// RFC 3339.
+    since: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn events(
+    State(app): State<App>,
+    q: Result<Query<EventParams>, axum::extract::rejection::QueryRejection>,
+) -> Answer<Vec<vipvisor_api::Event>> {
+    let Query(q) = q.map_err(|e| invalid(format!("invalid query: {e}")))?;
+    let since = match q.since.as_deref() {
+        Some(s) => Some(
+            humantime::parse_rfc3339_weak(s)
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| Timestamp(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
+                .ok_or_else(|| invalid(format!("invalid since {s:?}; expected an RFC 3339 time")))?,
+        ),
+        None => None,
+    };
+    Ok(Json(app.events(EventQuery { since, limit: q.limit }).await?))
+}
+
+/// Binds `addr` and serves until `shutdown`.
+pub async fn serve(
+    addr: SocketAddr,
+    app: App,
+    extra: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ApiError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::InvalidValue, format!("cannot listen on {addr}: {e}")))?;
+    let local = listener.local_addr().map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+    info!(%local, "serving the API on http://{local}/api/v1");
+    if !local.ip().is_loopback() {
+        warn!(%local, "listening beyond loopback without TLS: tokens travel in clear text");
+    }
+    axum::serve(listener, router(app).merge(extra))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("the HTTP server stopped: {e}")))
+}

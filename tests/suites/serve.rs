@@ -1,0 +1,205 @@
+//! `vipvisor serve` against a real store: every endpoint's success, each validation error
+//! with its code, paging and filters, 401 without a token (before the body is looked at),
+//! 403 for a viewer writing, a revoked token refused, writes audited under the token's
+//! name, changes made by the CLI on the same store seen at once, and no token in the log.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const VIPVISOR: &str = env!("CARGO_BIN_EXE_vipvisor");
+
+struct Server {
+    child: Child,
+    addr: String,
+    log: PathBuf,
+    store: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn start() -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let store = format!("sqlite://{}/v.db", dir.path().display());
+        let log = dir.path().join("serve.log");
+        let child = Command::new(VIPVISOR)
+            .args(["--store", &store, "serve", "--listen", "127.0.0.1:0"])
+            .env("VIPVISOR_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        let addr = loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if let Some(a) = text.split("serving the API on http://").nth(1).and_then(|r| r.split('/').next()) {
+                break a.to_string();
+            }
+            assert!(start.elapsed() < Duration::from_secs(20), "serve did not start: {text}");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Server { child, addr, log, store, _dir: dir }
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new(VIPVISOR).env("VIPVISOR_STORE", &self.store).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn token(&self, name: &str, role: &str) -> String {
+        let v: Value =
+            serde_json::from_str(&self.cli(&["-o", "json", "token", "create", name, "--role", role])).unwrap();
+        assert_eq!((v["name"].as_str(), v["role"].as_str()), (Some(name), Some(role)), "{v}");
+        v["token"].as_str().unwrap().to_string()
+    }
+
+    /// One request; the status and the JSON body (Null when there is none).
+    fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> (u16, Value) {
+        let mut s = TcpStream::connect(&self.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+        if let Some(t) = token {
+            req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        }
+        let body = body.unwrap_or("");
+        req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()));
+        s.write_all(req.as_bytes()).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap();
+        let text = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+        (status, serde_json::from_str(text).unwrap_or(Value::Null))
+    }
+}
+
+#[test]
+fn the_api_serves_the_store_to_tokens_by_role() {
+    let s = Server::start();
+    let admin = s.token("admin1", "admin");
+    let viewer = s.token("viewer1", "viewer");
+    let (a, v) = (Some(admin.as_str()), Some(viewer.as_str()));
+
+    // Authentication comes first: no token, a wrong one, a viewer writing; even with a body
+    // that would not validate.
+    for (token, status, code) in
+        [(None, 401, "unauthenticated"), (Some("vv_nope"), 401, "unauthenticated"), (v, 403, "forbidden")]
+    {
+        let (st, body) = s.call("POST", "/api/v1/pools", token, Some("{not json"));
+        assert_eq!((st, body["code"].as_str()), (status, Some(code)), "{body}");
+        assert!(body["message"].as_str().unwrap().contains("expected"), "{body}");
+    }
+    let (st, body) = s.call("GET", "/api/v1/whoami", v, None);
+    assert_eq!((st, body), (200, json!({"name": "viewer1", "role": "viewer"})));
+
+    // Pools, in the pools file's shape.
+    assert_eq!(s.call("GET", "/api/v1/pools", v, None), (200, json!([])));
+    let (st, body) = s.call(
+        "POST",
+        "/api/v1/pools",
+        a,
+        Some(r#"{"name": "web", "addresses": ["192.0.2.0/28"], "auto_assign": true}"#),
+    );
+    assert_eq!(st, 201, "{body}");
+    let (st, body) = s.call("GET", "/api/v1/pools/web", v, None);
+    assert_eq!(
+        (st, body["name"].as_str(), body["addresses"][0].as_str()),
+        (200, Some("web"), Some("192.0.2.0/28")),
+        "{body}"
+    );
+    for (path, body, status, code, needle) in [
+        ("/api/v1/pools", r#"{"name": "web2", "addresses": ["192.0.2.8/29"]}"#, 400, "config_conflict", "192.0.2"),
+        ("/api/v1/pools", r#"{"name": "web", "addresses": ["198.51.100.0/28"]}"#, 409, "pool_exists", "web"),
+        ("/api/v1/pools", r#"{"name": "x", "addresses": ["192.0.2.300/28"]}"#, 400, "invalid_value", "192.0.2.300"),
+        (
+            "/api/v1/pools",
+            r#"{"name": "x", "addresses": ["198.51.100.0/28"], "colour": "red"}"#,
+            400,
+            "invalid_value",
+            "colour",
+        ),
+        ("/api/v1/pools", "{not json", 400, "invalid_value", "pool body"),
+        ("/api/v1/allocations", r#"{"service": "no-slash"}"#, 400, "invalid_value", "namespace/name"),
+        ("/api/v1/allocations", r#"{"service": "default/x", "pool": "nope"}"#, 404, "unknown_pool", "nope"),
+    ] {
+        let (st, b) = s.call("POST", path, a, Some(body));
+        assert_eq!((st, b["code"].as_str()), (status, Some(code)), "{body}: {b}");
+        assert!(b["message"].as_str().unwrap().contains(needle), "{body}: {b}");
+    }
+    let (st, b) = s.call("GET", "/api/v1/pools/Bad_Name", v, None);
+    assert_eq!((st, b["code"].as_str()), (400, Some("invalid_value")), "{b}");
+    let (st, b) = s.call("GET", "/api/v1/pools/absent", v, None);
+    assert_eq!((st, b["code"].as_str()), (404, Some("unknown_pool")), "{b}");
+
+    // Allocations: through the API and through the CLI on the same store.
+    for svc in ["default/a", "default/b", "other/c"] {
+        let (st, b) = s.call("POST", "/api/v1/allocations", a, Some(&json!({"service": svc}).to_string()));
+        assert_eq!(st, 200, "{b}");
+    }
+    s.cli(&["alloc", "request", "other/d"]);
+    let (st, page) = s.call("GET", "/api/v1/allocations?limit=2&offset=1", v, None);
+    assert_eq!((st, page["total"].as_u64(), page["offset"].as_u64()), (200, Some(4), Some(1)), "{page}");
+    assert_eq!(page["items"].as_array().unwrap().len(), 2);
+    let (_, other) = s.call("GET", "/api/v1/allocations?namespace=other", v, None);
+    let names: Vec<&str> = other["items"].as_array().unwrap().iter().map(|i| i["service"].as_str().unwrap()).collect();
+    assert_eq!(names, ["other/c", "other/d"], "the CLI's allocation is seen at once");
+    let d_ip = other["items"][1]["addresses"][0].as_str().unwrap().to_string();
+    let (_, one) = s.call("GET", &format!("/api/v1/allocations?address={d_ip}"), v, None);
+    assert_eq!(one["total"], 1, "{one}");
+    for (q, needle) in [
+        ("limit=0", "invalid limit 0"),
+        ("limit=20000", "expected 1 to 10000"),
+        ("address=1.2.3", "\"1.2.3\""),
+        ("colour=red", "colour"),
+    ] {
+        let (st, b) = s.call("GET", &format!("/api/v1/allocations?{q}"), v, None);
+        assert_eq!((st, b["code"].as_str()), (400, Some("invalid_value")), "{q}: {b}");
+        assert!(b["message"].as_str().unwrap().contains(needle), "{q}: {b}");
+    }
+    let (st, b) = s.call("DELETE", "/api/v1/allocations/default/a", v, None);
+    assert_eq!(st, 403, "{b}");
+    let (st, b) = s.call("DELETE", "/api/v1/allocations/default/a", a, None);
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(b["released"].as_array().map(Vec::len), Some(1), "{b}");
+    let (st, b) = s.call("DELETE", "/api/v1/pools/web", a, None);
+    assert_eq!((st, b["code"].as_str()), (409, Some("would_strand")), "{b}");
+
+    // Events: the writes are the tokens', not the server's.
+    let (st, ev) = s.call("GET", "/api/v1/events?limit=100", v, None);
+    assert_eq!(st, 200);
+    let ev = ev.as_array().unwrap();
+    assert!(ev.iter().any(|e| e["kind"] == "pool.created" && e["actor"] == "token:admin1"), "{ev:?}");
+    assert!(ev.iter().any(|e| e["kind"] == "address.released" && e["actor"] == "token:admin1"), "{ev:?}");
+    let (st, b) = s.call("GET", "/api/v1/events?since=yesterday", v, None);
+    assert_eq!((st, b["code"].as_str()), (400, Some("invalid_value")), "{b}");
+
+    // Unknown routes and the unauthenticated health check.
+    let (st, b) = s.call("GET", "/api/v1/nothing", v, None);
+    assert_eq!((st, b["code"].as_str()), (404, Some("not_found")), "{b}");
+    assert_eq!(s.call("GET", "/healthz", None, None).0, 200);
+
+    // Revoked: refused from the next request on; listing never shows a secret.
+    let list = s.cli(&["-o", "json", "token", "list"]);
+    assert!(list.contains("viewer1") && !list.contains(&viewer) && !list.contains(&admin), "{list}");
+    s.cli(&["token", "revoke", "viewer1"]);
+    let (st, b) = s.call("GET", "/api/v1/pools", v, None);
+    assert_eq!((st, b["code"].as_str()), (401, Some("unauthenticated")), "{b}");
+    let out =
+        Command::new(VIPVISOR).env("VIPVISOR_STORE", &s.store).args(["token", "revoke", "viewer1"]).output().unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no token named \"viewer1\""));
+
+    let log = std::fs::read_to_string(&s.log).unwrap();
+    assert!(!log.contains(&admin) && !log.contains(&viewer) && !log.contains("vv_nope"), "a token in the log: {log}");
+}
