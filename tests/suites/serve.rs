@@ -203,3 +203,70 @@ fn the_api_serves_the_store_to_tokens_by_role() {
     let log = std::fs::read_to_string(&s.log).unwrap();
     assert!(!log.contains(&admin) && !log.contains(&viewer) && !log.contains("vv_nope"), "a token in the log: {log}");
 }
+
+impl Server {
+    /// Opens the change feed; returns the stream once the response headers are in.
+    fn feed(&self, token: &str, last_event_id: Option<i64>) -> (TcpStream, String) {
+        let mut s = TcpStream::connect(&self.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let mut req = format!("GET /api/v1/events/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n");
+        if let Some(id) = last_event_id {
+            req.push_str(&format!("Last-Event-ID: {id}\r\n"));
+        }
+        req.push_str("\r\n");
+        s.write_all(req.as_bytes()).unwrap();
+        let mut got = String::new();
+        read_until(&mut s, &mut got, "\r\n\r\n", Duration::from_secs(5));
+        (s, got)
+    }
+}
+
+/// Reads from `s` into `got` until it contains `needle` or `limit` passes; whether it did.
+fn read_until(s: &mut TcpStream, got: &mut String, needle: &str, limit: Duration) -> bool {
+    let start = Instant::now();
+    let mut buf = [0u8; 4096];
+    while !got.contains(needle) {
+        if start.elapsed() > limit {
+            return false;
+        }
+        match s.read(&mut buf) {
+            Ok(0) => return got.contains(needle),
+            Ok(n) => got.push_str(&String::from_utf8_lossy(&buf[..n])),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    true
+}
+
+/// The change feed: a CLI allocation on the same store reaches a connected client within
+/// 1 s; a client that reconnects with Last-Event-ID gets what it missed; no token, no feed.
+#[test]
+fn changes_by_another_process_reach_the_feed_within_a_second() {
+    let s = Server::start();
+    let viewer = s.token("feed", "viewer");
+    s.cli(&["pool", "add", "web", "--addresses", "198.51.100.0/28"]);
+    let (st, _) = s.call("GET", "/api/v1/events/stream", None, None);
+    assert_eq!(st, 401);
+    let (mut feed, head) = s.feed(&viewer, None);
+    assert!(head.starts_with("HTTP/1.1 200") && head.contains("text/event-stream"), "{head}");
+    let mut got = String::new();
+    let sent = Instant::now();
+    s.cli(&["alloc", "request", "default/live"]);
+    assert!(
+        read_until(&mut feed, &mut got, "event: address.allocated", Duration::from_secs(1)),
+        "no address.allocated within 1 s of the CLI's allocation: {got:?}"
+    );
+    eprintln!("CLI allocation → feed event: {:?} (the CLI process included)", sent.elapsed());
+    assert!(
+        got.contains("default/live") && !got.contains("pool.created"),
+        "only what happened after connecting: {got}"
+    );
+    let id: i64 = got.split("id: ").nth(1).and_then(|r| r.lines().next()).and_then(|l| l.trim().parse().ok()).unwrap();
+    drop(feed);
+    s.cli(&["alloc", "release", "default/live"]);
+    let (mut again, _) = s.feed(&viewer, Some(id));
+    let mut missed = String::new();
+    assert!(read_until(&mut again, &mut missed, "event: address.released", Duration::from_secs(2)), "{missed}");
+    assert!(!missed.contains("event: address.allocated"), "resumed after {id}: {missed}");
+}

@@ -13,6 +13,17 @@ pub struct EventQuery {
 }
 
 impl App {
+    /// The events after id `after`, oldest first, at most `limit`: the change feed (any
+    /// process writing the same store adds to it).
+    pub async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<Event>> {
+        Ok(self.store.events_after(after, limit).await?)
+    }
+
+    /// The id of the newest event (0 when there is none).
+    pub async fn last_event_id(&self) -> Result<i64> {
+        Ok(self.store.events(None, Some(1)).await?.last().map_or(0, |e| e.id))
+    }
+
     /// Events oldest first.
     pub async fn events(&self, q: EventQuery) -> Result<Vec<Event>> {
         Ok(self.store.events(q.since, q.limit).await?)

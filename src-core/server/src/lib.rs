@@ -72,6 +72,7 @@ pub fn router(app: App) -> Router {
         .route("/allocations", get(list_allocations).post(allocate))
         .route("/allocations/{namespace}/{name}", axum::routing::delete(release))
         .route("/events", get(events))
+        .route("/events/stream", get(stream))
         .fallback(not_found)
         .route_layer(middleware::from_fn_with_state(app.clone(), authenticate))
         .with_state(app);
@@ -267,6 +268,53 @@ async fn events(
         None => None,
     };
     Ok(Json(app.events(EventQuery { since, limit: q.limit }).await?))
+}
+
+/// How often the change feed looks at the store (another process may have written it).
+const FEED_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// `GET /api/v1/events/stream`: server-sent events, one per audit event (`event:` its
+/// kind, `id:` its id, `data:` the event as JSON), from after `Last-Event-ID` (a client
+/// that reconnects misses nothing) or from now. Changes by any process on the same store
+/// are seen: the store is asked every 100 ms.
+async fn stream(
+    State(app): State<App>,
+    headers: axum::http::HeaderMap,
+) -> Result<
+    axum::response::sse::Sse<impl futures::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>>,
+    HttpError,
+> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let after = match headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
+        Some(v) => v
+            .trim()
+            .parse::<i64>()
+            .map_err(|_| invalid(format!("invalid Last-Event-ID {v:?}; expected an event id")))?,
+        None => app.last_event_id().await?,
+    };
+    let feed = futures::stream::unfold(
+        (app, after, Vec::<vipvisor_api::Event>::new()),
+        |(app, mut after, mut queued)| async move {
+            loop {
+                if !queued.is_empty() {
+                    let e = queued.remove(0);
+                    after = e.id;
+                    let data = serde_json::to_string(&e).unwrap_or_default();
+                    let ev = Event::default().id(e.id.to_string()).event(e.kind.clone()).data(data);
+                    return Some((Ok(ev), (app, after, queued)));
+                }
+                match app.events_after(after, 500).await {
+                    Ok(new) if !new.is_empty() => queued = new,
+                    Ok(_) => tokio::time::sleep(FEED_EVERY).await,
+                    Err(e) => {
+                        warn!(error = %e.message, "the change feed cannot read the store");
+                        tokio::time::sleep(FEED_EVERY * 10).await;
+                    }
+                }
+            }
+        },
+    );
+    Ok(Sse::new(feed).keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15))))
 }
 
 /// Binds `addr` and serves until `shutdown`.

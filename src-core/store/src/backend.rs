@@ -94,6 +94,8 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     async fn rows(&self) -> Result<Rows>;
     /// The audit log, oldest first, from `since` on, at most `limit` newest.
     async fn events(&self, since: Option<Timestamp>, limit: Option<u32>) -> Result<Vec<Event>>;
+    /// The audit events after id `after`, oldest first, at most `limit`.
+    async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<Event>>;
     /// Every hypervisor grant, by provider, VM and NIC.
     async fn grants(&self) -> Result<Vec<GrantRow>>;
     /// Every API token, by name.

@@ -223,6 +223,11 @@ impl Store {
         Store { backend: self.backend.clone(), actor: actor.into(), cache: self.cache.clone() }
     }
 
+    /// The audit events after id `after`, oldest first, at most `limit` (a change feed).
+    pub async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<Event>> {
+        self.backend.events_after(after, limit).await
+    }
+
     /// Every API token (names and roles; the hashes stay in the store).
     pub async fn tokens(&self) -> Result<Vec<TokenRow>> {
         self.backend.tokens().await

@@ -275,21 +275,18 @@ impl Backend for SqliteBackend {
         .bind(limit.map_or(-1, i64::from))
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter()
-            .map(|r| {
-                let at_ms: i64 = r.get("at_ms");
-                let detail: String = r.get("detail");
-                Ok(Event {
-                    id: r.get("id"),
-                    at: Timestamp(at_ms).rfc3339(),
-                    at_ms,
-                    actor: r.get("actor"),
-                    kind: r.get("kind"),
-                    subject: r.get("subject"),
-                    detail: serde_json::from_str(&detail).map_err(|e| corrupt("event detail", e))?,
-                })
-            })
-            .collect()
+        events_of(rows)
+    }
+
+    async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<Event>> {
+        let rows = sqlx::query(
+            "SELECT id, at_ms, actor, kind, subject, detail FROM events WHERE id > ?1 ORDER BY id LIMIT ?2",
+        )
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        events_of(rows)
     }
 
     async fn grants(&self) -> Result<Vec<GrantRow>> {
@@ -674,6 +671,24 @@ async fn load(tx: &mut Transaction<'static, Sqlite>) -> Result<Rows> {
         });
     }
     Ok(Rows { generation, pools, reservations, allocations, quarantine })
+}
+
+fn events_of(rows: Vec<sqlx::sqlite::SqliteRow>) -> Result<Vec<Event>> {
+    rows.into_iter()
+        .map(|r| {
+            let at_ms: i64 = r.get("at_ms");
+            let detail: String = r.get("detail");
+            Ok(Event {
+                id: r.get("id"),
+                at: Timestamp(at_ms).rfc3339(),
+                at_ms,
+                actor: r.get("actor"),
+                kind: r.get("kind"),
+                subject: r.get("subject"),
+                detail: serde_json::from_str(&detail).map_err(|e| corrupt("event detail", e))?,
+            })
+        })
+        .collect()
 }
 
 fn token_row(r: &sqlx::sqlite::SqliteRow) -> TokenRow {
