@@ -37,7 +37,7 @@ impl Server {
         let child = Command::new(VIPVISOR)
             .args(["--store", &store, "serve", "--listen", "127.0.0.1:0"])
             .env("VIPVISOR_LOG", "debug")
-            .stdout(Stdio::null())
+            .stdout(std::fs::File::create(dir.path().join("serve.out")).unwrap())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
@@ -51,6 +51,11 @@ impl Server {
             std::thread::sleep(Duration::from_millis(20));
         };
         Server { child, addr, log, store, _dir: dir }
+    }
+
+    /// What `serve` printed on stdout (the login URL).
+    fn stdout(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("serve.out")).unwrap_or_default()
     }
 
     fn cli(&self, args: &[&str]) -> String {
@@ -265,8 +270,37 @@ fn changes_by_another_process_reach_the_feed_within_a_second() {
     let id: i64 = got.split("id: ").nth(1).and_then(|r| r.lines().next()).and_then(|l| l.trim().parse().ok()).unwrap();
     drop(feed);
     s.cli(&["alloc", "release", "default/live"]);
-    let (mut again, _) = s.feed(&viewer, Some(id));
-    let mut missed = String::new();
+    // What came with the response headers counts too.
+    let (mut again, mut missed) = s.feed(&viewer, Some(id));
     assert!(read_until(&mut again, &mut missed, "event: address.released", Duration::from_secs(2)), "{missed}");
     assert!(!missed.contains("event: address.allocated"), "resumed after {id}: {missed}");
+}
+
+/// `serve` prints a login URL with a one-time code (on stdout, not in the log); the code
+/// buys an admin session once, and is refused after that.
+#[test]
+fn the_printed_login_code_works_once() {
+    let s = Server::start();
+    let start = Instant::now();
+    while !s.stdout().contains("code=") {
+        assert!(start.elapsed() < Duration::from_secs(5), "no login URL: {}", s.stdout());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = s.stdout();
+    assert!(out.contains(&format!("http://{}/login?code=", s.addr)), "{out}");
+    let code = out.split("code=").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
+    let (st, b) = s.call("POST", "/api/v1/login", None, Some("{}"));
+    assert_eq!((st, b["code"].as_str()), (400, Some("invalid_value")), "{b}");
+    let (st, b) = s.call("POST", "/api/v1/login", None, Some(&json!({"code": "guess"}).to_string()));
+    assert_eq!((st, b["code"].as_str()), (401, Some("unauthenticated")), "{b}");
+    let (st, b) = s.call("POST", "/api/v1/login", None, Some(&json!({"code": code}).to_string()));
+    assert_eq!(st, 200, "{b}");
+    let session = b["token"].as_str().unwrap().to_string();
+    let (st, b) =
+        s.call("POST", "/api/v1/pools", Some(&session), Some(r#"{"name": "web", "addresses": ["203.0.113.0/28"]}"#));
+    assert_eq!(st, 201, "the session is an admin: {b}");
+    let (st, _) = s.call("POST", "/api/v1/login", None, Some(&json!({"code": code}).to_string()));
+    assert_eq!(st, 401, "the code works once");
+    let log = std::fs::read_to_string(&s.log).unwrap();
+    assert!(!log.contains(&code) && !log.contains(&session), "{log}");
 }

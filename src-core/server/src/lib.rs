@@ -62,9 +62,112 @@ fn body<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, H
     serde_json::from_slice(bytes).map_err(|e| invalid(format!("invalid {what} body: {e}")))
 }
 
-/// The routes. `app` is the application as the server's own actor; each request acts as
-/// its token.
-pub fn router(app: App) -> Router {
+/// The one-time login code `serve` prints, and the sessions it opened (in memory only: a
+/// restart logs everybody out).
+#[derive(Debug, Default)]
+pub struct Logins {
+    /// The SHA-256 of the code and when it expires; taken on first use.
+    code: std::sync::Mutex<Option<(String, std::time::Instant)>>,
+    sessions: std::sync::Mutex<std::collections::HashMap<String, (Caller, std::time::Instant)>>,
+}
+
+/// How long the printed login code is valid.
+pub const LOGIN_CODE_FOR: std::time::Duration = std::time::Duration::from_secs(600);
+/// How long a session opened with it lasts.
+pub const SESSION_FOR: std::time::Duration = std::time::Duration::from_secs(12 * 3600);
+/// Session tokens start with this (API tokens with `vv_`).
+const SESSION_PREFIX: &str = "vvs_";
+
+fn sha256_hex(s: &str) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(s.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn random_text() -> String {
+    use base64::Engine as _;
+    use rand::Rng as _;
+    let mut b = [0u8; 32];
+    let mut rng: rand::rngs::StdRng = rand::make_rng();
+    rng.fill_bytes(&mut b);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+fn locked<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Logins {
+    /// A new one-time code (replacing any earlier one), valid for [`LOGIN_CODE_FOR`].
+    pub fn new_code(&self) -> String {
+        let code = random_text();
+        *locked(&self.code) = Some((sha256_hex(&code), std::time::Instant::now() + LOGIN_CODE_FOR));
+        code
+    }
+
+    /// Trades the code for an admin session token, once.
+    fn exchange(&self, code: &str) -> Option<String> {
+        let mut slot = locked(&self.code);
+        match slot.as_ref() {
+            Some((h, until)) if *h == sha256_hex(code) && std::time::Instant::now() < *until => {}
+            _ => return None,
+        }
+        *slot = None;
+        let token = format!("{SESSION_PREFIX}{}", random_text());
+        let caller = Caller { name: "login".into(), role: Role::Admin };
+        let now = std::time::Instant::now();
+        let mut sessions = locked(&self.sessions);
+        sessions.retain(|_, (_, until)| *until > now);
+        sessions.insert(sha256_hex(&token), (caller, now + SESSION_FOR));
+        Some(token)
+    }
+
+    fn session(&self, token: &str) -> Option<Caller> {
+        if !token.starts_with(SESSION_PREFIX) {
+            return None;
+        }
+        let sessions = locked(&self.sessions);
+        sessions.get(&sha256_hex(token)).filter(|(_, until)| *until > std::time::Instant::now()).map(|(c, _)| c.clone())
+    }
+}
+
+/// What every handler can reach.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    pub app: App,
+    pub logins: std::sync::Arc<Logins>,
+}
+
+impl axum::extract::FromRef<Ctx> for App {
+    fn from_ref(c: &Ctx) -> App {
+        c.app.clone()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginBody {
+    code: String,
+}
+
+/// `POST /api/v1/login {"code"}`: the printed one-time code for a session token.
+async fn login(State(ctx): State<Ctx>, bytes: axum::body::Bytes) -> Answer<serde_json::Value> {
+    let b: LoginBody = body(&bytes, "login")?;
+    match ctx.logins.exchange(&b.code) {
+        Some(token) => {
+            info!("a login code was used");
+            Ok(Json(serde_json::json!({"token": token, "role": "admin", "expires_in_s": SESSION_FOR.as_secs()})))
+        }
+        None => Err(HttpError(ApiError::new(
+            ErrorCode::Unauthenticated,
+            "invalid, expired or used login code; expected the one `vipvisor serve` printed (restart it for a new one)",
+        ))),
+    }
+}
+
+/// The routes. `ctx.app` is the application as the server's own actor; each request acts
+/// as its token.
+pub fn router(ctx: Ctx) -> Router {
+    let open = Router::new().route("/login", axum::routing::post(login)).with_state(ctx.clone());
     let api = Router::new()
         .route("/whoami", get(whoami))
         .route("/pools", get(list_pools).post(create_pool))
@@ -74,9 +177,12 @@ pub fn router(app: App) -> Router {
         .route("/events", get(events))
         .route("/events/stream", get(stream))
         .fallback(not_found)
-        .route_layer(middleware::from_fn_with_state(app.clone(), authenticate))
-        .with_state(app);
-    Router::new().nest("/api/v1", api).fallback(not_found).layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .route_layer(middleware::from_fn_with_state(ctx.clone(), authenticate))
+        .with_state(ctx);
+    Router::new()
+        .nest("/api/v1", open.merge(api))
+        .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
 }
 
 async fn not_found() -> HttpError {
@@ -87,7 +193,7 @@ async fn not_found() -> HttpError {
 }
 
 /// Checks the bearer token before anything else of the request is looked at.
-async fn authenticate(State(app): State<App>, mut req: Request, next: Next) -> Response {
+async fn authenticate(State(ctx): State<Ctx>, mut req: Request, next: Next) -> Response {
     let token = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -101,7 +207,11 @@ async fn authenticate(State(app): State<App>, mut req: Request, next: Next) -> R
         ))
         .into_response();
     };
-    let caller = match app.authenticate(token).await {
+    let looked_up = match ctx.logins.session(token) {
+        Some(c) => Ok(Some(c)),
+        None => ctx.app.authenticate(token).await,
+    };
+    let caller = match looked_up {
         Ok(Some(c)) => c,
         Ok(None) => {
             return HttpError(ApiError::new(
@@ -324,6 +434,8 @@ pub async fn serve(
     extra: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ApiError> {
+    let logins = std::sync::Arc::new(Logins::default());
+    let ctx = Ctx { app, logins: logins.clone() };
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| ApiError::new(ErrorCode::InvalidValue, format!("cannot listen on {addr}: {e}")))?;
@@ -332,7 +444,13 @@ pub async fn serve(
     if !local.ip().is_loopback() {
         warn!(%local, "listening beyond loopback without TLS: tokens travel in clear text");
     }
-    axum::serve(listener, router(app).merge(extra))
+    // The login URL goes to stdout, for the person who started the server, not to the log.
+    println!(
+        "log in at http://{local}/login?code={} (valid {} minutes, once)",
+        logins.new_code(),
+        LOGIN_CODE_FOR.as_secs() / 60
+    );
+    axum::serve(listener, router(ctx).merge(extra))
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(|e| ApiError::new(ErrorCode::Internal, format!("the HTTP server stopped: {e}")))
