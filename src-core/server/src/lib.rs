@@ -324,6 +324,9 @@ struct AllocBody {
     pool: Option<String>,
     #[serde(default)]
     addresses: Vec<IpAddr>,
+    /// `ipv4`, `ipv6`, `dual` or `prefer-dual` (default: the addresses' families, else IPv4).
+    #[serde(default)]
+    family: Option<vipvisor_model::FamilyRequest>,
 }
 
 async fn allocate(
@@ -336,6 +339,7 @@ async fn allocate(
     let mut req = AllocRequest::new(service);
     req.addresses = b.addresses;
     req.pool = b.pool.as_deref().map(pool_name).transpose()?;
+    req.family = b.family;
     Ok(Json(app.as_caller(&caller).allocate(&req).await?))
 }
 
