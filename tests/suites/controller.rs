@@ -216,7 +216,15 @@ async fn services_get_addresses_events_and_are_released() {
     let Some(mut tb) = testbed("a").await else { return };
     tb.namespace("tiny", &[]).await;
     let kc = tb.kubeconfig();
-    tb.controller("c1", &kc, &["--metrics-addr", "127.0.0.1:19481"]);
+    // A viewer token in c1's own store, for the API it serves (`--serve`).
+    let out = Command::new(VIPVISOR)
+        .args(["--store", &tb.store_url("c1"), "-o", "json", "token", "create", "ui", "--role", "viewer"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token =
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["token"].as_str().unwrap().to_string();
+    tb.controller("c1", &kc, &["--metrics-addr", "127.0.0.1:19481", "--serve", "127.0.0.1:19482"]);
     tb.wait_leading("c1").await;
     let none = serde_json::json!({});
     assert_eq!(http("127.0.0.1:19481", "/readyz"), "leading\n");
@@ -224,6 +232,18 @@ async fn services_get_addresses_events_and_are_released() {
 
     tb.create("default", "plain", none.clone(), none.clone()).await;
     let ip = tb.wait_ips("default", "plain").await;
+    let api = Command::new("curl")
+        .args(["-sf", "-H", &format!("Authorization: Bearer {token}"), "http://127.0.0.1:19482/api/v1/allocations"])
+        .output()
+        .unwrap();
+    let page: serde_json::Value = serde_json::from_slice(&api.stdout).unwrap_or_default();
+    assert!(
+        page["items"]
+            .as_array()
+            .is_some_and(|i| i.iter().any(|a| a["service"] == "default/plain" && a["addresses"][0] == ip[0].as_str())),
+        "the controller's API shows the cluster's allocation: {page}"
+    );
+    assert!(!tb.log("c1").contains(&token), "no token in the log");
     assert!(ip[0].starts_with("192.0.2."), "auto-assigned from web: {ip:?}");
     assert!(tb.wait_event("default", "plain", "IPAllocated").await.contains(&ip[0]));
 

@@ -381,6 +381,9 @@ pub struct ControllerArgs {
     /// `vipvisor.io/Announced` condition.
     #[arg(long, default_value = "vipvisor-speaker")]
     pub speaker_namespace: String,
+    /// Serve the API (as `vipvisor serve` does) on this address, on the controller's store.
+    #[arg(long)]
+    pub serve: Option<std::net::SocketAddr>,
     /// Provider file: grant every allocated VIP on the VMs of every candidate node
     /// (nodes with a speaker, not excluded), revoke it when the VIP goes.
     #[arg(long)]

@@ -183,6 +183,7 @@ pub async fn run_controller(a: &ControllerArgs, store_url: String, quarantine: D
         quarantine,
         speaker_namespace: a.speaker_namespace.clone(),
         providers,
+        serve: a.serve,
     };
     let health = Health::new();
     let (phase, phase_rx) = tokio::sync::watch::channel(controller::Phase::Starting);

@@ -76,6 +76,9 @@ pub struct ControllerConfig {
     pub speaker_namespace: String,
     /// The hypervisors to grant VIPs on (`--providers FILE`, [`crate::grants`]).
     pub providers: Option<Arc<vipvisor_hypervisor::Hypervisors>>,
+    /// Serve the API on this address (`--serve`): the cluster's live store, read and
+    /// written with this replica's tokens (`vipvisor --store … token create`).
+    pub serve: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -772,6 +775,16 @@ pub async fn run(
 ) -> Result<(), ApiError> {
     // This replica's own store; nothing is written to it before this replica leads.
     let app = App::open(&cfg.store_url, &format!("controller:{}", cfg.lease.identity), cfg.quarantine).await?;
+    let server = match cfg.serve {
+        Some(addr) => {
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let task = tokio::spawn(vipvisor_server::serve(addr, app.clone(), axum::Router::new(), async {
+                let _ = rx.await;
+            }));
+            Some((tx, task))
+        }
+        None => None,
+    };
     let (ns_reader, ns_writer) = reflector::store::<Namespace>();
     let ns_task = reflect(Api::<Namespace>::all(client.clone()), ns_writer, "namespace", |_| {});
     let mut ctx = Ctx::new(client.clone(), app, ns_reader, cfg.policy.clone(), &cfg.lease.identity, metrics.clone());
@@ -1004,6 +1017,12 @@ pub async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(5), lease_task).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), runner).await;
     ns_task.abort();
+    if let Some((stop, task)) = server {
+        let _ = stop.send(());
+        if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_secs(5), task).await {
+            warn!(error = %e.message, "the API server stopped with an error");
+        }
+    }
     ctx.app.close().await;
     info!("controller stopped");
     Ok(())
