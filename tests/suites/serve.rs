@@ -194,6 +194,13 @@ fn the_api_serves_the_store_to_tokens_by_role() {
     let (st, b) = s.call("GET", "/api/v1/nothing", v, None);
     assert_eq!((st, b["code"].as_str()), (404, Some("not_found")), "{b}");
     assert_eq!(s.call("GET", "/healthz", None, None).0, 200);
+    // The OpenAPI document needs no token, and is the committed one.
+    let (st, doc) = s.call("GET", "/api/v1/openapi.json", None, None);
+    let committed: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/openapi.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!((st, &doc), (200, &committed));
 
     // Revoked: refused from the next request on; listing never shows a secret.
     let list = s.cli(&["-o", "json", "token", "list"]);

@@ -10,12 +10,15 @@ use crate::{ApiError, App, ErrorCode, Result};
 
 /// What a service holds after a request.
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Allocated {
     #[cfg_attr(feature = "ts", ts(type = "string"))]
+    #[schema(value_type = String)]
     pub service: ServiceKey,
+    #[schema(value_type = Vec<String>)]
     pub addresses: Vec<IpAddr>,
     #[cfg_attr(feature = "ts", ts(type = "string"))]
+    #[schema(value_type = String)]
     pub pool: PoolName,
     pub change: Change,
 }
@@ -33,11 +36,13 @@ impl From<&Outcome> for Allocated {
 
 /// What a release did.
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ReleaseResult {
     #[cfg_attr(feature = "ts", ts(type = "string"))]
+    #[schema(value_type = String)]
     pub service: ServiceKey,
     /// Empty when the service held nothing.
+    #[schema(value_type = Vec<String>)]
     pub released: Vec<IpAddr>,
     pub quarantined_until: Option<String>,
 }
@@ -63,7 +68,7 @@ impl Default for AllocationQuery {
 
 /// One page of a listing: `total` matches, `items` from `offset` on.
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Page<T> {
     pub total: usize,
     pub offset: usize,

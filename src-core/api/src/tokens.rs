@@ -11,7 +11,7 @@ use vipvisor_store::TokenRow;
 use crate::{ApiError, App, ErrorCode, Result};
 
 /// What a token may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Reads everything.
@@ -41,7 +41,7 @@ impl std::str::FromStr for Role {
 }
 
 /// Who is calling: the token's name (the audit log's actor) and role.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Caller {
     pub name: String,
     pub role: Role,

@@ -214,7 +214,7 @@ struct AddressUse {
 
 /// What [`Ipam::allocate`] did.
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Change {
     /// The service already held a satisfying allocation.
@@ -249,19 +249,24 @@ pub struct Released {
 
 /// Counts of one family of one pool.
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FamilyStats {
     pub family: Family,
     /// Usable addresses in the pool's blocks (without .0/.255 under avoid_buggy_ips).
     #[cfg_attr(feature = "ts", ts(type = "number"))]
+    #[schema(value_type = u64)]
     pub size: u128,
     #[cfg_attr(feature = "ts", ts(type = "number"))]
+    #[schema(value_type = u64)]
     pub reserved: u128,
     #[cfg_attr(feature = "ts", ts(type = "number"))]
+    #[schema(value_type = u64)]
     pub used: u128,
     #[cfg_attr(feature = "ts", ts(type = "number"))]
+    #[schema(value_type = u64)]
     pub quarantined: u128,
     #[cfg_attr(feature = "ts", ts(type = "number"))]
+    #[schema(value_type = u64)]
     pub free: u128,
 }
 

@@ -134,7 +134,7 @@ pub fn is_subnet_router_anycast(ip: &IpAddr) -> bool {
 
 /// IP address family.
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum Family {
     #[serde(rename = "ipv4")]
     V4,
@@ -598,7 +598,7 @@ pub fn selector_matches(selector: &Labels, labels: &Labels) -> bool {
 /// Options of a pool besides its name and blocks: the one declaration of them. The pools
 /// file, the JSON API and the store all use this shape (missing keys take the defaults).
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct PoolOptions {
     /// Hand the pool's addresses out to services that name neither a pool nor an address.
@@ -639,11 +639,13 @@ impl PoolOptions {
 /// A pool of addresses: `{"name", "addresses", …options}` in YAML and JSON. Construct
 /// through [`Pool::new`] (deserialising validates the same way).
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Pool {
     #[cfg_attr(feature = "ts", ts(type = "string"))]
+    #[schema(value_type = String)]
     pub name: PoolName,
     #[cfg_attr(feature = "ts", ts(type = "Array<string>"))]
+    #[schema(value_type = Vec<String>)]
     pub addresses: Vec<AddressBlock>,
     #[serde(flatten)]
     pub options: PoolOptions,
@@ -736,7 +738,7 @@ pub struct Reservation {
 }
 
 /// Requested address families.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum FamilyRequest {
     Ipv4,
@@ -880,18 +882,24 @@ impl Timestamp {
 
 /// An address held by a service.
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Allocation {
     #[cfg_attr(feature = "ts", ts(type = "string"))]
+    #[schema(value_type = String)]
     pub service: ServiceKey,
     #[cfg_attr(feature = "ts", ts(type = "string | null"))]
+    #[schema(value_type = Option<String>)]
     pub uid: Option<Uid>,
     #[cfg_attr(feature = "ts", ts(type = "string"))]
+    #[schema(value_type = String)]
     pub pool: PoolName,
+    #[schema(value_type = Vec<String>)]
     pub addresses: Vec<IpAddr>,
     #[cfg_attr(feature = "ts", ts(type = "string | null"))]
+    #[schema(value_type = Option<String>)]
     pub sharing_key: Option<SharingKey>,
     #[cfg_attr(feature = "ts", ts(type = "Array<string>"))]
+    #[schema(value_type = Vec<String>)]
     pub ports: BTreeSet<Port>,
 }
 

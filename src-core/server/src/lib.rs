@@ -30,6 +30,59 @@ use vipvisor_model::{AllocRequest, Pool, PoolName, ServiceKey, Timestamp};
 /// The largest request body read.
 pub const MAX_BODY: usize = 1 << 20;
 
+/// Every error's body.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// Stable: front ends branch on it (`invalid_value`, `unknown_pool`, `unauthenticated`, …).
+    pub code: String,
+    /// Names the bad value and what was expected.
+    pub message: String,
+}
+
+/// What a login code buys.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct LoginAnswer {
+    pub token: String,
+    pub role: Role,
+    pub expires_in_s: u64,
+}
+
+/// The OpenAPI 3 document of the API, generated from the handlers and types above.
+#[derive(Debug, utoipa::OpenApi)]
+#[openapi(
+    info(title = "vipvisor API", description = "LoadBalancer VIPs for on-prem Kubernetes: pools, allocations, events. Bearer tokens: `vipvisor token create`."),
+    paths(whoami, list_pools, get_pool, create_pool, delete_pool, list_allocations, allocate, release, events, stream, login),
+    components(schemas(ErrorBody, LoginAnswer, LoginBody, AllocBody)),
+    modifiers(&Bearer),
+    security(("bearer" = []))
+)]
+pub struct ApiDoc;
+
+struct Bearer;
+
+impl utoipa::Modify for Bearer {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The document as served and committed (docs/openapi.json).
+pub fn openapi_json() -> String {
+    use utoipa::OpenApi as _;
+    let mut doc = ApiDoc::openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").into();
+    doc.to_pretty_json().unwrap_or_default() + "\n"
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], openapi_json()).into_response()
+}
+
 /// An [`ApiError`] as an HTTP answer: `{code, message}` with its status.
 struct HttpError(ApiError);
 
@@ -143,19 +196,20 @@ impl axum::extract::FromRef<Ctx> for App {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct LoginBody {
     code: String,
 }
 
 /// `POST /api/v1/login {"code"}`: the printed one-time code for a session token.
-async fn login(State(ctx): State<Ctx>, bytes: axum::body::Bytes) -> Answer<serde_json::Value> {
+#[utoipa::path(post, path = "/api/v1/login", tag = "auth", security(()), request_body = LoginBody, responses((status = 200, body = LoginAnswer), (status = 400, body = ErrorBody), (status = 401, description = "invalid, expired or used code", body = ErrorBody)))]
+async fn login(State(ctx): State<Ctx>, bytes: axum::body::Bytes) -> Answer<LoginAnswer> {
     let b: LoginBody = body(&bytes, "login")?;
     match ctx.logins.exchange(&b.code) {
         Some(token) => {
             info!("a login code was used");
-            Ok(Json(serde_json::json!({"token": token, "role": "admin", "expires_in_s": SESSION_FOR.as_secs()})))
+            Ok(Json(LoginAnswer { token, role: Role::Admin, expires_in_s: SESSION_FOR.as_secs() }))
         }
         None => Err(HttpError(ApiError::new(
             ErrorCode::Unauthenticated,
@@ -167,7 +221,10 @@ async fn login(State(ctx): State<Ctx>, bytes: axum::body::Bytes) -> Answer<serde
 /// The routes. `ctx.app` is the application as the server's own actor; each request acts
 /// as its token.
 pub fn router(ctx: Ctx) -> Router {
-    let open = Router::new().route("/login", axum::routing::post(login)).with_state(ctx.clone());
+    let open = Router::new()
+        .route("/login", axum::routing::post(login))
+        .route("/openapi.json", get(openapi))
+        .with_state(ctx.clone());
     let api = Router::new()
         .route("/whoami", get(whoami))
         .route("/pools", get(list_pools).post(create_pool))
@@ -239,10 +296,12 @@ async fn authenticate(State(ctx): State<Ctx>, mut req: Request, next: Next) -> R
     next.run(req).await
 }
 
+#[utoipa::path(get, path = "/api/v1/whoami", tag = "auth", responses((status = 200, body = Caller), (status = 400, description = "invalid_value: a bad value, named", body = ErrorBody), (status = 401, description = "unauthenticated", body = ErrorBody)))]
 async fn whoami(Extension(caller): Extension<Caller>) -> Json<Caller> {
     Json(caller)
 }
 
+#[utoipa::path(get, path = "/api/v1/pools", tag = "pools", responses((status = 200, body = Vec<vipvisor_api::pools::PoolView>), (status = 400, description = "invalid_value: a bad value, named", body = ErrorBody), (status = 401, description = "unauthenticated", body = ErrorBody)))]
 async fn list_pools(State(app): State<App>) -> Answer<Vec<vipvisor_api::pools::PoolView>> {
     Ok(Json(app.pools().await?))
 }
@@ -251,10 +310,12 @@ fn pool_name(name: &str) -> Result<PoolName, HttpError> {
     name.parse::<PoolName>().map_err(|e| HttpError(ApiError::from(e)))
 }
 
+#[utoipa::path(get, path = "/api/v1/pools/{name}", tag = "pools", params(("name" = String, Path, description = "the pool")), responses((status = 200, body = vipvisor_api::pools::PoolView), (status = 404, description = "unknown_pool", body = ErrorBody), (status = 400, description = "invalid_value: a bad value, named", body = ErrorBody), (status = 401, description = "unauthenticated", body = ErrorBody)))]
 async fn get_pool(State(app): State<App>, Path(name): Path<String>) -> Answer<vipvisor_api::pools::PoolView> {
     Ok(Json(app.pool(&pool_name(&name)?).await?))
 }
 
+#[utoipa::path(post, path = "/api/v1/pools", tag = "pools", request_body = Pool, responses((status = 201, body = vipvisor_api::ConfigReport), (status = 409, description = "pool_exists", body = ErrorBody), (status = 400, description = "invalid_value: a bad value, named", body = ErrorBody), (status = 401, description = "unauthenticated", body = ErrorBody), (status = 403, description = "forbidden: a viewer writing", body = ErrorBody)))]
 async fn create_pool(
     State(app): State<App>,
     Extension(caller): Extension<Caller>,
@@ -272,6 +333,7 @@ struct DeleteParams {
     force: bool,
 }
 
+#[utoipa::path(delete, path = "/api/v1/pools/{name}", tag = "pools", params(("name" = String, Path), ("force" = Option<bool>, Query, description = "release the pool's allocations")), responses((status = 200, body = vipvisor_api::ConfigReport), (status = 404, body = ErrorBody), (status = 409, description = "would_strand", body = ErrorBody), (status = 400, description = "invalid_value: a bad value, named", body = ErrorBody), (status = 401, description = "unauthenticated", body = ErrorBody), (status = 403, description = "forbidden: a viewer writing", body = ErrorBody)))]
 async fn delete_pool(
     State(app): State<App>,
     Extension(caller): Extension<Caller>,
@@ -292,6 +354,7 @@ struct ListParams {
     limit: Option<usize>,
 }
 
+#[utoipa::path(get, path = "/api/v1/allocations", tag = "allocations", params(("pool" = Option<String>, Query), ("namespace" = Option<String>, Query), ("address" = Option<String>, Query), ("offset" = Option<usize>, Query), ("limit" = Option<usize>, Query, description = "1 to 10000, default 100")), responses((status = 200, body = vipvisor_api::allocations::Page<vipvisor_model::Allocation>), (status = 400, description = "invalid_value: a bad value, named", body = ErrorBody), (status = 401, description = "unauthenticated", body = ErrorBody)))]
 async fn list_allocations(
     State(app): State<App>,
     q: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
@@ -315,7 +378,7 @@ async fn list_allocations(
 }
 
 /// `POST /api/v1/allocations`: what `vipvisor alloc request` asks.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct AllocBody {
     /// `namespace/name`.
@@ -323,12 +386,14 @@ struct AllocBody {
     #[serde(default)]
     pool: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Vec<String>)]
     addresses: Vec<IpAddr>,
     /// `ipv4`, `ipv6`, `dual` or `prefer-dual` (default: the addresses' families, else IPv4).
     #[serde(default)]
     family: Option<vipvisor_model::FamilyRequest>,
 }
 
+#[utoipa::path(post, path = "/api/v1/allocations", tag = "allocations", request_body = AllocBody, responses((status = 200, body = vipvisor_api::allocations::Allocated), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, description = "pool_exhausted, no_eligible_pool, …", body = ErrorBody), (status = 400, description = "invalid_value: a bad value, named", body = ErrorBody), (status = 401, description = "unauthenticated", body = ErrorBody), (status = 403, description = "forbidden: a viewer writing", body = ErrorBody)))]
 async fn allocate(
     State(app): State<App>,
     Extension(caller): Extension<Caller>,
@@ -349,6 +414,7 @@ fn service_key(s: &str) -> Result<ServiceKey, HttpError> {
     ServiceKey::new(ns, name).map_err(|e| HttpError(ApiError::from(e)))
 }
 
+#[utoipa::path(delete, path = "/api/v1/allocations/{namespace}/{name}", tag = "allocations", params(("namespace" = String, Path), ("name" = String, Path)), responses((status = 200, body = vipvisor_api::allocations::ReleaseResult), (status = 400, description = "invalid_value: a bad value, named", body = ErrorBody), (status = 401, description = "unauthenticated", body = ErrorBody), (status = 403, description = "forbidden: a viewer writing", body = ErrorBody)))]
 async fn release(
     State(app): State<App>,
     Extension(caller): Extension<Caller>,
@@ -366,6 +432,7 @@ struct EventParams {
     limit: Option<u32>,
 }
 
+#[utoipa::path(get, path = "/api/v1/events", tag = "events", params(("since" = Option<String>, Query, description = "RFC 3339"), ("limit" = Option<u32>, Query)), responses((status = 200, body = Vec<vipvisor_api::Event>), (status = 400, description = "invalid_value: a bad value, named", body = ErrorBody), (status = 401, description = "unauthenticated", body = ErrorBody)))]
 async fn events(
     State(app): State<App>,
     q: Result<Query<EventParams>, axum::extract::rejection::QueryRejection>,
@@ -391,6 +458,7 @@ const FEED_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 /// kind, `id:` its id, `data:` the event as JSON), from after `Last-Event-ID` (a client
 /// that reconnects misses nothing) or from now. Changes by any process on the same store
 /// are seen: the store is asked every 100 ms.
+#[utoipa::path(get, path = "/api/v1/events/stream", tag = "events", params(("Last-Event-ID" = Option<i64>, Header, description = "resume after this event")), responses((status = 200, description = "server-sent events: event = the kind, id = the event id, data = the event (JSON)", content_type = "text/event-stream", body = String), (status = 400, description = "invalid_value: a bad value, named", body = ErrorBody), (status = 401, description = "unauthenticated", body = ErrorBody)))]
 async fn stream(
     State(app): State<App>,
     headers: axum::http::HeaderMap,
@@ -458,4 +526,28 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(|e| ApiError::new(ErrorCode::Internal, format!("the HTTP server stopped: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    /// docs/openapi.json is what the code generates (`VIPVISOR_UPDATE_OPENAPI=1 cargo test
+    /// -p vipvisor-server` rewrites it).
+    #[test]
+    fn the_committed_openapi_document_is_current() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/openapi.json");
+        let now = super::openapi_json();
+        if std::env::var_os("VIPVISOR_UPDATE_OPENAPI").is_some() {
+            std::fs::write(path, &now).unwrap();
+        }
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            committed == now,
+            "docs/openapi.json is stale: run VIPVISOR_UPDATE_OPENAPI=1 cargo test -p vipvisor-server"
+        );
+        let v: serde_json::Value = serde_json::from_str(&now).unwrap();
+        assert_eq!(v["openapi"].as_str().map(|s| s.starts_with("3.")), Some(true));
+        for p in ["/api/v1/pools", "/api/v1/allocations", "/api/v1/events", "/api/v1/events/stream", "/api/v1/login"] {
+            assert!(v["paths"][p].is_object(), "{p} is documented");
+        }
+    }
 }

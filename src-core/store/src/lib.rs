@@ -120,12 +120,14 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// An audit event as read back.
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Event {
     #[cfg_attr(feature = "ts", ts(type = "number"))]
+    #[schema(value_type = u64)]
     pub id: i64,
     pub at: String,
     #[cfg_attr(feature = "ts", ts(type = "number"))]
+    #[schema(value_type = u64)]
     pub at_ms: i64,
     pub actor: String,
     pub kind: String,
@@ -135,7 +137,7 @@ pub struct Event {
 
 /// What a configuration change did.
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ConfigReport {
     pub changed: bool,
     pub pools: Vec<ItemChange>,
@@ -147,7 +149,7 @@ pub struct ConfigReport {
 }
 
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ItemChange {
     pub name: String,
     pub action: &'static str,
