@@ -46,7 +46,7 @@
 # domain-xml. type='qemu' (TCG) unless /proc/cpuinfo has vmx/svm and /dev/kvm opens read-write
 # (VV_GUEST_VIRT=auto, the default); VV_GUEST_VIRT=qemu or kvm forces one. This kind of machine
 # exposes a /dev/kvm (PVM) with no vmx/svm flag that cannot boot a stock kernel (TESTBED.md), so
-# it gets TCG; kvm on a real VT-x/AMD-V host is untested. 128 MiB, 1 vCPU,
+# it gets TCG; kvm on a real VT-x/AMD-V host is untested. 256 MiB (the initramfs with a static vipvisor unpacks into RAM), 1 vCPU,
 # machine 'pc', no ACPI, on_poweroff/reboot/crash destroy, panic=-1 (a panic ends the domain).
 # CPU qemu64 plus RDRAND (<cpu check='none'>; TCG emulates it): the kernel trusts RDRAND
 # (Debian's default), so its CRNG is ready 0.1 s into boot. Without it this idle, disk-less
@@ -308,6 +308,8 @@ build() {
   if [ -n "$extra" ]; then
     local r; r=$(mktemp -d "$CACHE/.extra.XXXXXX"); CLEAN+=("$r")
     mkdir "$r/bin"; cp "$extra" "$r/bin/"; chmod 0755 "$r/bin/$(basename "$extra")"
+    # Symbols only take the guest's RAM (the initramfs unpacks into it).
+    if command -v strip >/dev/null; then strip "$r/bin/$(basename "$extra")" 2>/dev/null || true; fi
     (cd "$r" && echo "bin/$(basename "$extra")" | busybox cpio -o -H newc 2>/dev/null | gzip -1 >>"$dir/initrd.gz.tmp")
     rm -rf "$r"
   fi
@@ -367,7 +369,7 @@ domain_xml() {
   cat <<EOF
 <domain type='$vt'>
   <name>$name</name>
-  <memory unit='MiB'>128</memory>
+  <memory unit='MiB'>256</memory>
   <vcpu>1</vcpu>
   <cpu mode='custom' match='exact' check='none'>
     <model fallback='forbid'>qemu64</model>
