@@ -9,7 +9,7 @@ use crate::{App, Result};
 
 /// A pool with its usage: `{"name", "addresses", …options, "families": [...]}`.
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PoolView {
     #[serde(flatten)]
     pub pool: Pool,

@@ -598,7 +598,7 @@ pub fn selector_matches(selector: &Labels, labels: &Labels) -> bool {
 /// Options of a pool besides its name and blocks: the one declaration of them. The pools
 /// file, the JSON API and the store all use this shape (missing keys take the defaults).
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PoolOptions {
     /// Hand the pool's addresses out to services that name neither a pool nor an address.
@@ -639,13 +639,11 @@ impl PoolOptions {
 /// A pool of addresses: `{"name", "addresses", …options}` in YAML and JSON. Construct
 /// through [`Pool::new`] (deserialising validates the same way).
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Pool {
     #[cfg_attr(feature = "ts", ts(type = "string"))]
-    #[schema(value_type = String)]
     pub name: PoolName,
     #[cfg_attr(feature = "ts", ts(type = "Array<string>"))]
-    #[schema(value_type = Vec<String>)]
     pub addresses: Vec<AddressBlock>,
     #[serde(flatten)]
     pub options: PoolOptions,

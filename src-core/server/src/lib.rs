@@ -47,12 +47,54 @@ pub struct LoginAnswer {
     pub expires_in_s: u64,
 }
 
+/// A pool as the API (and the pools file) writes it: `{"name", "addresses", …options}`,
+/// one flat object (the model flattens `PoolOptions` into it). Documentation only; the
+/// test `the_pool_schema_has_every_key_of_a_pool` keeps it in step with the model.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = Pool)]
+#[allow(dead_code)]
+pub struct PoolSchema {
+    /// A DNS label.
+    #[schema(pattern = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")]
+    name: String,
+    /// CIDRs (`192.0.2.0/28`), ranges (`198.51.100.10-198.51.100.20`) or addresses.
+    addresses: Vec<String>,
+    /// Hand the pool's addresses out to services that name neither a pool nor an address (default true).
+    auto_assign: Option<bool>,
+    /// Skip IPv4 addresses ending in .0 and .255 (default false).
+    avoid_buggy_ips: Option<bool>,
+    /// Namespaces allowed to use the pool (default: all).
+    namespaces: Option<Vec<String>>,
+    /// Namespace labels required to use the pool.
+    namespace_selector: Option<std::collections::BTreeMap<String, String>>,
+    /// Service labels required to use the pool.
+    service_selector: Option<std::collections::BTreeMap<String, String>>,
+    /// Lower numbers are tried first.
+    priority: Option<u32>,
+}
+
+/// A pool with its usage per family: the pool's keys plus `families`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = PoolView)]
+#[allow(dead_code)]
+pub struct PoolViewSchema {
+    name: String,
+    addresses: Vec<String>,
+    auto_assign: bool,
+    avoid_buggy_ips: bool,
+    namespaces: Vec<String>,
+    namespace_selector: std::collections::BTreeMap<String, String>,
+    service_selector: std::collections::BTreeMap<String, String>,
+    priority: Option<u32>,
+    families: Vec<vipvisor_api::FamilyStats>,
+}
+
 /// The OpenAPI 3 document of the API, generated from the handlers and types above.
 #[derive(Debug, utoipa::OpenApi)]
 #[openapi(
     info(title = "vipvisor API", description = "LoadBalancer VIPs for on-prem Kubernetes: pools, allocations, events. Bearer tokens: `vipvisor token create`."),
     paths(whoami, list_pools, get_pool, create_pool, delete_pool, list_allocations, allocate, release, events, stream, login),
-    components(schemas(ErrorBody, LoginAnswer, LoginBody, AllocBody)),
+    components(schemas(ErrorBody, LoginAnswer, LoginBody, AllocBody, PoolSchema, PoolViewSchema)),
     modifiers(&Bearer),
     security(("bearer" = []))
 )]
@@ -301,7 +343,7 @@ async fn whoami(Extension(caller): Extension<Caller>) -> Json<Caller> {
     Json(caller)
 }
 
-#[utoipa::path(get, path = "/api/v1/pools", tag = "pools", responses((status = 200, body = Vec<vipvisor_api::pools::PoolView>), (status = 400, description = "invalid_value: a bad value, named", body = ErrorBody), (status = 401, description = "unauthenticated", body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/pools", tag = "pools", responses((status = 200, body = Vec<PoolViewSchema>), (status = 400, description = "invalid_value: a bad value, named", body = ErrorBody), (status = 401, description = "unauthenticated", body = ErrorBody)))]
 async fn list_pools(State(app): State<App>) -> Answer<Vec<vipvisor_api::pools::PoolView>> {
     Ok(Json(app.pools().await?))
 }
@@ -310,12 +352,12 @@ fn pool_name(name: &str) -> Result<PoolName, HttpError> {
     name.parse::<PoolName>().map_err(|e| HttpError(ApiError::from(e)))
 }
 
-#[utoipa::path(get, path = "/api/v1/pools/{name}", tag = "pools", params(("name" = String, Path, description = "the pool")), responses((status = 200, body = vipvisor_api::pools::PoolView), (status = 404, description = "unknown_pool", body = ErrorBody), (status = 400, description = "invalid_value: a bad value, named", body = ErrorBody), (status = 401, description = "unauthenticated", body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/pools/{name}", tag = "pools", params(("name" = String, Path, description = "the pool")), responses((status = 200, body = PoolViewSchema), (status = 404, description = "unknown_pool", body = ErrorBody), (status = 400, description = "invalid_value: a bad value, named", body = ErrorBody), (status = 401, description = "unauthenticated", body = ErrorBody)))]
 async fn get_pool(State(app): State<App>, Path(name): Path<String>) -> Answer<vipvisor_api::pools::PoolView> {
     Ok(Json(app.pool(&pool_name(&name)?).await?))
 }
 
-#[utoipa::path(post, path = "/api/v1/pools", tag = "pools", request_body = Pool, responses((status = 201, body = vipvisor_api::ConfigReport), (status = 409, description = "pool_exists", body = ErrorBody), (status = 400, description = "invalid_value: a bad value, named", body = ErrorBody), (status = 401, description = "unauthenticated", body = ErrorBody), (status = 403, description = "forbidden: a viewer writing", body = ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/pools", tag = "pools", request_body = PoolSchema, responses((status = 201, body = vipvisor_api::ConfigReport), (status = 409, description = "pool_exists", body = ErrorBody), (status = 400, description = "invalid_value: a bad value, named", body = ErrorBody), (status = 401, description = "unauthenticated", body = ErrorBody), (status = 403, description = "forbidden: a viewer writing", body = ErrorBody)))]
 async fn create_pool(
     State(app): State<App>,
     Extension(caller): Extension<Caller>,
@@ -546,6 +588,25 @@ mod tests {
         );
         let v: serde_json::Value = serde_json::from_str(&now).unwrap();
         assert_eq!(v["openapi"].as_str().map(|s| s.starts_with("3.")), Some(true));
+        // Every key a pool view serialises is in the documented schema, and no more.
+        let pool = vipvisor_model::Pool::new(
+            "web".parse().unwrap(),
+            vec!["192.0.2.0/28".parse().unwrap()],
+            Default::default(),
+        )
+        .unwrap();
+        let view = serde_json::to_value(vipvisor_api::pools::PoolView { pool, families: vec![] }).unwrap();
+        let mut keys: Vec<&String> = view.as_object().unwrap().keys().collect();
+        keys.sort();
+        let props = &v["components"]["schemas"]["PoolView"]["properties"];
+        let mut documented: Vec<&String> = props.as_object().unwrap().keys().collect();
+        documented.sort();
+        assert_eq!(keys, documented, "PoolViewSchema and PoolView agree");
+        let pool_props = v["components"]["schemas"]["Pool"]["properties"].as_object().unwrap();
+        assert!(
+            keys.iter().all(|k| *k == "families" || pool_props.contains_key(*k)),
+            "PoolSchema has every key of a pool"
+        );
         for p in ["/api/v1/pools", "/api/v1/allocations", "/api/v1/events", "/api/v1/events/stream", "/api/v1/login"] {
             assert!(v["paths"][p].is_object(), "{p} is documented");
         }
