@@ -31,11 +31,15 @@ impl Drop for Server {
 
 impl Server {
     fn start() -> Server {
-        let dir = tempfile::tempdir().unwrap();
+        Server::start_with(tempfile::tempdir().unwrap(), &[])
+    }
+
+    fn start_with(dir: tempfile::TempDir, extra: &[&str]) -> Server {
         let store = format!("sqlite://{}/v.db", dir.path().display());
         let log = dir.path().join("serve.log");
         let child = Command::new(VIPVISOR)
             .args(["--store", &store, "serve", "--listen", "127.0.0.1:0"])
+            .args(extra)
             .env("VIPVISOR_LOG", "debug")
             .stdout(std::fs::File::create(dir.path().join("serve.out")).unwrap())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -44,7 +48,7 @@ impl Server {
         let start = Instant::now();
         let addr = loop {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if let Some(a) = text.split("serving the API on http://").nth(1).and_then(|r| r.split('/').next()) {
+            if let Some(a) = text.split("serving the API on http").nth(1).and_then(|r| r.split('/').nth(2)) {
                 break a.to_string();
             }
             assert!(start.elapsed() < Duration::from_secs(20), "serve did not start: {text}");
@@ -310,4 +314,72 @@ fn the_printed_login_code_works_once() {
     assert_eq!(st, 401, "the code works once");
     let log = std::fs::read_to_string(&s.log).unwrap();
     assert!(!log.contains(&code) && !log.contains(&session), "{log}");
+}
+
+/// `--tls-cert`/`--tls-key`: the API over TLS (a self-signed certificate made here with
+/// openssl); plain HTTP to it gets nothing; a bad key file is refused by name, its
+/// contents never shown.
+#[test]
+fn tls_from_certificate_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=vipvisor-test",
+        ])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+
+    // A key file that is not a key: refused naming the file, without its contents.
+    let bogus = dir.path().join("bogus.pem");
+    std::fs::write(&bogus, "-----BEGIN NOTHING-----\nc2VjcmV0LXNlY3JldA==\n-----END NOTHING-----\n").unwrap();
+    let out = Command::new(VIPVISOR)
+        .args([
+            "--store",
+            &format!("sqlite://{}/x.db", dir.path().display()),
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+        ])
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&bogus)
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && e.contains("--tls-key") && e.contains("bogus.pem"), "{e}");
+    assert!(!e.contains("c2VjcmV0") && !e.contains("NOTHING"), "the file's contents are not shown: {e}");
+
+    let (c, k) = (cert.display().to_string(), key.display().to_string());
+    let s = Server::start_with(dir, &["--tls-cert", &c, "--tls-key", &k]);
+    let token = s.token("tls", "viewer");
+    let curl = |scheme: &str| {
+        Command::new("curl")
+            .args(["-s", "--max-time", "5", "--cacert", &c, "-H", &format!("Authorization: Bearer {token}")])
+            .arg(format!("{scheme}://{}/api/v1/whoami", s.addr))
+            .output()
+            .unwrap()
+    };
+    let ok = curl("https");
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert_eq!(serde_json::from_slice::<Value>(&ok.stdout).unwrap(), json!({"name": "tls", "role": "viewer"}));
+    let plain = curl("http");
+    assert!(plain.stdout.is_empty() || !plain.status.success(), "plain HTTP gets no answer from the TLS port");
+    assert!(s.stdout().contains(&format!("https://{}/login?code=", s.addr)), "{}", s.stdout());
 }

@@ -128,6 +128,12 @@ pub struct ServeArgs {
     /// Address to listen on (loopback by default: put TLS in front before exposing it).
     #[arg(long, default_value = "127.0.0.1:8470")]
     pub listen: std::net::SocketAddr,
+    /// TLS: the certificate chain (PEM); needs --tls-key.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS: the certificate's private key (PEM); needs --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

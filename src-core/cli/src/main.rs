@@ -65,7 +65,11 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
         let app =
             App::open(&url, "serve", cli.quarantine).await.map_err(|e| anyhow::anyhow!(render::error_text(&e)))?;
         let extra = http::router(String::new, vipvisor_health::Health::new(), None, None);
-        let r = vipvisor_server::serve(a.listen, app.clone(), extra, daemons::shutdown_signal()).await;
+        let tls = match (&a.tls_cert, &a.tls_key) {
+            (Some(cert), Some(key)) => Some(vipvisor_server::TlsFiles { cert: cert.clone(), key: key.clone() }),
+            _ => None,
+        };
+        let r = vipvisor_server::serve(a.listen, app.clone(), extra, tls, daemons::shutdown_signal()).await;
         app.close().await;
         r.map_err(|e| anyhow::anyhow!(render::error_text(&e)))?;
         return Ok(String::new());

@@ -778,7 +778,7 @@ pub async fn run(
     let server = match cfg.serve {
         Some(addr) => {
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-            let task = tokio::spawn(vipvisor_server::serve(addr, app.clone(), axum::Router::new(), async {
+            let task = tokio::spawn(vipvisor_server::serve(addr, app.clone(), axum::Router::new(), None, async {
                 let _ = rx.await;
             }));
             Some((tx, task))

@@ -541,33 +541,145 @@ async fn stream(
     Ok(Sse::new(feed).keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15))))
 }
 
-/// Binds `addr` and serves until `shutdown`.
+/// TLS from certificate files (PEM): the chain and its private key.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+/// The largest certificate or key file read.
+const MAX_PEM: u64 = 1 << 20;
+
+/// A rustls server configuration from `t`. Errors name the file, never its contents.
+pub fn tls_config(t: &TlsFiles) -> Result<std::sync::Arc<rustls::ServerConfig>, ApiError> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |m: String| ApiError::new(ErrorCode::InvalidValue, m);
+    let cert_pem = vipvisor_api::files::read_bounded(&t.cert, MAX_PEM, "--tls-cert")?;
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(&cert_pem).collect::<Result<_, _>>().map_err(|_| {
+            bad(format!("--tls-cert {}: not PEM certificates; expected a CERTIFICATE chain", t.cert.display()))
+        })?;
+    if certs.is_empty() {
+        return Err(bad(format!(
+            "--tls-cert {}: no certificate in it; expected a PEM CERTIFICATE chain",
+            t.cert.display()
+        )));
+    }
+    let key_pem = vipvisor_api::files::read_bounded(&t.key, MAX_PEM, "--tls-key")?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| {
+        bad(format!(
+            "--tls-key {}: no private key in it; expected a PEM (PKCS#8, RSA or EC) private key",
+            t.key.display()
+        ))
+    })?;
+    let mut cfg =
+        rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(|e| {
+                bad(format!(
+                    "--tls-cert {} and --tls-key {} do not make a server certificate: {e}",
+                    t.cert.display(),
+                    t.key.display()
+                ))
+            })?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(std::sync::Arc::new(cfg))
+}
+
+/// TCP with TLS: handshakes run concurrently (bounded to 10 s each), so a slow client
+/// holds up nobody; a failed one is logged and dropped.
+struct TlsListener {
+    rx: tokio::sync::mpsc::Receiver<(tokio_rustls::server::TlsStream<tokio::net::TcpStream>, SocketAddr)>,
+    local: SocketAddr,
+    _acceptor: tokio::task::JoinHandle<()>,
+}
+
+impl TlsListener {
+    fn new(tcp: tokio::net::TcpListener, cfg: std::sync::Arc<rustls::ServerConfig>) -> std::io::Result<TlsListener> {
+        let local = tcp.local_addr()?;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+        let task = tokio::spawn(async move {
+            loop {
+                let (stream, peer) = match tcp.accept().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = tx.send((tls, peer)).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        Ok(TlsListener { rx, local, _acceptor: task })
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.rx.recv().await {
+            Some(c) => c,
+            // The acceptor never stops while the listener lives.
+            None => std::future::pending().await,
+        }
+    }
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(self.local)
+    }
+}
+
+/// Binds `addr` and serves until `shutdown`, with TLS when `tls` is given.
 pub async fn serve(
     addr: SocketAddr,
     app: App,
     extra: Router,
+    tls: Option<TlsFiles>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ApiError> {
+    let tls = tls.as_ref().map(tls_config).transpose()?;
     let logins = std::sync::Arc::new(Logins::default());
     let ctx = Ctx { app, logins: logins.clone() };
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| ApiError::new(ErrorCode::InvalidValue, format!("cannot listen on {addr}: {e}")))?;
     let local = listener.local_addr().map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
-    info!(%local, "serving the API on http://{local}/api/v1");
-    if !local.ip().is_loopback() {
-        warn!(%local, "listening beyond loopback without TLS: tokens travel in clear text");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    info!(%local, "serving the API on {scheme}://{local}/api/v1");
+    if tls.is_none() && !local.ip().is_loopback() {
+        warn!(%local, "listening beyond loopback without TLS (--tls-cert, --tls-key): tokens travel in clear text");
     }
     // The login URL goes to stdout, for the person who started the server, not to the log.
     println!(
-        "log in at http://{local}/login?code={} (valid {} minutes, once)",
+        "log in at {scheme}://{local}/login?code={} (valid {} minutes, once)",
         logins.new_code(),
         LOGIN_CODE_FOR.as_secs() / 60
     );
-    axum::serve(listener, router(ctx).merge(extra))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("the HTTP server stopped: {e}")))
+    let routes = router(ctx).merge(extra);
+    let stopped = |e: std::io::Error| ApiError::new(ErrorCode::Internal, format!("the HTTP server stopped: {e}"));
+    match tls {
+        Some(cfg) => {
+            let l = TlsListener::new(listener, cfg).map_err(stopped)?;
+            axum::serve(l, routes).with_graceful_shutdown(shutdown).await.map_err(stopped)
+        }
+        None => axum::serve(listener, routes).with_graceful_shutdown(shutdown).await.map_err(stopped),
+    }
 }
 
 #[cfg(test)]
