@@ -286,6 +286,9 @@ impl TimerQueue {
 
 type FocaT = Foca<NodeId, PostcardCodec, rand::rngs::StdRng, foca::NoCustomBroadcast>;
 
+/// How long a member keeps announcing itself after changing its identity.
+const REANNOUNCE_FOR: Duration = Duration::from_secs(3);
+
 struct Runner {
     sock: Arc<UdpSocket>,
     sealer: Sealer,
@@ -301,6 +304,11 @@ struct Runner {
     peak: usize,
     /// We see at most half of `peak`: if the others declare us down, we were cut off.
     minority: bool,
+    /// Until then, announce ourselves to every peer each second: after an identity change
+    /// (several members settle at once when they started together) messages addressed to
+    /// an old identity are dropped, so each side may never hear the other's new one; an
+    /// announce is answered with the peer's current view, addressed to our new identity.
+    reannounce_until: Option<tokio::time::Instant>,
 }
 
 impl Runner {
@@ -325,6 +333,7 @@ impl Runner {
             settle_at,
             peak: 1,
             minority: false,
+            reannounce_until: None,
         }
     }
 
@@ -349,6 +358,13 @@ impl Runner {
             let settle_at = self.settle_at.unwrap_or(far);
             tokio::select! {
                 _ = rejoin.tick() => {
+                    if self.reannounce_until.is_some_and(|t| tokio::time::Instant::now() < t) {
+                        let all: Vec<SocketAddr> = peers.borrow().iter().copied().filter(|p| *p != me_addr).collect();
+                        for p in all {
+                            let _ = self.foca.announce(NodeId::seed(p), &mut self.rt);
+                        }
+                        continue;
+                    }
                     let known: HashSet<SocketAddr> = self.foca.iter_members().map(|m| m.id().addr).collect();
                     let unknown: Vec<SocketAddr> =
                         peers.borrow().iter().copied().filter(|p| *p != me_addr && !known.contains(p)).collect();
@@ -397,6 +413,7 @@ impl Runner {
         if let Err(e) = self.foca.change_identity(next, &mut self.rt) {
             warn!(error = %e, "cannot change the gossip identity");
         }
+        self.reannounce_until = Some(tokio::time::Instant::now() + REANNOUNCE_FOR);
         self.publish();
     }
 
