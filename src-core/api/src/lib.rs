@@ -112,4 +112,55 @@ mod ts_tests {
         let e = vipvisor_store::Event::decl(&cfg);
         assert!(e.contains("at_ms: number"), "{e}");
     }
+
+    /// The UI's types, as one committed file (ui/src/api/types.ts) that must be what the
+    /// Rust types declare now (`VIPVISOR_UPDATE_TS=1 cargo test -p vipvisor-api --features
+    /// ts` rewrites it).
+    pub fn ui_types() -> String {
+        let cfg = Config::default();
+        let decls = [
+            crate::ErrorCode::decl(&cfg),
+            crate::ApiError::decl(&cfg),
+            vipvisor_model::Family::decl(&cfg),
+            vipvisor_model::PoolOptions::decl(&cfg),
+            vipvisor_model::Pool::decl(&cfg),
+            vipvisor_ipam::FamilyStats::decl(&cfg),
+            crate::pools::PoolView::decl(&cfg),
+            vipvisor_model::Allocation::decl(&cfg),
+            crate::allocations::Page::<vipvisor_model::Allocation>::decl(&cfg),
+            vipvisor_ipam::Change::decl(&cfg),
+            crate::allocations::Allocated::decl(&cfg),
+            crate::allocations::ReleaseResult::decl(&cfg),
+            vipvisor_store::ItemChange::decl(&cfg),
+            vipvisor_store::ConfigReport::decl(&cfg),
+            vipvisor_store::Event::decl(&cfg),
+            crate::tokens::Role::decl(&cfg),
+            crate::tokens::Caller::decl(&cfg),
+            crate::tokens::TokenView::decl(&cfg),
+        ];
+        let mut out = String::from(
+            "// Generated from vipvisor's Rust types by ts-rs (src-core/api/src/lib.rs, ui_types):\n// do not edit. VIPVISOR_UPDATE_TS=1 cargo test -p vipvisor-api --features ts rewrites it.\n\n",
+        );
+        for d in decls {
+            out.push_str("export ");
+            out.push_str(&d);
+            out.push_str("\n\n");
+        }
+        out.trim_end().to_string() + "\n"
+    }
+
+    #[test]
+    fn the_committed_ui_types_are_current() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../ui/src/api/types.ts");
+        let now = ui_types();
+        if std::env::var_os("VIPVISOR_UPDATE_TS").is_some() {
+            std::fs::create_dir_all(std::path::Path::new(path).parent().unwrap()).unwrap();
+            std::fs::write(path, &now).unwrap();
+        }
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            committed == now,
+            "ui/src/api/types.ts is stale: VIPVISOR_UPDATE_TS=1 cargo test -p vipvisor-api --features ts"
+        );
+    }
 }

@@ -11,6 +11,7 @@ use vipvisor_store::TokenRow;
 use crate::{ApiError, App, ErrorCode, Result};
 
 /// What a token may do.
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
@@ -41,6 +42,7 @@ impl std::str::FromStr for Role {
 }
 
 /// Who is calling: the token's name (the audit log's actor) and role.
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Caller {
     pub name: String,
@@ -48,6 +50,7 @@ pub struct Caller {
 }
 
 /// A token as listed (never its secret).
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TokenView {
     pub name: String,
