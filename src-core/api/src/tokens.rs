@@ -75,8 +75,18 @@ impl std::fmt::Debug for CreatedToken {
 /// Tokens start with this, so a leaked one is recognisable (secret scanners).
 pub const PREFIX: &str = "vv_";
 
-fn hash(token: &str) -> String {
+/// The hex SHA-256 of a secret: what is kept instead of it.
+pub fn hash(token: &str) -> String {
     Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// 256 random bits from a CSPRNG seeded by the OS, as base64url text.
+pub fn random_secret() -> String {
+    use base64::Engine as _;
+    let mut secret = [0u8; 32];
+    let mut rng: rand::rngs::StdRng = rand::make_rng();
+    rng.fill_bytes(&mut secret);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret)
 }
 
 fn check_name(name: &str) -> Result<()> {
@@ -109,11 +119,7 @@ impl App {
                 format!("token {name:?} already exists; expected a new name (or revoke it first)"),
             ));
         }
-        let mut secret = [0u8; 32];
-        let mut rng: rand::rngs::StdRng = rand::make_rng();
-        rng.fill_bytes(&mut secret);
-        use base64::Engine as _;
-        let token = format!("{PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret));
+        let token = format!("{PREFIX}{}", random_secret());
         let row =
             TokenRow { name: name.to_owned(), role: role.as_str().to_owned(), hash: hash(&token), created: self.now() };
         self.store().add_token(&row).await?;

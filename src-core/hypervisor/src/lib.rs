@@ -358,33 +358,24 @@ impl Hypervisors {
         let ips: Vec<IpAddr> = ips.map(<[IpAddr]>::to_vec).unwrap_or_default();
         let grant = Grant { nic, need: Need::Announce { ips: ips.clone() } };
         let now = Timestamp::now();
-        match self.call(p.name(), "revert", p.revert(&grant, &record)).await {
-            Ok(o) => {
-                let revoked: Vec<IpAddr> = if ips.is_empty() { row.vips.clone() } else { ips };
-                let left: Vec<IpAddr> = row.vips.iter().copied().filter(|v| !revoked.contains(v)).collect();
-                if left.is_empty() {
-                    store.delete_grant(row, &revoked, now).await?;
-                } else {
-                    let g = GrantRow { vips: left, record: record_json(&o.record)?, ..row.clone() };
-                    store.put_grant(&g, &[], now).await?;
-                }
-                Ok(result(&n, revoked, o.changed, "revoked", None, Vec::new()))
-            }
+        let (changed, record) = match self.call(p.name(), "revert", p.revert(&grant, &record)).await {
+            Ok(o) => (o.changed, record_json(&o.record)?),
             // The VM or its NIC is gone (deleted, recreated with another MAC): nothing is
             // left to take back, so the grant is forgotten rather than retried for ever.
             Err(e @ (ProviderError::UnknownVm { .. } | ProviderError::UnknownNic { .. })) => {
-                let revoked: Vec<IpAddr> = if ips.is_empty() { row.vips.clone() } else { ips };
-                let left: Vec<IpAddr> = row.vips.iter().copied().filter(|v| !revoked.contains(v)).collect();
-                if left.is_empty() {
-                    store.delete_grant(row, &revoked, now).await?;
-                } else {
-                    store.put_grant(&GrantRow { vips: left, ..row.clone() }, &[], now).await?;
-                }
                 tracing::warn!(nic = %n.nic, error = %e, "the NIC of a grant is gone; forgetting the grant");
-                Ok(result(&n, revoked, false, "revoked", None, Vec::new()))
+                (false, row.record.clone())
             }
-            Err(e) => Ok(result(&n, ips, false, "failed", Some(e.to_string()), Vec::new())),
+            Err(e) => return Ok(result(&n, ips, false, "failed", Some(e.to_string()), Vec::new())),
+        };
+        let revoked: Vec<IpAddr> = if ips.is_empty() { row.vips.clone() } else { ips };
+        let left: Vec<IpAddr> = row.vips.iter().copied().filter(|v| !revoked.contains(v)).collect();
+        if left.is_empty() {
+            store.delete_grant(row, &revoked, now).await?;
+        } else {
+            store.put_grant(&GrantRow { vips: left, record, ..row.clone() }, &[], now).await?;
         }
+        Ok(result(&n, revoked, changed, "revoked", None, Vec::new()))
     }
 
     /// Takes back vipvisor's additions: for `vip` (or all), on `node` (or every node).

@@ -382,13 +382,18 @@ impl Ctx {
         locked(&self.reported).remove(&(key.clone(), slot));
     }
 
-    /// Tells the Lease about the grants (the next leader inherits them). A note over its
-    /// bound is left out, with a warning: the next leader then adopts what it finds.
-    pub(crate) async fn publish_grants(&self) {
+    /// After a grants pass: the grant gauges, and the Lease's note of the grants (the next
+    /// leader inherits them; a note over its bound is left out with an error, and the next
+    /// leader then trusts no record). One read of the store for both.
+    pub(crate) async fn grants_recorded(&self) {
         let rows = match self.app.store().grants().await {
             Ok(r) => r,
             Err(e) => return warn!(error = %e, "cannot read the grants"),
         };
+        for state in ["applied", "failed"] {
+            let n = rows.iter().filter(|r| r.state == state).count();
+            self.metrics.grants.get_or_create(&StateLabel { state: state.into() }).set(n as i64);
+        }
         let mut note = serde_json::to_string(&rows).unwrap_or_default();
         if note.len() > GRANTS_NOTE_MAX {
             tracing::error!(
@@ -420,19 +425,6 @@ impl Ctx {
                 Err(e) => warn!(error = %e, "cannot take the grants over"),
             },
             Err(e) => warn!(error = %e, "the Lease's grants note is unreadable; adopting what the hypervisors have"),
-        }
-    }
-
-    /// The grant gauges from the store.
-    pub(crate) async fn refresh_grant_metrics(&self) {
-        match self.app.store().grants().await {
-            Ok(rows) => {
-                for state in ["applied", "failed"] {
-                    let n = rows.iter().filter(|r| r.state == state).count();
-                    self.metrics.grants.get_or_create(&StateLabel { state: state.into() }).set(n as i64);
-                }
-            }
-            Err(e) => warn!(error = %e, "cannot read the grants for metrics"),
         }
     }
 
@@ -902,14 +894,7 @@ pub async fn run(
     let grants = cfg.providers.clone().map(|hv| {
         let (node_reader, node_writer) = reflector::store::<Node>();
         let nodes = reflect(Api::<Node>::all(client.clone()), node_writer, "node", |_| {});
-        let task = tokio::spawn(crate::grants::run(
-            ctx.clone(),
-            hv,
-            svc_reader.clone(),
-            node_reader,
-            reports_rx,
-            ctx.kick.clone(),
-        ));
+        let task = tokio::spawn(crate::grants::run(ctx.clone(), hv, svc_reader.clone(), node_reader, reports_rx));
         (nodes, task)
     });
 

@@ -30,7 +30,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Node, Service};
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::{ObjectRef, Store as Reflector};
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{info, warn};
 use vipvisor_hypervisor::{Desired, Hypervisors, NicResult, Reconciled};
@@ -88,7 +88,6 @@ pub async fn run(
     services: Reflector<Service>,
     nodes: Reflector<Node>,
     mut reports: watch::Receiver<Option<Reports>>,
-    kick: Arc<Notify>,
 ) {
     // Nothing is decided before the Nodes and the speakers' reports are known: an empty
     // cache would look like "no candidates" and revoke every grant.
@@ -104,7 +103,7 @@ pub async fn run(
     let mut open = true;
     loop {
         tokio::select! {
-            () = kick.notified() => {}
+            () = ctx.kick.notified() => {}
             // The report watch ends only with the controller; until then, keep looking.
             r = reports.changed(), if open => if r.is_err() { open = false },
             () = tokio::time::sleep(LOOK_EVERY) => {}
@@ -172,8 +171,7 @@ pub async fn run(
                 true
             }
         };
-        ctx.refresh_grant_metrics().await;
-        ctx.publish_grants().await;
+        ctx.grants_recorded().await;
         if failed {
             attempts = attempts.saturating_add(1);
             let delay = backoff(attempts);

@@ -173,20 +173,6 @@ pub const SESSION_FOR: std::time::Duration = std::time::Duration::from_secs(12 *
 /// Session tokens start with this (API tokens with `vv_`).
 const SESSION_PREFIX: &str = "vvs_";
 
-fn sha256_hex(s: &str) -> String {
-    use sha2::Digest as _;
-    sha2::Sha256::digest(s.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn random_text() -> String {
-    use base64::Engine as _;
-    use rand::Rng as _;
-    let mut b = [0u8; 32];
-    let mut rng: rand::rngs::StdRng = rand::make_rng();
-    rng.fill_bytes(&mut b);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
-}
-
 fn locked<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -194,8 +180,8 @@ fn locked<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Logins {
     /// A new one-time code (replacing any earlier one), valid for [`LOGIN_CODE_FOR`].
     pub fn new_code(&self) -> String {
-        let code = random_text();
-        *locked(&self.code) = Some((sha256_hex(&code), std::time::Instant::now() + LOGIN_CODE_FOR));
+        let code = vipvisor_api::tokens::random_secret();
+        *locked(&self.code) = Some((vipvisor_api::tokens::hash(&code), std::time::Instant::now() + LOGIN_CODE_FOR));
         code
     }
 
@@ -203,16 +189,16 @@ impl Logins {
     fn exchange(&self, code: &str) -> Option<String> {
         let mut slot = locked(&self.code);
         match slot.as_ref() {
-            Some((h, until)) if *h == sha256_hex(code) && std::time::Instant::now() < *until => {}
+            Some((h, until)) if *h == vipvisor_api::tokens::hash(code) && std::time::Instant::now() < *until => {}
             _ => return None,
         }
         *slot = None;
-        let token = format!("{SESSION_PREFIX}{}", random_text());
+        let token = format!("{SESSION_PREFIX}{}", vipvisor_api::tokens::random_secret());
         let caller = Caller { name: "login".into(), role: Role::Admin };
         let now = std::time::Instant::now();
         let mut sessions = locked(&self.sessions);
         sessions.retain(|_, (_, until)| *until > now);
-        sessions.insert(sha256_hex(&token), (caller, now + SESSION_FOR));
+        sessions.insert(vipvisor_api::tokens::hash(&token), (caller, now + SESSION_FOR));
         Some(token)
     }
 
@@ -221,7 +207,10 @@ impl Logins {
             return None;
         }
         let sessions = locked(&self.sessions);
-        sessions.get(&sha256_hex(token)).filter(|(_, until)| *until > std::time::Instant::now()).map(|(c, _)| c.clone())
+        sessions
+            .get(&vipvisor_api::tokens::hash(token))
+            .filter(|(_, until)| *until > std::time::Instant::now())
+            .map(|(c, _)| c.clone())
     }
 }
 
