@@ -468,19 +468,7 @@ async fn manifests_apply_and_rbac_is_least_privilege() {
     let kc = tb.kubeconfig();
     let deploy = common::repo("deploy");
     let kubectl = |args: &[&str], stdin: Option<&str>| {
-        let mut c = Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(&kc)
-            .args(args)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write as _;
-        c.stdin.take().unwrap().write_all(stdin.unwrap_or("").as_bytes()).unwrap();
-        let out = c.wait_with_output().unwrap();
-        assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        common::kubectl(&kc, args, stdin);
     };
     for f in ["namespace.yaml", "crd.yaml", "rbac.yaml", "controller.yaml"] {
         kubectl(&["apply", "-f", deploy.join(f).to_str().unwrap()], None);

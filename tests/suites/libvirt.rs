@@ -22,6 +22,16 @@ struct Testbed {
     dir: tempfile::TempDir,
 }
 
+impl Testbed {
+    /// Starts libvirtd with its state in `dir` (a guest image may already be there).
+    fn start(dir: tempfile::TempDir) -> Testbed {
+        let started =
+            Command::new(common::repo("tests/testbed/libvirt.sh")).arg("start").arg(dir.path()).output().unwrap();
+        assert!(started.status.success(), "libvirt testbed: {}", String::from_utf8_lossy(&started.stderr));
+        Testbed { dir }
+    }
+}
+
 impl Drop for Testbed {
     fn drop(&mut self) {
         let _ = Command::new(common::repo("tests/testbed/libvirt.sh")).arg("stop").arg(self.dir.path()).status();
@@ -92,10 +102,7 @@ fn grants_are_applied_idempotent_and_reverted_on_a_real_libvirtd() {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let dir = tempfile::tempdir().unwrap();
-    let started = Command::new(common::repo("tests/testbed/libvirt.sh")).arg("start").arg(dir.path()).output().unwrap();
-    assert!(started.status.success(), "libvirt testbed: {}", String::from_utf8_lossy(&started.stderr));
-    let tb = Testbed { dir };
+    let tb = Testbed::start(tempfile::tempdir().unwrap());
     let d = tb.dir.path();
     define("net-define", "<network><name>vv-lab</name><forward mode='bridge'/><bridge name='vvbr0'/></network>", d);
     // The operator's guest: NIC 1 under clean-traffic with its own address, NIC 2 without
@@ -276,9 +283,7 @@ impl GuestLab {
         let built = Command::new(&guest).arg("build").arg(&dir).args(extra).output().unwrap();
         assert!(built.status.success(), "guest build: {}", String::from_utf8_lossy(&built.stderr));
         // The testbed's state lives in the same directory its Drop stops.
-        let started = Command::new(common::repo("tests/testbed/libvirt.sh")).arg("start").arg(&dir).output().unwrap();
-        assert!(started.status.success(), "libvirt testbed: {}", String::from_utf8_lossy(&started.stderr));
-        let tb = Testbed { dir: tmp };
+        let tb = Testbed::start(tmp);
         define(
             "net-define",
             "<network><name>vv-guest-net</name><forward mode='bridge'/><bridge name='vvbr0'/></network>",
@@ -552,24 +557,6 @@ fn grants_come_before_failover_with_two_guests() {
     let e = String::from_utf8_lossy(&bad.stderr);
     assert!(!bad.status.success() && e.contains("--speaker 127.0.0.1:9") && !e.contains("panicked"), "{e}");
 }
-/// `kubectl` against the lab apiserver; `stdin` for `apply -f -`.
-fn kubectl(kc: &Path, args: &[&str], stdin: Option<&str>) -> String {
-    use std::io::Write as _;
-    let mut c = Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(kc)
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    c.stdin.take().unwrap().write_all(stdin.unwrap_or("").as_bytes()).unwrap();
-    let out = c.wait_with_output().unwrap();
-    assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// The controller as the hypervisor reconciler (`controller --providers`), against a real
 /// kube-apiserver and a real libvirtd, running as its service account (the manifests'
 /// RBAC). Three Nodes with speakers (their ServiceL2Status reports, written here as the
@@ -587,10 +574,7 @@ fn kubernetes_services_get_grants_on_every_candidate_and_lose_them_when_deleted(
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let dir = tempfile::tempdir().unwrap();
-    let started = Command::new(common::repo("tests/testbed/libvirt.sh")).arg("start").arg(dir.path()).output().unwrap();
-    assert!(started.status.success(), "libvirt testbed: {}", String::from_utf8_lossy(&started.stderr));
-    let tb = Testbed { dir };
+    let tb = Testbed::start(tempfile::tempdir().unwrap());
     let d = tb.dir.path();
     let kdir = tempfile::tempdir().unwrap();
     let api = common::Apiserver::start(kdir.path(), None);
@@ -627,9 +611,9 @@ fn kubernetes_services_get_grants_on_every_candidate_and_lose_them_when_deleted(
 
     let deploy = common::repo("deploy");
     for f in ["namespace.yaml", "crd.yaml", "rbac.yaml"] {
-        kubectl(&kc, &["apply", "-f", deploy.join(f).to_str().unwrap()], None);
+        common::kubectl(&kc, &["apply", "-f", deploy.join(f).to_str().unwrap()], None);
     }
-    kubectl(
+    common::kubectl(
         &kc,
         &["wait", "--for", "condition=established", "crd/servicel2statuses.vipvisor.io", "--timeout=30s"],
         None,
@@ -642,11 +626,11 @@ fn kubernetes_services_get_grants_on_every_candidate_and_lose_them_when_deleted(
             serde_json::json!({})
         };
         let n = serde_json::json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node, "labels": labels}});
-        kubectl(&kc, &["apply", "-f", "-"], Some(&n.to_string()));
+        common::kubectl(&kc, &["apply", "-f", "-"], Some(&n.to_string()));
         let r = serde_json::json!({"apiVersion": "vipvisor.io/v1alpha1", "kind": "ServiceL2Status",
             "metadata": {"name": node, "namespace": "vipvisor-speaker"},
             "status": {"node": node, "macs": [mac], "announcing": []}});
-        kubectl(&kc, &["apply", "-f", "-"], Some(&r.to_string()));
+        common::kubectl(&kc, &["apply", "-f", "-"], Some(&r.to_string()));
     }
 
     let sa_kc = api.impersonating("vipvisor-system", "vipvisor-controller", &d.join("sa-kubeconfig"));
@@ -688,11 +672,14 @@ fn kubernetes_services_get_grants_on_every_candidate_and_lose_them_when_deleted(
 
     let svc = serde_json::json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "default"},
         "spec": {"type": "LoadBalancer", "ports": [{"port": 80}]}});
-    kubectl(&kc, &["apply", "-f", "-"], Some(&svc.to_string()));
+    common::kubectl(&kc, &["apply", "-f", "-"], Some(&svc.to_string()));
     let events = |reason: &str| -> Vec<String> {
-        let v: serde_json::Value =
-            serde_json::from_str(&kubectl(&kc, &["get", "events.events.k8s.io", "-n", "default", "-o", "json"], None))
-                .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&common::kubectl(
+            &kc,
+            &["get", "events.events.k8s.io", "-n", "default", "-o", "json"],
+            None,
+        ))
+        .unwrap();
         v["items"]
             .as_array()
             .unwrap()
@@ -706,7 +693,7 @@ fn kubernetes_services_get_grants_on_every_candidate_and_lose_them_when_deleted(
         || !events("HypervisorGranted").is_empty(),
         "a HypervisorGranted Event",
     );
-    let vip = kubectl(
+    let vip = common::kubectl(
         &kc,
         &["get", "service", "web", "-n", "default", "-o", "jsonpath={.status.loadBalancer.ingress[0].ip}"],
         None,
@@ -773,7 +760,7 @@ fn kubernetes_services_get_grants_on_every_candidate_and_lose_them_when_deleted(
     assert!(!metrics(metrics_port).contains("hypervisor_writes_total"), "c2's check wrote nothing");
 
     // n2 is excluded now: it stops being a candidate and loses the grant.
-    kubectl(&kc, &["label", "node", "n2", "node.kubernetes.io/exclude-from-external-load-balancers="], None);
+    common::kubectl(&kc, &["label", "node", "n2", "node.kubernetes.io/exclude-from-external-load-balancers="], None);
     common::wait_until(
         Duration::from_secs(20),
         || ips("vm-b", "52:54:00:00:01:02") == ["192.0.2.32"],
@@ -783,7 +770,7 @@ fn kubernetes_services_get_grants_on_every_candidate_and_lose_them_when_deleted(
     assert_eq!(ips("vm-a", "52:54:00:00:01:01"), ["192.0.2.31".to_string(), vip.clone()], "n1 keeps it");
 
     // The Service goes: the grant goes, and the operator's lists are what they were.
-    kubectl(&kc, &["delete", "service", "web", "-n", "default"], None);
+    common::kubectl(&kc, &["delete", "service", "web", "-n", "default"], None);
     common::wait_until(
         Duration::from_secs(20),
         || ips("vm-a", "52:54:00:00:01:01") == ["192.0.2.31"],
@@ -811,11 +798,8 @@ fn libvirtd_dying_mid_apply_leaves_no_partial_change() {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let dir = tempfile::tempdir().unwrap();
     let testbed = common::repo("tests/testbed/libvirt.sh");
-    let started = Command::new(&testbed).arg("start").arg(dir.path()).output().unwrap();
-    assert!(started.status.success(), "libvirt testbed: {}", String::from_utf8_lossy(&started.stderr));
-    let tb = Testbed { dir };
+    let tb = Testbed::start(tempfile::tempdir().unwrap());
     let d = tb.dir.path();
     define("net-define", "<network><name>vv-crash</name><forward mode='bridge'/><bridge name='vvbr0'/></network>", d);
     const N: usize = 24;

@@ -51,19 +51,7 @@ impl Lab {
     }
     /// kubectl as the admin, with `stdin` piped in if given; panics on failure.
     fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> String {
-        let mut child = Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(self.kubeconfig())
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(stdin.unwrap_or("").as_bytes()).unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        vipvisor_testkit::kubectl(&self.kubeconfig(), args, stdin)
     }
     fn apply(&self, yaml: &str) {
         self.kubectl(&["apply", "-f", "-"], Some(yaml));

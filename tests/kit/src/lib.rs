@@ -71,6 +71,27 @@ pub fn speaker_metrics(ns: &str) -> String {
     out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
 }
 
+/// `kubectl --kubeconfig KUBECONFIG ARGS…` with `stdin` piped in if given; its output.
+/// Panics (naming the arguments and kubectl's error) when it fails.
+pub fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> String {
+    use std::io::Write as _;
+    let mut child = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl runs");
+    if let Some(mut input) = child.stdin.take() {
+        input.write_all(stdin.unwrap_or("").as_bytes()).expect("kubectl reads its input");
+    }
+    let out = child.wait_with_output().expect("kubectl ends");
+    assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A real kube-apiserver (and etcd) from tests/testbed/kube.sh, stopped on drop.
 #[derive(Debug)]
 pub struct Apiserver {
