@@ -19,9 +19,8 @@ spid=
 cleanup() { [ -n "$spid" ] && kill "$spid" 2>/dev/null && wait "$spid" 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
 export VIPVISOR_STORE="sqlite://$work/v.db"
-echo "date:    $(date -u +%Y-%m-%dT%H:%MZ)"
-echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
-echo "commit:  $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+source "$(dirname "${BASH_SOURCE[0]}")/header.sh"
+bench_header
 token=$("$V" -o json token create bench --role admin | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
 "$V" pool add big --addresses 2001:db8:a::/112 >/dev/null
 "$V" pool add small --addresses 198.51.100.0/24 >/dev/null

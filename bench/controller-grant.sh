@@ -30,9 +30,8 @@ cleanup() {
 trap cleanup EXIT
 vs() { virsh -q -c qemu:///system "$@"; }
 
-echo "date:    $(date -u +%Y-%m-%dT%H:%MZ)"
-echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
-echo "commit:  $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+source "$(dirname "${BASH_SOURCE[0]}")/header.sh"
+bench_header
 
 mkdir -p "$work/tb" "$work/k"
 "$root/tests/testbed/guest.sh" build "$work/tb" >/dev/null 2>&1

@@ -23,10 +23,23 @@ trap cleanup EXIT
 mkdir -p "$work/tb"
 "$root/tests/testbed/libvirt.sh" start "$work/tb" >/dev/null
 vs() { virsh -q -c qemu:///system "$@"; }
+# apply_runs NODE NAME: `hypervisor apply` of one VIP on NODE, then a revert, $runs times;
+# p50/p99 of the applies (the whole command), kept in $work/NAME.txt.
+apply_runs() {
+  : >"$work/$2.txt"
+  for _ in $(seq 1 "$runs"); do
+    local t0 t1
+    t0=$(date +%s.%N)
+    "$V" hypervisor apply --providers "$work/p.yaml" --vip 192.0.2.100 --node "$1" >/dev/null
+    t1=$(date +%s.%N)
+    awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }' >>"$work/$2.txt"
+    "$V" hypervisor revert --providers "$work/p.yaml" >/dev/null
+  done
+  python3 "$root/bench/stats.py" --unit ms "$work/$2.txt"
+}
 
-echo "date:    $(date -u +%Y-%m-%dT%H:%MZ)"
-echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
-echo "commit:  $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+source "$(dirname "${BASH_SOURCE[0]}")/header.sh"
+bench_header
 echo "libvirt: $(vs version --daemon | awk '/daemon/ {print $NF}' | head -1)"
 
 cat >"$work/net.xml" <<'EOF'
@@ -47,15 +60,7 @@ printf 'providers:\n  - name: kvm1\n    kind: libvirt\n    uri: qemu:///system\n
 export VIPVISOR_STORE="sqlite://$work/store.db"
 
 echo; echo "== 1. one VIP on one node, apply (then revert), $runs runs"
-: >"$work/apply.txt"
-for i in $(seq 1 "$runs"); do
-  t0=$(date +%s.%N)
-  "$V" hypervisor apply --providers "$work/p.yaml" --vip 192.0.2.100 --node n1 >/dev/null
-  t1=$(date +%s.%N)
-  awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }' >>"$work/apply.txt"
-  "$V" hypervisor revert --providers "$work/p.yaml" >/dev/null
-done
-python3 "$root/bench/stats.py" --unit ms "$work/apply.txt"
+apply_runs n1 apply
 
 echo; echo "== 2. 100 VIPs x 3 candidate nodes in one apply"
 vips=$(python3 -c 'print(",".join(f"198.51.100.{i}" for i in range(1, 101)))')
@@ -78,12 +83,4 @@ vs net-start vv-bench >/dev/null
 vs define "$work/g1.xml" >/dev/null
 vs start g1 >/dev/null
 echo "guest ready after $("$root/tests/testbed/guest.sh" wait-ready "$work/g/g1.serial.log" 120) s"
-: >"$work/live.txt"
-for i in $(seq 1 "$runs"); do
-  t0=$(date +%s.%N)
-  "$V" hypervisor apply --providers "$work/p.yaml" --vip 192.0.2.100 --node g1 >/dev/null
-  t1=$(date +%s.%N)
-  awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }' >>"$work/live.txt"
-  "$V" hypervisor revert --providers "$work/p.yaml" >/dev/null
-done
-python3 "$root/bench/stats.py" --unit ms "$work/live.txt"
+apply_runs g1 live

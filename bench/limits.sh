@@ -20,9 +20,8 @@ V=${VIPVISOR_BIN:-$CARGO_TARGET_DIR/release/vipvisor}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-echo "date:    $(date -u +%Y-%m-%dT%H:%MZ)"
-echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
-echo "commit:  $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+source "$(dirname "${BASH_SOURCE[0]}")/header.sh"
+bench_header
 
 # seconds and peak RSS (MiB) of one command: "secs rss"
 timed() { /usr/bin/time -f "%e %M" -o "$work/t" "$@" >/dev/null 2>"$work/err" || true; tail -n 1 "$work/t" | awk '{printf "%s %.0f", $1, $2/1024}'; }
