@@ -109,30 +109,56 @@ impl std::fmt::Display for ErrorCode {
 pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
+    /// The request field the error is about (`name`, `addresses`, `namespaces`, …), when
+    /// it is about one: forms show the message on that field.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ts", ts(optional))]
+    pub field: Option<String>,
 }
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ApiError { code, message: message.into() }
+        ApiError { code, message: message.into(), field: None }
+    }
+    /// The same error, about request field `field`.
+    pub fn on(mut self, field: &str) -> Self {
+        self.field = Some(field.to_owned());
+        self
     }
     pub fn http_status(&self) -> u16 {
         self.code.http_status()
     }
 }
 
+/// The pool field an invalid value belongs to.
+fn field_of(what: &str) -> Option<&'static str> {
+    Some(match what {
+        "pool name" | "pool" => "name",
+        "address block" | "family" => "addresses",
+        "namespace" => "namespaces",
+        "label" | "labels" => "selectors",
+        "requested addresses" => "addresses",
+        "service" => "service",
+        _ => return None,
+    })
+}
+
 impl From<InvalidValue> for ApiError {
     fn from(e: InvalidValue) -> Self {
-        ApiError::new(ErrorCode::InvalidValue, e.to_string())
+        let field = field_of(e.what).map(str::to_owned);
+        ApiError { field, ..ApiError::new(ErrorCode::InvalidValue, e.to_string()) }
     }
 }
 
 impl From<ConfigError> for ApiError {
     fn from(e: ConfigError) -> Self {
-        let code = match e {
-            ConfigError::Invalid(_) => ErrorCode::InvalidValue,
-            _ => ErrorCode::ConfigConflict,
+        let (code, field) = match &e {
+            ConfigError::Invalid(v) => return v.clone().into(),
+            ConfigError::PoolOverlap { .. } => (ErrorCode::ConfigConflict, "addresses"),
+            ConfigError::DuplicatePool(_) => (ErrorCode::ConfigConflict, "name"),
+            ConfigError::ReservationOverlap { .. } => (ErrorCode::ConfigConflict, "block"),
         };
-        ApiError::new(code, e.to_string())
+        ApiError::new(code, e.to_string()).on(field)
     }
 }
 
@@ -177,7 +203,7 @@ impl From<StoreError> for ApiError {
             StoreError::Ipam(e) => return e.into(),
             StoreError::Config(e) => return e.into(),
             StoreError::Invalid(e) => return e.into(),
-            StoreError::PoolExists(_) => PoolExists,
+            StoreError::PoolExists(_) => return ApiError::new(PoolExists, e.to_string()).on("name"),
             StoreError::UnknownPool(_) => UnknownPool,
             StoreError::ReservationExists(_) => ReservationExists,
             StoreError::UnknownReservation(_) => UnknownReservation,

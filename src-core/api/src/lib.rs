@@ -17,13 +17,14 @@ pub mod files;
 pub mod pools;
 pub mod reservations;
 pub mod tokens;
+pub mod views;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use error::{ApiError, ErrorCode};
 pub use vipvisor_ipam::{Change, FamilyStats};
-pub use vipvisor_store::{ConfigReport, Event, ItemChange, Store};
+pub use vipvisor_store::{ConfigReport, Event, ItemChange, OwnerClaim, OwnerScope, OwnerSpan, Sighting, Store};
 
 pub type Result<T, E = ApiError> = std::result::Result<T, E>;
 
@@ -137,6 +138,19 @@ mod ts_tests {
             crate::tokens::Role::decl(&cfg),
             crate::tokens::Caller::decl(&cfg),
             crate::tokens::TokenView::decl(&cfg),
+            vipvisor_store::OwnerSpan::decl(&cfg),
+            vipvisor_store::Sighting::decl(&cfg),
+            vipvisor_store::GrantRow::decl(&cfg),
+            vipvisor_model::Reservation::decl(&cfg),
+            crate::views::Failover::decl(&cfg),
+            crate::views::VipView::decl(&cfg),
+            crate::views::FreeRange::decl(&cfg),
+            crate::views::Cell::decl(&cfg),
+            crate::views::UsagePoint::decl(&cfg),
+            crate::views::PoolDetail::decl(&cfg),
+            crate::views::PoolReason::decl(&cfg),
+            crate::views::Pending::decl(&cfg),
+            crate::views::GrantView::decl(&cfg),
         ];
         let mut out = String::from(
             "// Generated from vipvisor's Rust types by ts-rs (src-core/api/src/lib.rs, ui_types):\n// do not edit. VIPVISOR_UPDATE_TS=1 cargo test -p vipvisor-api --features ts rewrites it.\n\n",

@@ -36,6 +36,13 @@ impl App {
         Ok(self.store.add_pool(pool, self.now()).await?)
     }
 
+    /// Creates a pool, or with `replace` creates or changes it; with `dry_run` only checks
+    /// it against the store (overlaps, allocations it would strand) and reports.
+    pub async fn put_pool(&self, pool: Pool, replace: bool, dry_run: bool) -> Result<ConfigReport> {
+        let how = vipvisor_store::PutPool { replace, dry_run };
+        Ok(self.store.put_pool(pool, how, self.now()).await?)
+    }
+
     /// Removes a pool; while its addresses are in use that is refused unless `force`,
     /// which releases them (recorded).
     pub async fn delete_pool(&self, name: &PoolName, force: bool) -> Result<ConfigReport> {

@@ -342,6 +342,11 @@ pub struct SpeakerArgs {
     /// Serve Prometheus metrics and /healthz on this address (e.g. 127.0.0.1:9472).
     #[arg(long)]
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Static mode: record what this member announces (and the MACs seen answering for
+    /// the group's VIPs) in the store (--store), for `vipvisor serve`'s owners and
+    /// failover history. Every member of a group may share one store file.
+    #[arg(long, conflicts_with = "kubernetes")]
+    pub record: bool,
     /// Group mode: a peer's gossip address (repeat). Every member gets the same --vip list
     /// and one owner announces each VIP.
     #[arg(long = "join")]

@@ -73,7 +73,57 @@ async fn serve_metrics(
     Ok(())
 }
 
-pub async fn run_speaker(a: &SpeakerArgs) -> anyhow::Result<()> {
+/// `--record`: writes what this member owns (and the MACs seen answering for the group's
+/// VIPs, summed per second) to the store until `owned` closes; write errors are logged
+/// and retried at the next change or second.
+async fn record(
+    app: vipvisor_api::App,
+    node: String,
+    links: Vec<(String, String)>,
+    mut owned: tokio::sync::watch::Receiver<Vec<vipvisor_l2::Owned>>,
+    mut seen: tokio::sync::mpsc::Receiver<vipvisor_l2::SightingReport>,
+) {
+    use std::collections::{BTreeMap, HashMap};
+    use vipvisor_api::{OwnerClaim, OwnerScope};
+    let mut counts: HashMap<(std::net::IpAddr, String, String), i64> = HashMap::new();
+    let mut dirty = true;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            r = owned.changed() => {
+                if r.is_err() { return }
+                dirty = true;
+            }
+            s = seen.recv() => {
+                let Some(s) = s else { return };
+                *counts.entry((s.vip, s.mac.to_string(), s.iface)).or_default() += 1;
+                continue;
+            }
+            _ = tick.tick() => {}
+        }
+        if dirty {
+            let claims: BTreeMap<_, _> = owned
+                .borrow_and_update()
+                .iter()
+                .map(|o| {
+                    let (iface, mac) = links.get(o.iface).cloned().unwrap_or_default();
+                    (o.vip, OwnerClaim { address: o.vip, node: node.clone(), interface: iface, mac, source: "group" })
+                })
+                .collect();
+            match app.set_owners("group", &claims, OwnerScope::Node(&node)).await {
+                Ok(_) => dirty = false,
+                Err(e) => tracing::warn!(error = %e.message, "could not record the owners in the store"),
+            }
+        }
+        for ((vip, mac, iface), n) in std::mem::take(&mut counts) {
+            if let Err(e) = app.saw(vip, &mac, &node, &iface, n).await {
+                tracing::warn!(error = %e.message, "could not record a sighting in the store");
+            }
+        }
+    }
+}
+
+pub async fn run_speaker(a: &SpeakerArgs, record_to: Option<String>) -> anyhow::Result<()> {
     if a.garp_interval < Duration::from_millis(10) && !a.garp_duration.is_zero() {
         anyhow::bail!(
             "invalid --garp-interval {:?}; expected at least 10ms (or --garp-duration 0s for a single round)",
@@ -126,7 +176,7 @@ pub async fn run_speaker(a: &SpeakerArgs) -> anyhow::Result<()> {
         };
         return Ok(speaker::run(client, k, metrics, &health, shutdown_signal()).await?);
     }
-    let group = match (&a.gossip_key_file, a.join.is_empty()) {
+    let mut group = match (&a.gossip_key_file, a.join.is_empty()) {
         (None, true) => None,
         (None, false) => anyhow::bail!("--join needs --gossip-key-file: the group's gossip is authenticated"),
         (Some(path), _) => Some(GroupConfig {
@@ -137,6 +187,7 @@ pub async fn run_speaker(a: &SpeakerArgs) -> anyhow::Result<()> {
             timing: gossip_timing,
             hold: a.hold_time,
             settle: Duration::from_secs(1),
+            mirror: None,
         }),
     };
     let cfg =
@@ -146,10 +197,38 @@ pub async fn run_speaker(a: &SpeakerArgs) -> anyhow::Result<()> {
     let me = MemberInfo { settled: true, macs: prepared.links.iter().map(|l| l.mac.0).collect() };
     let (members_tx, live) = tokio::sync::watch::channel(Live::from([(node_name.clone(), me)]));
     serve_metrics(a, &metrics, &health, Some(http::Members { vips: a.vips.clone(), live })).await?;
-    match group {
-        None => prepared.run_alone(&node_name, shutdown_signal()).await?,
-        Some(g) => group::run(&mut prepared, &node_name, g, &health, members_tx, shutdown_signal()).await?,
+    let recorder = match &record_to {
+        None => None,
+        Some(url) => {
+            let Some(g) = group.as_mut() else {
+                anyhow::bail!("--record needs a group (--join and --gossip-key-file): a lone speaker has no failovers to record");
+            };
+            let app = vipvisor_api::App::open(url, &format!("speaker:{node_name}"), Duration::ZERO)
+                .await
+                .map_err(|e| anyhow::anyhow!(crate::render::error_text(&e)))?;
+            let (tx, rx) = tokio::sync::watch::channel(Vec::new());
+            g.mirror = Some(tx);
+            let (seen_tx, seen_rx) = tokio::sync::mpsc::channel(1024);
+            prepared.speaker.report_sightings(seen_tx);
+            let links = prepared.links.iter().map(|l| (l.name.clone(), l.mac.to_string())).collect();
+            Some((app.clone(), tokio::spawn(record(app, node_name.clone(), links, rx, seen_rx))))
+        }
+    };
+    let result = match group {
+        None => prepared.run_alone(&node_name, shutdown_signal()).await,
+        Some(g) => group::run(&mut prepared, &node_name, g, &health, members_tx, shutdown_signal()).await,
+    };
+    if let Some((app, task)) = recorder {
+        task.abort();
+        // Stopped: this member announces nothing any more (the takeover's gap is measured
+        // from here).
+        let none = std::collections::BTreeMap::new();
+        if let Err(e) = app.set_owners("group", &none, vipvisor_api::OwnerScope::Node(&node_name)).await {
+            tracing::warn!(error = %e.message, "could not record in the store that this member stopped");
+        }
+        app.close().await;
     }
+    result?;
     Ok(())
 }
 

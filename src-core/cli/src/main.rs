@@ -42,7 +42,12 @@ fn default_store_url() -> anyhow::Result<String> {
 /// Runs a parsed command; returns the text to print on stdout.
 async fn run(cli: Cli) -> anyhow::Result<String> {
     if let Command::Speaker(a) = &cli.command {
-        daemons::run_speaker(a).await?;
+        let record = match (a.record, &cli.store) {
+            (false, _) => None,
+            (true, Some(u)) => Some(u.clone()),
+            (true, None) => Some(default_store_url()?),
+        };
+        daemons::run_speaker(a, record).await?;
         return Ok(String::new());
     }
     if let Command::Controller(a) = &cli.command {
@@ -69,7 +74,7 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
             (Some(cert), Some(key)) => Some(vipvisor_server::TlsFiles { cert: cert.clone(), key: key.clone() }),
             _ => None,
         };
-        let r = vipvisor_server::serve(a.listen, app.clone(), extra, tls, daemons::shutdown_signal()).await;
+        let r = vipvisor_server::serve(a.listen, app.clone(), extra, tls, Default::default(), daemons::shutdown_signal()).await;
         app.close().await;
         r.map_err(|e| anyhow::anyhow!(render::error_text(&e)))?;
         return Ok(String::new());

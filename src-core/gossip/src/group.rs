@@ -27,6 +27,9 @@ pub struct GroupConfig {
     pub hold: Duration,
     /// How long to wait for the group before deciding ownership alone.
     pub settle: Duration,
+    /// Told what this member owns whenever that changes (`--record` writes it to the
+    /// store).
+    pub mirror: Option<tokio::sync::watch::Sender<Vec<vipvisor_l2::Owned>>>,
 }
 
 /// Runs this member in both modes: the ownership loop over `facts` tells `speaker` what to
@@ -44,11 +47,42 @@ where
     L: Link + Send + Sync + 'static,
     F: Facts + 'static,
 {
+    serve_mirrored(speaker, me, membership, facts, health, None, shutdown).await
+}
+
+/// [`serve`], also sending what this member owns to `mirror` whenever it changes.
+pub async fn serve_mirrored<L, F>(
+    speaker: &Speaker<L>,
+    me: &str,
+    membership: &Membership,
+    facts: F,
+    health: &Health,
+    mirror: Option<tokio::sync::watch::Sender<Vec<vipvisor_l2::Owned>>>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), SpeakerError>
+where
+    L: Link + Send + Sync + 'static,
+    F: Facts + 'static,
+{
     let (tracker, owned_rx) = OwnerTracker::new(speaker, me);
     let beat = health.register("ownership", STALLED_AFTER);
     let ownership = tokio::spawn(ownership::run(membership.live(), tracker, facts, beat.clone()));
+    let mirror = mirror.map(|tx| {
+        let mut rx = owned_rx.clone();
+        tokio::spawn(async move {
+            loop {
+                tx.send_replace(rx.borrow_and_update().clone());
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+    });
     let result = speaker.run_owned(owned_rx, false, shutdown).await;
     ownership.abort();
+    if let Some(m) = mirror {
+        m.abort();
+    }
     beat.done();
     membership.leave();
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -105,7 +139,9 @@ pub async fn run(
     if !g.join.is_empty() {
         let _ = tokio::time::timeout(g.settle, live.wait_for(|l| l.len() > 1)).await;
     }
-    let result = serve(&p.speaker, me, &membership, StaticFacts::new(&p.placed), health, shutdown).await;
+    p.speaker.friends().watch(p.placed.iter().map(|(v, _)| *v));
+    let facts = StaticFacts::new(&p.placed);
+    let result = serve_mirrored(&p.speaker, me, &membership, facts, health, g.mirror.clone(), shutdown).await;
     p.groups.leave_all();
     publisher.abort();
     info!("speaker stopped");

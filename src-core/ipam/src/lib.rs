@@ -428,6 +428,23 @@ impl Ipam {
         )
     }
 
+    /// The free addresses of a pool as at most `limit` ranges per family, lowest first,
+    /// each with how many usable addresses it holds (`.0`/`.255` skipped under
+    /// `avoid_buggy_ips` are inside a range but not counted).
+    pub fn free_ranges(&self, name: &PoolName, limit: usize) -> Option<Vec<(IpAddr, IpAddr, u128)>> {
+        let st = self.pools.get(name)?;
+        let mut out = Vec::new();
+        for f in [Family::V4, Family::V6] {
+            let fs = st.fam(f);
+            for (&a, &b) in fs.free.map.iter().take(limit) {
+                let first = u128_to_ip(f, fs.space.from_dense(a));
+                let last = u128_to_ip(f, fs.space.from_dense(b));
+                out.push((first, last, b - a + 1));
+            }
+        }
+        Some(out)
+    }
+
     /// The pool an address belongs to.
     pub fn pool_of(&self, ip: &IpAddr) -> Option<&PoolName> {
         range_lookup(&self.blocks, ip)

@@ -767,16 +767,6 @@ pub async fn run(
 ) -> Result<(), ApiError> {
     // This replica's own store; nothing is written to it before this replica leads.
     let app = App::open(&cfg.store_url, &format!("controller:{}", cfg.lease.identity), cfg.quarantine).await?;
-    let server = match cfg.serve {
-        Some(addr) => {
-            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-            let task = tokio::spawn(vipvisor_server::serve(addr, app.clone(), axum::Router::new(), None, async {
-                let _ = rx.await;
-            }));
-            Some((tx, task))
-        }
-        None => None,
-    };
     let (ns_reader, ns_writer) = reflector::store::<Namespace>();
     let ns_task = reflect(Api::<Namespace>::all(client.clone()), ns_writer, "namespace", |_| {});
     let mut ctx = Ctx::new(client.clone(), app, ns_reader, cfg.policy.clone(), &cfg.lease.identity, metrics.clone());
@@ -785,6 +775,38 @@ pub async fn run(
 
     // The Service watch feeds the runtime; deletions are noted with their UIDs.
     let (svc_reader, svc_writer) = reflector::store::<Service>();
+    let server = match cfg.serve {
+        Some(addr) => {
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let (services, c) = (svc_reader.clone(), ctx.clone());
+            // "Why pending": the Services of ours that want an address, as decided now.
+            let pending: vipvisor_server::PendingSource = Arc::new(move || {
+                services
+                    .state()
+                    .iter()
+                    .filter_map(|svc| match decide(svc, &c.namespace_labels(svc), &c.policy) {
+                        Decision::Allocate { request, status_addresses, warnings } if status_addresses.is_empty() => {
+                            Some((request, warnings.iter().map(|w| w.to_string()).collect()))
+                        }
+                        _ => None,
+                    })
+                    .collect()
+            });
+            let sources = vipvisor_server::Sources { pending: Some(pending) };
+            let task = tokio::spawn(vipvisor_server::serve(
+                addr,
+                ctx.app.clone(),
+                axum::Router::new(),
+                None,
+                sources,
+                async {
+                    let _ = rx.await;
+                },
+            ));
+            Some((tx, task))
+        }
+        None => None,
+    };
     let deletions = ctx.clone();
     let stream = watcher(Api::<Service>::all(client.clone()), watcher::Config::default())
         .default_backoff()
@@ -890,6 +912,10 @@ pub async fn run(
             reports_tx,
         ))
     };
+    let owners = {
+        let c = ctx.clone();
+        tokio::spawn(crate::l2status::record_owners(ctx.app.clone(), move || c.leading(), reports_rx.clone()))
+    };
     // Hypervisor grants (`--providers`): the Nodes say which report's node is excluded.
     let grants = cfg.providers.clone().map(|hv| {
         let (node_reader, node_writer) = reflector::store::<Node>();
@@ -994,6 +1020,7 @@ pub async fn run(
     beat.done();
     ctx.set_phase(Phase::Standby);
     announced.abort();
+    owners.abort();
     if let Some((nodes, task)) = grants {
         task.abort();
         nodes.abort();

@@ -86,6 +86,42 @@ pub fn announcers<'a>(reports: impl IntoIterator<Item = &'a Report>) -> BTreeMap
     best.into_iter().map(|(v, (_, n, i))| (v, (n.to_owned(), i.to_owned()))).collect()
 }
 
+/// The elected owner of every VIP as the store records it (issue #12): the announcer of
+/// each VIP with its node's MACs.
+pub fn owner_claims(reports: &BTreeMap<String, Report>) -> BTreeMap<IpAddr, vipvisor_api::OwnerClaim> {
+    announcers(reports.values())
+        .into_iter()
+        .map(|(vip, (node, interface))| {
+            let mac = reports.values().find(|r| r.node == node).map(|r| r.macs.join(",")).unwrap_or_default();
+            (vip, vipvisor_api::OwnerClaim { address: vip, node, interface, mac, source: "kubernetes" })
+        })
+        .collect()
+}
+
+/// The controller's side of the owners read model: while `leading()`, every change of
+/// the speakers' reports (and every 10 s, so a new leader catches up) becomes the store's
+/// current owners, so failovers are kept after Kubernetes Events expire.
+pub async fn record_owners(
+    app: vipvisor_api::App,
+    leading: impl Fn() -> bool + Send + 'static,
+    mut reports: tokio::sync::watch::Receiver<Option<BTreeMap<String, Report>>>,
+) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+    loop {
+        tokio::select! {
+            r = reports.changed() => if r.is_err() { return },
+            _ = tick.tick() => {}
+        }
+        if !leading() {
+            continue;
+        }
+        let Some(claims) = reports.borrow_and_update().as_ref().map(owner_claims) else { continue };
+        if let Err(e) = app.set_owners("kubernetes", &claims, vipvisor_api::OwnerScope::All).await {
+            tracing::warn!(error = %e.message, "could not record the VIP owners in the store");
+        }
+    }
+}
+
 /// The condition a Service should carry: `(status, reason, message)`.
 pub fn condition(vips: &[IpAddr], announcers: &BTreeMap<IpAddr, (String, String)>) -> (bool, &'static str, String) {
     let mut parts = Vec::new();

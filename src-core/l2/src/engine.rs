@@ -55,6 +55,8 @@ pub enum Event {
     Conflict { vip: IpAddr, iface: usize, other: Mac, announced: bool },
     /// Probing found nobody; the VIP is now announced.
     Announced { vip: IpAddr, iface: usize },
+    /// `mac` sent as a VIP we own or watch (an ARP sender, a neighbour advertisement).
+    Seen { vip: IpAddr, iface: usize, mac: Mac },
 }
 
 /// What the caller must do.
@@ -88,6 +90,8 @@ pub struct Engine {
     metrics: Metrics,
     /// MACs of fellow group members: their frames for our VIPs are handovers, not conflicts.
     friends: std::collections::HashSet<Mac>,
+    /// VIPs whose answerers are reported ([`Event::Seen`]) although we do not own them.
+    watched: std::collections::HashSet<IpAddr>,
 }
 
 /// RFC 5227 DEFEND_INTERVAL: at most one defence per VIP per 10 s.
@@ -95,7 +99,7 @@ const DEFEND_INTERVAL: Duration = Duration::from_secs(10);
 
 impl Engine {
     pub fn new(ifaces: Vec<Iface>, timing: Timing, metrics: Metrics) -> Self {
-        Engine { ifaces, timing, vips: HashMap::new(), metrics, friends: Default::default() }
+        Engine { ifaces, timing, vips: HashMap::new(), metrics, friends: Default::default(), watched: Default::default() }
     }
 
     pub fn iface(&self, i: usize) -> Option<&Iface> {
@@ -144,6 +148,11 @@ impl Engine {
     /// Sets the MACs of the other members of our group.
     pub fn set_friends(&mut self, macs: impl IntoIterator<Item = Mac>) {
         self.friends = macs.into_iter().collect();
+    }
+
+    /// Sets the VIPs whose answerers are reported as [`Event::Seen`] besides our own.
+    pub fn set_watched(&mut self, vips: impl IntoIterator<Item = IpAddr>) {
+        self.watched = vips.into_iter().collect();
     }
 
     /// Stops answering for `vip` at once; no goodbye traffic.
@@ -284,6 +293,20 @@ impl Engine {
         if self.is_ours(eth_src) {
             self.metrics.drop(&name, Drop::OwnFrame);
             return out;
+        }
+        let claim = match &incoming {
+            Incoming::Arp { sender_mac, sender_ip, .. } if !sender_ip.is_unspecified() => {
+                Some((IpAddr::V4(*sender_ip), *sender_mac))
+            }
+            Incoming::NeighborAdvert { eth_src, target, target_lladdr, .. } => {
+                Some((IpAddr::V6(*target), target_lladdr.unwrap_or(*eth_src)))
+            }
+            _ => None,
+        };
+        if let Some((vip, mac)) = claim {
+            if self.watched.contains(&vip) || self.vips.contains_key(&vip) {
+                out.events.push(Event::Seen { vip, iface, mac });
+            }
         }
         let result = match incoming {
             Incoming::Arp { op, sender_mac, sender_ip, target_ip, .. } => {

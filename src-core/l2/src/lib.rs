@@ -192,6 +192,7 @@ pub struct Speaker<L: Link> {
     wake: Arc<Notify>,
     metrics: Metrics,
     conflicts: Option<mpsc::Sender<ConflictReport>>,
+    sightings: Option<mpsc::Sender<SightingReport>>,
     health: Health,
     /// Where the receive and timer loops run (default: the caller's runtime).
     l2: Option<Arc<L2Thread>>,
@@ -292,6 +293,14 @@ pub struct ConflictReport {
     pub announced: bool,
 }
 
+/// A MAC seen sending as a VIP (see [`Speaker::report_sightings`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SightingReport {
+    pub vip: IpAddr,
+    pub iface: String,
+    pub mac: Mac,
+}
+
 /// See [`Speaker::friends`].
 #[derive(Debug, Clone)]
 pub struct Friends(Arc<Mutex<Engine>>);
@@ -299,6 +308,10 @@ pub struct Friends(Arc<Mutex<Engine>>);
 impl Friends {
     pub fn set(&self, macs: impl IntoIterator<Item = Mac>) {
         lock(&self.0).set_friends(macs);
+    }
+    /// Reports who answers for `vips` too, not only for the VIPs this node owns.
+    pub fn watch(&self, vips: impl IntoIterator<Item = IpAddr>) {
+        lock(&self.0).set_watched(vips);
     }
 }
 
@@ -338,6 +351,7 @@ impl<L: Link> Speaker<L> {
             wake: Arc::new(Notify::new()),
             metrics,
             conflicts: None,
+            sightings: None,
             health: Health::new(),
             l2: None,
             conflict_log: Arc::default(),
@@ -371,6 +385,12 @@ impl<L: Link> Speaker<L> {
     pub fn report_conflicts(mut self, tx: mpsc::Sender<ConflictReport>) -> Self {
         self.conflicts = Some(tx);
         self
+    }
+
+    /// Sends every MAC seen answering for an owned or watched VIP to `tx` (dropped when
+    /// `tx` is full).
+    pub fn report_sightings(&mut self, tx: mpsc::Sender<SightingReport>) {
+        self.sightings = Some(tx);
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -534,6 +554,13 @@ impl<L: Link> Speaker<L> {
                 let n = e.owned().filter(|(_, i)| *i == iface).count();
                 self.metrics.set_announced(&name, i64::try_from(n).unwrap_or(i64::MAX));
                 info!(%vip, interface = %name, "announced");
+                None
+            }
+            Event::Seen { vip, iface, mac } => {
+                if let Some(tx) = &self.sightings {
+                    let name = e.iface(iface).map(|i| i.name.clone()).unwrap_or_default();
+                    let _ = tx.try_send(SightingReport { vip, iface: name, mac });
+                }
                 None
             }
             Event::Conflict { vip, iface, other, announced } => {

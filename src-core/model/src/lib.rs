@@ -726,10 +726,11 @@ impl<'de> Deserialize<'de> for Pool {
 
 /// Addresses that are never handed out.
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Reservation {
     #[cfg_attr(feature = "ts", ts(type = "string"))]
+    #[schema(value_type = String)]
     pub block: AddressBlock,
     #[serde(default)]
     pub note: String,

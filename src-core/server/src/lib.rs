@@ -37,6 +37,8 @@ pub struct ErrorBody {
     pub code: String,
     /// Names the bad value and what was expected.
     pub message: String,
+    /// The request field it is about (`name`, `addresses`, …), when it is about one.
+    pub field: Option<String>,
 }
 
 /// What a login code buys.
@@ -93,8 +95,8 @@ pub struct PoolViewSchema {
 #[derive(Debug, utoipa::OpenApi)]
 #[openapi(
     info(title = "vipvisor API", description = "LoadBalancer VIPs for on-prem Kubernetes: pools, allocations, events. Bearer tokens: `vipvisor token create`."),
-    paths(whoami, list_pools, get_pool, create_pool, delete_pool, list_allocations, allocate, release, events, stream, login),
-    components(schemas(ErrorBody, LoginAnswer, LoginBody, AllocBody, PoolSchema, PoolViewSchema)),
+    paths(whoami, list_pools, get_pool, create_pool, put_pool, delete_pool, pool_detail, list_allocations, allocate, release, events, stream, login, owners, ownership, vip, pending, explain, grants),
+    components(schemas(ErrorBody, LoginAnswer, LoginBody, AllocBody, PoolSchema, PoolViewSchema, History)),
     modifiers(&Bearer),
     security(("bearer" = []))
 )]
@@ -137,7 +139,7 @@ impl From<ApiError> for HttpError {
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.0.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let body = Json(serde_json::json!({"code": self.0.code, "message": self.0.message}));
+        let body = Json(serde_json::to_value(&self.0).unwrap_or_default());
         if status == StatusCode::UNAUTHORIZED {
             return (status, [(header::WWW_AUTHENTICATE, "Bearer")], body).into_response();
         }
@@ -219,6 +221,23 @@ impl Logins {
 pub struct Ctx {
     pub app: App,
     pub logins: std::sync::Arc<Logins>,
+    pub sources: Sources,
+}
+
+/// The Services that want an address, as `(request, warnings about its annotations)`:
+/// the controller knows them (its Service cache); `vipvisor serve` alone does not.
+pub type PendingSource = std::sync::Arc<dyn Fn() -> Vec<(AllocRequest, Vec<String>)> + Send + Sync>;
+
+/// What the host process knows beyond the store.
+#[derive(Clone, Default)]
+pub struct Sources {
+    pub pending: Option<PendingSource>,
+}
+
+impl std::fmt::Debug for Sources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sources").field("pending", &self.pending.is_some()).finish()
+    }
 }
 
 impl axum::extract::FromRef<Ctx> for App {
@@ -259,7 +278,14 @@ pub fn router(ctx: Ctx) -> Router {
     let api = Router::new()
         .route("/whoami", get(whoami))
         .route("/pools", get(list_pools).post(create_pool))
-        .route("/pools/{name}", get(get_pool).delete(delete_pool))
+        .route("/pools/{name}", get(get_pool).put(put_pool).delete(delete_pool))
+        .route("/pools/{name}/detail", get(pool_detail))
+        .route("/owners", get(owners))
+        .route("/ownership", get(ownership))
+        .route("/vips/{address}", get(vip))
+        .route("/pending", get(pending))
+        .route("/explain", axum::routing::post(explain))
+        .route("/grants", get(grants))
         .route("/allocations", get(list_allocations).post(allocate))
         .route("/allocations/{namespace}/{name}", axum::routing::delete(release))
         .route("/events", get(events))
@@ -269,8 +295,67 @@ pub fn router(ctx: Ctx) -> Router {
         .with_state(ctx);
     Router::new()
         .nest("/api/v1", open.merge(api))
-        .fallback(not_found)
+        .fallback(ui)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+}
+
+mod assets {
+    include!(concat!(env!("OUT_DIR"), "/ui_assets.rs"));
+}
+
+/// Whether the binary carries the web UI (built before it: `npm --prefix ui run build`).
+pub fn has_ui() -> bool {
+    assets::ASSETS.iter().any(|(p, _)| *p == "index.html")
+}
+
+fn content_type(path: &str) -> &'static str {
+    match path.rsplit('.').next().unwrap_or("") {
+        "html" => "text/html; charset=utf-8",
+        "js" | "mjs" => "text/javascript; charset=utf-8",
+        "css" => "text/css; charset=utf-8",
+        "svg" => "image/svg+xml",
+        "json" => "application/json",
+        "png" => "image/png",
+        "ico" => "image/x-icon",
+        "woff2" => "font/woff2",
+        "txt" => "text/plain; charset=utf-8",
+        _ => "application/octet-stream",
+    }
+}
+
+/// The web UI: its files by path, and `index.html` for every other path (the UI routes
+/// in the browser). Hashed files under `assets/` are cached for good.
+async fn ui(uri: axum::http::Uri) -> Response {
+    let path = uri.path().trim_start_matches('/');
+    if path.starts_with("api/") {
+        return not_found().await.into_response();
+    }
+    let find = |p: &str| assets::ASSETS.iter().find(|(name, _)| *name == p).map(|(_, b)| *b);
+    let (name, bytes) = match find(path) {
+        Some(b) if !path.is_empty() => (path, b),
+        _ => match find("index.html") {
+            Some(b) => ("index.html", b),
+            None => {
+                return (
+                    StatusCode::NOT_FOUND,
+                    [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                    "this vipvisor was built without its web UI; expected `npm --prefix ui ci && npm --prefix ui run build` before `cargo build` (the API is under /api/v1)\n",
+                )
+                    .into_response()
+            }
+        },
+    };
+    let cache = if name.starts_with("assets/") { "public, max-age=31536000, immutable" } else { "no-cache" };
+    (
+        [
+            (header::CONTENT_TYPE, content_type(name)),
+            (header::CACHE_CONTROL, cache),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::HeaderName::from_static("content-security-policy"), "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'"),
+        ],
+        bytes,
+    )
+        .into_response()
 }
 
 async fn not_found() -> HttpError {
@@ -350,11 +435,135 @@ async fn get_pool(State(app): State<App>, Path(name): Path<String>) -> Answer<vi
 async fn create_pool(
     State(app): State<App>,
     Extension(caller): Extension<Caller>,
+    q: Result<Query<DryRun>, axum::extract::rejection::QueryRejection>,
     bytes: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<vipvisor_api::ConfigReport>), HttpError> {
-    let pool: Pool = body(&bytes, "pool")?;
-    let r = app.as_caller(&caller).create_pool(pool).await?;
-    Ok((StatusCode::CREATED, Json(r)))
+    let Query(q) = q.map_err(|e| invalid(format!("invalid query: {e}")))?;
+    let pool: Pool = pool_body(&bytes)?;
+    let r = app.as_caller(&caller).put_pool(pool, false, q.dry_run).await?;
+    Ok((if q.dry_run { StatusCode::OK } else { StatusCode::CREATED }, Json(r)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DryRun {
+    /// Check and report only; nothing is written.
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// A pool body; a bad one is `invalid_value` on the field serde names, if it names one.
+fn pool_body(bytes: &[u8]) -> Result<Pool, HttpError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        let msg = e.to_string();
+        let field = ["addresses", "name", "namespaces", "namespace_selector", "service_selector", "priority"]
+            .into_iter()
+            .find(|f| msg.contains(&format!("`{f}`")) || msg.contains(&format!("{f}:")));
+        let mut err = ApiError::new(ErrorCode::InvalidValue, format!("invalid pool body: {msg}"));
+        if let Some(f) = field {
+            err = err.on(f);
+        }
+        HttpError(err)
+    })
+}
+
+#[utoipa::path(put, path = "/api/v1/pools/{name}", tag = "pools", params(("name" = String, Path), ("dry_run" = Option<bool>, Query, description = "check and report only")), request_body = PoolSchema, responses((status = 200, body = vipvisor_api::ConfigReport), (status = 409, description = "would_strand: allocations it no longer covers", body = ErrorBody), (status = 400, description = "invalid_value: a bad value, named", body = ErrorBody), (status = 401, description = "unauthenticated", body = ErrorBody), (status = 403, description = "forbidden: a viewer writing", body = ErrorBody)))]
+async fn put_pool(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    q: Result<Query<DryRun>, axum::extract::rejection::QueryRejection>,
+    bytes: axum::body::Bytes,
+) -> Answer<vipvisor_api::ConfigReport> {
+    let Query(q) = q.map_err(|e| invalid(format!("invalid query: {e}")))?;
+    let name = pool_name(&name)?;
+    let pool: Pool = pool_body(&bytes)?;
+    if pool.name != name {
+        return Err(HttpError(
+            ApiError::new(
+                ErrorCode::InvalidValue,
+                format!("invalid name {:?}; expected the pool of the path, {:?} (a pool is not renamed)", pool.name.as_str(), name.as_str()),
+            )
+            .on("name"),
+        ));
+    }
+    Ok(Json(app.as_caller(&caller).put_pool(pool, true, q.dry_run).await?))
+}
+
+#[utoipa::path(get, path = "/api/v1/pools/{name}/detail", tag = "pools", params(("name" = String, Path)), responses((status = 200, body = vipvisor_api::views::PoolDetail), (status = 404, description = "unknown_pool", body = ErrorBody), (status = 400, description = "invalid_value: a bad value, named", body = ErrorBody), (status = 401, description = "unauthenticated", body = ErrorBody)))]
+async fn pool_detail(State(app): State<App>, Path(name): Path<String>) -> Answer<vipvisor_api::views::PoolDetail> {
+    Ok(Json(app.pool_detail(&pool_name(&name)?).await?))
+}
+
+#[utoipa::path(get, path = "/api/v1/owners", tag = "owners", responses((status = 200, description = "who announces each VIP now", body = Vec<vipvisor_api::OwnerSpan>), (status = 400, description = "invalid_value: a bad value, named", body = ErrorBody), (status = 401, description = "unauthenticated", body = ErrorBody)))]
+async fn owners(State(app): State<App>) -> Answer<Vec<vipvisor_api::OwnerSpan>> {
+    Ok(Json(app.owners().await?))
+}
+
+/// Ownership over time: the swimlanes.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct History {
+    pub spans: Vec<vipvisor_api::OwnerSpan>,
+    pub failovers: Vec<vipvisor_api::views::Failover>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryParams {
+    address: Option<String>,
+    /// Unix milliseconds.
+    since_ms: Option<i64>,
+    limit: Option<u32>,
+}
+
+fn address(a: &str) -> Result<IpAddr, HttpError> {
+    a.parse::<IpAddr>().map_err(|_| invalid(format!("invalid address {a:?}; expected an IPv4 or IPv6 address")))
+}
+
+#[utoipa::path(get, path = "/api/v1/ownership", tag = "owners", params(("address" = Option<String>, Query), ("since_ms" = Option<i64>, Query, description = "stretches open at or ending after this time (Unix ms)"), ("limit" = Option<u32>, Query, description = "the newest N stretches, 1 to 10000, default 1000")), responses((status = 200, body = History), (status = 400, description = "invalid_value: a bad value, named", body = ErrorBody), (status = 401, description = "unauthenticated", body = ErrorBody)))]
+async fn ownership(
+    State(app): State<App>,
+    q: Result<Query<HistoryParams>, axum::extract::rejection::QueryRejection>,
+) -> Answer<History> {
+    let Query(q) = q.map_err(|e| invalid(format!("invalid query: {e}")))?;
+    let addr = q.address.as_deref().map(address).transpose()?;
+    let limit = q.limit.unwrap_or(1000);
+    if limit == 0 || limit > 10_000 {
+        return Err(invalid(format!("invalid limit {limit}; expected 1 to 10000")));
+    }
+    let (spans, failovers) = app.ownership_history(addr, q.since_ms, limit).await?;
+    Ok(Json(History { spans, failovers }))
+}
+
+#[utoipa::path(get, path = "/api/v1/vips/{address}", tag = "owners", params(("address" = String, Path)), responses((status = 200, body = vipvisor_api::views::VipView), (status = 400, description = "invalid_value: a bad value, named", body = ErrorBody), (status = 401, description = "unauthenticated", body = ErrorBody)))]
+async fn vip(State(app): State<App>, Path(a): Path<String>) -> Answer<vipvisor_api::views::VipView> {
+    Ok(Json(app.vip(address(&a)?).await?))
+}
+
+#[utoipa::path(get, path = "/api/v1/pending", tag = "allocations", responses((status = 200, description = "the Services without an address and why, per pool (the controller knows them; `serve` alone lists none)", body = Vec<vipvisor_api::views::Pending>), (status = 400, description = "invalid_value: a bad value, named", body = ErrorBody), (status = 401, description = "unauthenticated", body = ErrorBody)))]
+async fn pending(State(ctx): State<Ctx>) -> Answer<Vec<vipvisor_api::views::Pending>> {
+    let Some(source) = &ctx.sources.pending else { return Ok(Json(vec![])) };
+    let mut out = Vec::new();
+    for (req, warnings) in source() {
+        if ctx.app.allocation(&req.service).await?.is_some() {
+            continue;
+        }
+        let mut p = ctx.app.explain(&req).await?;
+        p.warnings = warnings;
+        out.push(p);
+    }
+    Ok(Json(out))
+}
+
+#[utoipa::path(post, path = "/api/v1/explain", tag = "allocations", request_body = AllocBody, responses((status = 200, description = "why this request would get no address, per pool (a dry run: nothing is written)", body = vipvisor_api::views::Pending), (status = 400, description = "invalid_value: a bad value, named", body = ErrorBody), (status = 401, description = "unauthenticated", body = ErrorBody), (status = 403, description = "forbidden: a viewer writing", body = ErrorBody)))]
+async fn explain(State(app): State<App>, bytes: axum::body::Bytes) -> Answer<vipvisor_api::views::Pending> {
+    let req = alloc_request(&bytes)?;
+    Ok(Json(app.explain(&req).await?))
+}
+
+#[utoipa::path(get, path = "/api/v1/grants", tag = "hypervisor", responses((status = 200, description = "the hypervisor grants vipvisor holds, per VM NIC", body = Vec<vipvisor_api::views::GrantView>), (status = 400, description = "invalid_value: a bad value, named", body = ErrorBody), (status = 401, description = "unauthenticated", body = ErrorBody)))]
+async fn grants(State(app): State<App>) -> Answer<Vec<vipvisor_api::views::GrantView>> {
+    Ok(Json(app.grants().await?))
 }
 
 #[derive(Debug, Deserialize)]
@@ -430,13 +639,18 @@ async fn allocate(
     Extension(caller): Extension<Caller>,
     bytes: axum::body::Bytes,
 ) -> Answer<vipvisor_api::allocations::Allocated> {
-    let b: AllocBody = body(&bytes, "allocation")?;
+    let req = alloc_request(&bytes)?;
+    Ok(Json(app.as_caller(&caller).allocate(&req).await?))
+}
+
+fn alloc_request(bytes: &[u8]) -> Result<AllocRequest, HttpError> {
+    let b: AllocBody = body(bytes, "allocation")?;
     let service = service_key(&b.service)?;
     let mut req = AllocRequest::new(service);
     req.addresses = b.addresses;
     req.pool = b.pool.as_deref().map(pool_name).transpose()?;
     req.family = b.family;
-    Ok(Json(app.as_caller(&caller).allocate(&req).await?))
+    Ok(req)
 }
 
 fn service_key(s: &str) -> Result<ServiceKey, HttpError> {
@@ -640,11 +854,12 @@ pub async fn serve(
     app: App,
     extra: Router,
     tls: Option<TlsFiles>,
+    sources: Sources,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ApiError> {
     let tls = tls.as_ref().map(tls_config).transpose()?;
     let logins = std::sync::Arc::new(Logins::default());
-    let ctx = Ctx { app, logins: logins.clone() };
+    let ctx = Ctx { app, logins: logins.clone(), sources };
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| ApiError::new(ErrorCode::InvalidValue, format!("cannot listen on {addr}: {e}")))?;

@@ -65,6 +65,18 @@ pub enum Audit {
         name: String,
         role: String,
     },
+    /// A node became the elected owner of an address (`previous`: the owner before).
+    OwnerChanged {
+        address: IpAddr,
+        node: String,
+        interface: String,
+        previous: Option<String>,
+    },
+    /// The owner stopped announcing an address, and nobody took over (yet).
+    OwnerReleased {
+        address: IpAddr,
+        node: String,
+    },
     TokenRevoked {
         name: String,
     },
@@ -99,6 +111,8 @@ impl Audit {
             Audit::HypervisorRevoked { .. } => "hypervisor.revoked",
             Audit::TokenCreated { .. } => "token.created",
             Audit::TokenRevoked { .. } => "token.revoked",
+            Audit::OwnerChanged { .. } => "owner.changed",
+            Audit::OwnerReleased { .. } => "owner.released",
         }
     }
 
@@ -119,6 +133,7 @@ impl Audit {
                 format!("{provider}/{vm}/{mac}")
             }
             Audit::TokenCreated { name, .. } | Audit::TokenRevoked { name } => format!("token/{name}"),
+            Audit::OwnerChanged { address, .. } | Audit::OwnerReleased { address, .. } => address.to_string(),
         }
     }
 
@@ -159,6 +174,10 @@ impl Audit {
             Audit::HypervisorGranted { vips, .. } | Audit::HypervisorRevoked { vips, .. } => json!({ "vips": vips }),
             Audit::TokenCreated { role, .. } => json!({ "role": role }),
             Audit::TokenRevoked { .. } => json!({}),
+            Audit::OwnerChanged { node, interface, previous, .. } => {
+                json!({ "node": node, "interface": interface, "previous": previous })
+            }
+            Audit::OwnerReleased { node, .. } => json!({ "node": node }),
         }
     }
 }

@@ -24,13 +24,14 @@ pub struct Rows {
 /// A hypervisor grant on one VM NIC (issue #11): the VIPs its node may announce and the
 /// provider's record of what vipvisor added (opaque JSON to the store).
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct GrantRow {
     pub provider: String,
     pub vm: String,
     pub mac: String,
     pub node: String,
     #[cfg_attr(feature = "ts", ts(type = "Array<string>"))]
+    #[schema(value_type = Vec<String>)]
     pub vips: Vec<IpAddr>,
     /// JSON text: the provider's record.
     pub record: String,
@@ -49,6 +50,78 @@ pub struct TokenRow {
     #[serde(skip)]
     pub hash: String,
     pub created: Timestamp,
+}
+
+/// One stretch of time a node was the elected owner of an address (issue #12): the
+/// failover history. `end_ms` is `None` while it still is; `ended` says how it ended
+/// (`released`: the owner stopped by itself; `taken`: another node took over, so the end
+/// is when that was seen, not necessarily when the owner died).
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct OwnerSpan {
+    #[cfg_attr(feature = "ts", ts(type = "number"))]
+    #[schema(value_type = u64)]
+    pub id: i64,
+    #[cfg_attr(feature = "ts", ts(type = "string"))]
+    #[schema(value_type = String)]
+    pub address: IpAddr,
+    pub node: String,
+    pub interface: String,
+    pub mac: String,
+    /// `kubernetes` or `group`.
+    pub source: String,
+    #[cfg_attr(feature = "ts", ts(type = "number"))]
+    #[schema(value_type = u64)]
+    pub start_ms: i64,
+    #[cfg_attr(feature = "ts", ts(type = "number | null"))]
+    #[schema(value_type = Option<u64>)]
+    pub end_ms: Option<i64>,
+    /// `''` (still the owner), `released` or `taken`.
+    pub ended: String,
+}
+
+/// A node now owns an address (what opens an [`OwnerSpan`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnerClaim {
+    pub address: IpAddr,
+    pub node: String,
+    pub interface: String,
+    pub mac: String,
+    pub source: &'static str,
+}
+
+/// A MAC seen sending as an address (ARP sender, NDP advertisement), by one observer.
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct Sighting {
+    #[cfg_attr(feature = "ts", ts(type = "string"))]
+    #[schema(value_type = String)]
+    pub address: IpAddr,
+    pub mac: String,
+    /// The node whose speaker saw it.
+    pub observer: String,
+    pub interface: String,
+    #[cfg_attr(feature = "ts", ts(type = "number"))]
+    #[schema(value_type = u64)]
+    pub first_ms: i64,
+    #[cfg_attr(feature = "ts", ts(type = "number"))]
+    #[schema(value_type = u64)]
+    pub last_ms: i64,
+    #[cfg_attr(feature = "ts", ts(type = "number"))]
+    #[schema(value_type = u64)]
+    pub count: i64,
+}
+
+/// Which ownership stretches to read.
+#[derive(Debug, Clone, Default)]
+pub struct SpanQuery {
+    pub address: Option<IpAddr>,
+    /// Only the open ones (the current owners).
+    pub open_only: bool,
+    /// Only stretches still open at or ending after this time.
+    pub since_ms: Option<i64>,
+    /// At most this many, newest first.
+    pub limit: Option<u32>,
 }
 
 /// One change to the rows. The store issues them in an order the schema's foreign keys
@@ -76,6 +149,21 @@ pub enum Write<'a> {
         mac: &'a str,
     },
     InsertToken(&'a TokenRow),
+    OpenOwner(&'a OwnerClaim),
+    /// Ends the open stretch of `node` for `address` (`ended`: `released` or `taken`).
+    CloseOwner {
+        address: IpAddr,
+        node: &'a str,
+        ended: &'static str,
+    },
+    /// Counts one more sighting (first and last seen at the write's time, `count` added).
+    AddSighting {
+        address: IpAddr,
+        mac: &'a str,
+        observer: &'a str,
+        interface: &'a str,
+        count: i64,
+    },
     DeleteToken(&'a str),
     Audit {
         actor: &'a str,
@@ -98,6 +186,10 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<Event>>;
     /// Every hypervisor grant, by provider, VM and NIC.
     async fn grants(&self) -> Result<Vec<GrantRow>>;
+    /// Ownership stretches, oldest first (the newest `limit` when given).
+    async fn ownership(&self, q: &SpanQuery) -> Result<Vec<OwnerSpan>>;
+    /// Sightings (of `address`, or all), newest first.
+    async fn sightings(&self, address: Option<IpAddr>) -> Result<Vec<Sighting>>;
     /// Every API token, by name.
     async fn tokens(&self) -> Result<Vec<TokenRow>>;
     /// The token whose secret hashes to `hash`.

@@ -15,7 +15,7 @@ pub mod audit;
 pub mod backend;
 pub mod sqlite;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,7 +28,7 @@ use vipvisor_model::{AddressBlock, AllocRequest, Allocation, InvalidValue, Pool,
 use vipvisor_model::{Quarantined, Timestamp, Uid};
 
 pub use audit::Audit;
-pub use backend::{Backend, GrantRow, Rows, TokenRow, Write, WriteTx};
+pub use backend::{Backend, GrantRow, OwnerClaim, OwnerSpan, Rows, Sighting, SpanQuery, TokenRow, Write, WriteTx};
 pub use sqlite::MIGRATOR;
 
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +114,24 @@ pub fn redact_url(url: &str) -> String {
         out = format!("{base}{}", redacted.join("&"));
     }
     out
+}
+
+/// How [`Store::put_pool`] writes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PutPool {
+    /// Replace a pool of the same name (else that name is refused).
+    pub replace: bool,
+    /// Check and report only.
+    pub dry_run: bool,
+}
+
+/// Whose ownership stretches a [`Store::set_owners`] call speaks for.
+#[derive(Debug, Clone, Copy)]
+pub enum OwnerScope<'a> {
+    /// Every stretch of the source (the controller sees every node's report).
+    All,
+    /// Only this node's (a static group member knows its own share).
+    Node(&'a str),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -336,6 +354,97 @@ impl Store {
         self.backend.grants().await
     }
 
+    /// Ownership stretches (the current owners with `open_only`; the failover history).
+    pub async fn ownership(&self, q: &SpanQuery) -> Result<Vec<OwnerSpan>> {
+        self.backend.ownership(q).await
+    }
+
+    /// The MACs seen answering for `address` (or every address), newest first.
+    pub async fn sightings(&self, address: Option<IpAddr>) -> Result<Vec<Sighting>> {
+        self.backend.sightings(address).await
+    }
+
+    /// Makes the elected owners of `source` exactly `owners` (one per address): an owner
+    /// that is new or moved opens a stretch (closing another node's as `taken`), one no
+    /// longer listed is closed as `released`. Audited as `owner.changed` /
+    /// `owner.released` (which is how UIs hear of it). Returns how many changed. The
+    /// controller calls it with every report; a static group member with its own share.
+    pub async fn set_owners(
+        &self,
+        source: &'static str,
+        owners: &BTreeMap<IpAddr, OwnerClaim>,
+        scope: OwnerScope<'_>,
+        now: Timestamp,
+    ) -> Result<usize> {
+        let open = self.ownership(&SpanQuery { open_only: true, ..SpanQuery::default() }).await?;
+        let mut tx = self.backend.begin().await?;
+        let mut changed = 0;
+        // Stretches this writer is responsible for that are no longer wanted.
+        for s in &open {
+            let mine = match scope {
+                OwnerScope::All => s.source == source,
+                OwnerScope::Node(n) => s.node == n,
+            };
+            if !mine {
+                continue;
+            }
+            match owners.get(&s.address) {
+                Some(c) if c.node == s.node && c.interface == s.interface => {}
+                Some(c) if c.node == s.node => {
+                    // Same owner, another interface: a new stretch, no failover.
+                    tx.write(Write::CloseOwner { address: s.address, node: &s.node, ended: "released" }, now).await?;
+                }
+                Some(_) => {}
+                None => {
+                    tx.write(Write::CloseOwner { address: s.address, node: &s.node, ended: "released" }, now).await?;
+                    let event = Audit::OwnerReleased { address: s.address, node: s.node.clone() };
+                    self.audit(&mut tx, now, event).await?;
+                    changed += 1;
+                }
+            }
+        }
+        for (address, c) in owners {
+            let here: Vec<&OwnerSpan> = open.iter().filter(|s| s.address == *address).collect();
+            if here.iter().any(|s| s.node == c.node && s.interface == c.interface) {
+                continue;
+            }
+            let previous = here.iter().find(|s| s.node != c.node).map(|s| s.node.clone());
+            for s in here.iter().filter(|s| s.node != c.node) {
+                tx.write(Write::CloseOwner { address: *address, node: &s.node, ended: "taken" }, now).await?;
+            }
+            tx.write(Write::OpenOwner(c), now).await?;
+            let event = Audit::OwnerChanged {
+                address: *address,
+                node: c.node.clone(),
+                interface: c.interface.clone(),
+                previous,
+            };
+            self.audit(&mut tx, now, event).await?;
+            changed += 1;
+        }
+        if changed == 0 {
+            tx.rollback().await?;
+            return Ok(0);
+        }
+        tx.commit().await?;
+        Ok(changed)
+    }
+
+    /// Records that `observer` saw `mac` send as `address` `count` more times.
+    pub async fn add_sighting(
+        &self,
+        address: IpAddr,
+        mac: &str,
+        observer: &str,
+        interface: &str,
+        count: i64,
+        now: Timestamp,
+    ) -> Result<()> {
+        let mut tx = self.backend.begin().await?;
+        tx.write(Write::AddSighting { address, mac, observer, interface, count }, now).await?;
+        tx.commit().await
+    }
+
     /// Records a grant's state after a provider call, with an audit event when the VIPs it
     /// grants changed (`granted`: VIPs newly granted).
     pub async fn put_grant(&self, g: &GrantRow, granted: &[IpAddr], now: Timestamp) -> Result<()> {
@@ -474,12 +583,20 @@ impl Store {
 
     /// Adds a pool; refuses an existing name or any overlap.
     pub async fn add_pool(&self, pool: Pool, now: Timestamp) -> Result<ConfigReport> {
-        self.reconfigure(now, false, |cur| {
-            if cur.pools.iter().any(|p| p.name == pool.name) {
-                return Err(StoreError::PoolExists(pool.name.clone()));
+        self.put_pool(pool, PutPool { replace: false, dry_run: false }, now).await
+    }
+
+    /// Creates a pool, or with `replace` creates or replaces it (an edit: allocations it
+    /// no longer covers refuse the change); with `dry_run` only checks and reports what
+    /// would change, writing nothing.
+    pub async fn put_pool(&self, pool: Pool, how: PutPool, now: Timestamp) -> Result<ConfigReport> {
+        self.reconfigure_with(now, false, how.dry_run, |cur| {
+            match cur.pools.iter_mut().find(|p| p.name == pool.name) {
+                Some(_) if !how.replace => return Err(StoreError::PoolExists(pool.name.clone())),
+                Some(p) => *p = pool,
+                None => cur.pools.push(pool),
             }
-            cur.pools.push(pool);
-            Ok("adding a pool".to_string())
+            Ok(if how.replace { "changing a pool" } else { "adding a pool" }.to_string())
         })
         .await
     }
@@ -594,6 +711,16 @@ impl Store {
         force: bool,
         edit: impl FnOnce(&mut Config) -> Result<String>,
     ) -> Result<ConfigReport> {
+        self.reconfigure_with(now, force, false, edit).await
+    }
+
+    async fn reconfigure_with(
+        &self,
+        now: Timestamp,
+        force: bool,
+        dry_run: bool,
+        edit: impl FnOnce(&mut Config) -> Result<String>,
+    ) -> Result<ConfigReport> {
         let (mut tx, mut guard, generation) = self.begin().await?;
         let res: Result<(ConfigReport, Option<Ipam>)> = async {
             let ipam = &guard.as_ref().ok_or_else(|| StoreError::Corrupt("cache".into()))?.ipam;
@@ -611,7 +738,9 @@ impl Store {
                 reservations: plan.reservations.iter().map(|(b, a)| change(b, *a)).collect(),
                 ..ConfigReport::default()
             };
-            if !report.changed {
+            if !report.changed || dry_run {
+                report.released = plan.stranded.clone();
+                report.rehomed = plan.rehomed.iter().map(|r| r.allocation.clone()).collect();
                 return Ok((report, None));
             }
             for a in &plan.stranded {

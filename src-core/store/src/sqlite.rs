@@ -18,7 +18,7 @@ use vipvisor_model::{
     SharingKey, Timestamp, Uid,
 };
 
-use crate::backend::{Backend, GrantRow, Rows, TokenRow, Write, WriteTx};
+use crate::backend::{Backend, GrantRow, OwnerSpan, Rows, Sighting, SpanQuery, TokenRow, Write, WriteTx};
 use crate::{redact_url, Event, Result, StoreError};
 
 /// The embedded migrations of `migrations/`.
@@ -311,6 +311,61 @@ impl Backend for SqliteBackend {
             .collect()
     }
 
+    async fn ownership(&self, q: &SpanQuery) -> Result<Vec<OwnerSpan>> {
+        let rows = sqlx::query(
+            "SELECT * FROM (SELECT id, address, node, interface, mac, source, start_ms, end_ms, ended FROM ownership \
+             WHERE (?1 IS NULL OR address = ?1) AND (?2 = 0 OR end_ms IS NULL) \
+             AND (?3 IS NULL OR end_ms IS NULL OR end_ms >= ?3) ORDER BY start_ms DESC, id DESC LIMIT ?4) \
+             ORDER BY start_ms, id",
+        )
+        .bind(q.address.map(|a| a.to_string()))
+        .bind(q.open_only)
+        .bind(q.since_ms)
+        .bind(q.limit.map_or(-1, i64::from))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                let address: String = r.get("address");
+                Ok(OwnerSpan {
+                    id: r.get("id"),
+                    address: address.parse().map_err(|e| corrupt(format!("ownership address {address:?}"), e))?,
+                    node: r.get("node"),
+                    interface: r.get("interface"),
+                    mac: r.get("mac"),
+                    source: r.get("source"),
+                    start_ms: r.get("start_ms"),
+                    end_ms: r.get("end_ms"),
+                    ended: r.get("ended"),
+                })
+            })
+            .collect()
+    }
+
+    async fn sightings(&self, address: Option<IpAddr>) -> Result<Vec<Sighting>> {
+        let rows = sqlx::query(
+            "SELECT address, mac, observer, interface, first_ms, last_ms, count FROM sightings \
+             WHERE (?1 IS NULL OR address = ?1) ORDER BY last_ms DESC LIMIT 1000",
+        )
+        .bind(address.map(|a| a.to_string()))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                let address: String = r.get("address");
+                Ok(Sighting {
+                    address: address.parse().map_err(|e| corrupt(format!("sighting address {address:?}"), e))?,
+                    mac: r.get("mac"),
+                    observer: r.get("observer"),
+                    interface: r.get("interface"),
+                    first_ms: r.get("first_ms"),
+                    last_ms: r.get("last_ms"),
+                    count: r.get("count"),
+                })
+            })
+            .collect()
+    }
+
     async fn tokens(&self) -> Result<Vec<TokenRow>> {
         let rows =
             sqlx::query("SELECT name, role, hash, created_ms FROM tokens ORDER BY name").fetch_all(&self.pool).await?;
@@ -430,6 +485,49 @@ impl WriteTx for SqliteTx {
                     .bind(t.created.0)
                     .execute(&mut **tx)
                     .await?;
+                Ok(())
+            }
+            Write::OpenOwner(c) => {
+                sqlx::query(
+                    "INSERT INTO ownership (address, node, interface, mac, source, start_ms) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .bind(c.address.to_string())
+                .bind(&c.node)
+                .bind(&c.interface)
+                .bind(&c.mac)
+                .bind(c.source)
+                .bind(now.0)
+                .execute(&mut **tx)
+                .await?;
+                Ok(())
+            }
+            Write::CloseOwner { address, node, ended } => {
+                sqlx::query(
+                    "UPDATE ownership SET end_ms = ?3, ended = ?4 WHERE address = ?1 AND node = ?2 AND end_ms IS NULL",
+                )
+                .bind(address.to_string())
+                .bind(node)
+                .bind(now.0)
+                .bind(ended)
+                .execute(&mut **tx)
+                .await?;
+                Ok(())
+            }
+            Write::AddSighting { address, mac, observer, interface, count } => {
+                sqlx::query(
+                    "INSERT INTO sightings (address, mac, observer, interface, first_ms, last_ms, count) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6) ON CONFLICT (address, mac, observer) \
+                     DO UPDATE SET interface = ?4, last_ms = ?5, count = count + ?6",
+                )
+                .bind(address.to_string())
+                .bind(mac)
+                .bind(observer)
+                .bind(interface)
+                .bind(now.0)
+                .bind(count)
+                .execute(&mut **tx)
+                .await?;
                 Ok(())
             }
             Write::DeleteToken(name) => {
