@@ -153,7 +153,7 @@ mod ts_tests {
             crate::views::GrantView::decl(&cfg),
         ];
         let mut out = String::from(
-            "// Generated from vipvisor's Rust types by ts-rs (src-core/api/src/lib.rs, ui_types):\n// do not edit. VIPVISOR_UPDATE_TS=1 cargo test -p vipvisor-api --features ts rewrites it.\n\n",
+            "// Generated from vipvisor's Rust types by ts-rs (src-core/api/src/lib.rs, ui_types):\n// do not edit. VIPVISOR_UPDATE_TS=1 cargo test -p vipvisor-api --features ts rewrites it.\n\nexport type JsonValue = number | string | boolean | Array<JsonValue> | { [key in string]?: JsonValue } | null;\n\n",
         );
         for d in decls {
             out.push_str("export ");
