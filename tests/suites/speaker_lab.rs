@@ -715,3 +715,180 @@ fn a_member_with_a_skewed_clock_does_not_cause_two_owners() {
     assert!(owners.len() >= 2, "the VIPs spread over the members, the skewed one included: {owners:?}");
     drop(speakers);
 }
+
+/// `vipvisor serve` started in the root namespace on the store the group records into.
+struct Serve {
+    child: Child,
+    login: String,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(store: &str, dir: &Path) -> Serve {
+    let out = dir.join("serve.out");
+    let child = Command::new(VIPVISOR)
+        .args(["--store", store, "serve", "--listen", "127.0.0.1:0"])
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(dir.join("serve.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut login = String::new();
+    wait_until(
+        Duration::from_secs(20),
+        || {
+            let text = std::fs::read_to_string(&out).unwrap_or_default();
+            login = text.split_whitespace().find(|w| w.starts_with("http://")).unwrap_or_default().to_string();
+            !login.is_empty()
+        },
+        "serve to print its login URL",
+    );
+    Serve { child, login }
+}
+
+/// Static group members run with `--record` write their share of ownership (and the MACs
+/// they see answering) to a shared store: `serve` shows the owner and, after the owner's
+/// speaker is killed, the failover; then the web UI in a real Chromium (ui/e2e/run.mjs:
+/// login with the printed URL, pool form with the server's overlap error on the field, a
+/// CLI allocation appearing live, filters in the URL, the owners page fed by this group,
+/// axe-core on every page, screenshots in $VIPVISOR_E2E_OUT or the lab dir).
+#[test]
+fn a_recording_group_feeds_the_owners_read_model_and_the_web_ui() {
+    let browser = ["node", "/usr/bin/chromium"];
+    let missing = browser.iter().find(|t| {
+        !Command::new("sh").args(["-c", &format!("command -v {t}")]).output().is_ok_and(|o| o.status.success())
+    });
+    let ui_built = common::repo("ui/node_modules/playwright-core").exists();
+    let why = match (missing, ui_built) {
+        (Some(t), _) => {
+            Some(format!("{t} is missing (tests/run installs Debian's chromium and the UI's npm packages)"))
+        }
+        (None, false) => Some("ui/node_modules is missing: npm --prefix ui ci".to_string()),
+        _ => None,
+    };
+    if common::skip("the web UI browser test", why) {
+        return;
+    }
+    let Some(mut lab) = lab_n("w", 3) else { return };
+    let store = format!("sqlite://{}/v.db", lab.dir.path().display());
+    // The store exists (and is migrated) before three members open it at once.
+    let st = Command::new(VIPVISOR).args(["--store", &store, "pool", "list"]).output().unwrap();
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    for n in 1..=3 {
+        lab.accept_vip(&format!("n{n}"), VIP4);
+    }
+    let mut speakers = lab.group(&["--record", "--store", &store]);
+    wait_until(Duration::from_secs(5), || lab.owner_mac(VIP4).is_some(), "a group member to announce the VIP");
+    std::thread::sleep(Duration::from_millis(500));
+    let server = serve(&store, lab.dir.path());
+    let token = String::from_utf8(
+        Command::new(VIPVISOR)
+            .args(["--store", &store, "-o", "json", "token", "create", "lab", "--role", "viewer"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let token: serde_json::Value = serde_json::from_str(&token).unwrap();
+    let token = token["token"].as_str().unwrap().to_string();
+    let base = server.login.split("/login").next().unwrap().to_string();
+    let get = |path: &str| -> serde_json::Value {
+        let out = Command::new("curl")
+            .args(["-sf", "-H", &format!("Authorization: Bearer {token}"), &format!("{base}{path}")])
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+    };
+    let macs = ["02:00:00:00:00:11", "02:00:00:00:00:12", "02:00:00:00:00:13"];
+    let owner_of = |v: &serde_json::Value| {
+        v.as_array().and_then(|a| a.iter().find(|o| o["address"] == VIP4)).map(|o| {
+            (
+                o["node"].as_str().unwrap_or("").to_string(),
+                o["mac"].as_str().unwrap_or("").to_string(),
+                o["interface"].clone(),
+            )
+        })
+    };
+    let mut first = None;
+    wait_until(
+        Duration::from_secs(5),
+        || {
+            first = owner_of(&get("/api/v1/owners"));
+            first.is_some()
+        },
+        "the owner to be recorded",
+    );
+    let (node, mac, iface) = first.unwrap();
+    assert_eq!(iface, "eth0");
+    let n: usize = node.trim_start_matches('n').parse().unwrap();
+    assert_eq!(mac, macs[n - 1], "the recorded owner's MAC is the one the client resolves");
+    assert_eq!(lab.owner_mac(VIP4).as_deref(), Some(mac.as_str()));
+    // The other members saw the owner's gratuitous announcements: sightings of its MAC,
+    // and no split brain.
+    wait_until(
+        Duration::from_secs(5),
+        || {
+            let v = get(&format!("/api/v1/vips/{VIP4}"));
+            v["seen"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|x| x["mac"] == mac.as_str() && x["observer"] != node.as_str()))
+        },
+        "the other members to report the owner's MAC as seen",
+    );
+    let v = get(&format!("/api/v1/vips/{VIP4}"));
+    assert!(v["split_brain"].is_null(), "{v}");
+
+    // Kill the owner's speaker: the new owner records the takeover.
+    let _ = speakers[n - 1].child.kill();
+    let _ = speakers[n - 1].child.wait();
+    let mut second = None;
+    wait_until(
+        Duration::from_secs(5),
+        || {
+            second = owner_of(&get("/api/v1/owners")).filter(|(o, _, _)| *o != node);
+            second.is_some()
+        },
+        "another member's ownership to be recorded",
+    );
+    let (node2, _, _) = second.unwrap();
+    let h = get("/api/v1/ownership?limit=100");
+    let f = h["failovers"].as_array().unwrap();
+    assert!(
+        f.iter().any(|f| f["address"] == VIP4
+            && f["from"] == node.as_str()
+            && f["to"] == node2.as_str()
+            && f["gap_ms"].is_null()),
+        "the failover {node} → {node2} is in the history, taken over from a silent owner: {h}"
+    );
+
+    // After the takeover, the MAC seen answering is the new owner's: no split brain.
+    wait_until(
+        Duration::from_secs(5),
+        || {
+            let v = get(&format!("/api/v1/vips/{VIP4}"));
+            v["owner"]["node"] == node2.as_str() && v["split_brain"].is_null()
+        },
+        "the VIP page to show the new owner without a split-brain alarm",
+    );
+
+    // The web UI in Chromium, against this server and store.
+    let out_dir = std::env::var("VIPVISOR_E2E_OUT").map(PathBuf::from).unwrap_or_else(|_| lab.dir.path().join("e2e"));
+    let e2e = Command::new("node")
+        .arg(common::repo("ui/e2e/run.mjs"))
+        .env("VIPVISOR_LOGIN_URL", &server.login)
+        .env("VIPVISOR_BIN", VIPVISOR)
+        .env("VIPVISOR_STORE", &store)
+        .env("E2E_VIP", VIP4)
+        .env("E2E_NODES", "n1,n2,n3")
+        .env("E2E_OUT", &out_dir)
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&e2e.stdout), String::from_utf8_lossy(&e2e.stderr));
+    println!("{text}");
+    assert!(e2e.status.success(), "the browser test failed (screenshots in {}):\n{text}", out_dir.display());
+    drop(server);
+}

@@ -200,12 +200,16 @@ pub fn failovers(spans: &[OwnerSpan]) -> Vec<Failover> {
 }
 
 /// Why the MACs seen for a VIP and its elected owner disagree, if they do.
+/// Only sightings of the last minute count, and only those since the current owner took
+/// over (the previous owner's announcements before a failover are history, not a second
+/// answerer).
 pub fn split_brain(owner: Option<&OwnerSpan>, seen: &[Sighting], now_ms: i64) -> Option<String> {
+    let from = (now_ms - RECENT_MS).max(owner.map_or(i64::MIN, |o| o.start_ms));
     let recent: BTreeSet<String> =
-        seen.iter().filter(|s| now_ms - s.last_ms <= RECENT_MS).map(|s| s.mac.to_ascii_lowercase()).collect();
+        seen.iter().filter(|s| s.last_ms >= from).map(|s| s.mac.to_ascii_lowercase()).collect();
     if recent.len() > 1 {
         let list: Vec<&str> = recent.iter().map(String::as_str).collect();
-        return Some(format!("{} MACs answered in the last minute: {}", recent.len(), list.join(", ")));
+        return Some(format!("{} MACs answered since the owner took over: {}", recent.len(), list.join(", ")));
     }
     let owner = owner?;
     let theirs: BTreeSet<String> =
@@ -232,7 +236,8 @@ impl App {
         since_ms: Option<i64>,
         limit: u32,
     ) -> Result<(Vec<OwnerSpan>, Vec<Failover>)> {
-        let spans = self.store.ownership(&SpanQuery { address, open_only: false, since_ms, limit: Some(limit) }).await?;
+        let spans =
+            self.store.ownership(&SpanQuery { address, open_only: false, since_ms, limit: Some(limit) }).await?;
         let f = failovers(&spans);
         Ok((spans, f))
     }
@@ -299,8 +304,10 @@ impl App {
                 (pool, allocations, state.to_owned())
             })
             .await?;
-        let history =
-            self.store.ownership(&SpanQuery { address: Some(address), limit: Some(100), ..SpanQuery::default() }).await?;
+        let history = self
+            .store
+            .ownership(&SpanQuery { address: Some(address), limit: Some(100), ..SpanQuery::default() })
+            .await?;
         let owner = history.iter().rev().find(|s| s.end_ms.is_none()).cloned();
         let seen = self.store.sightings(Some(address)).await?;
         let grants: Vec<GrantRow> =
@@ -467,14 +474,14 @@ impl App {
             Err(e) => {
                 use vipvisor_ipam::IpamError as E;
                 let reasons: Vec<PoolReason> = match &e {
-                    E::NoEligiblePool { reasons, .. } => reasons
-                        .iter()
-                        .map(|(p, r)| PoolReason { pool: p.to_string(), reason: r.clone() })
-                        .collect(),
+                    E::NoEligiblePool { reasons, .. } => {
+                        reasons.iter().map(|(p, r)| PoolReason { pool: p.to_string(), reason: r.clone() }).collect()
+                    }
                     E::Exhausted { pools: names, families, .. } => names
                         .iter()
                         .map(|n| {
-                            let stats = pools.iter().find(|(p, _)| p == n).and_then(|(_, s)| s.clone()).unwrap_or_default();
+                            let stats =
+                                pools.iter().find(|(p, _)| p == n).and_then(|(_, s)| s.clone()).unwrap_or_default();
                             let parts: Vec<String> = stats
                                 .iter()
                                 .filter(|s| families.contains(&s.family))
@@ -563,8 +570,13 @@ mod tests {
         let other = split_brain(Some(&owner), &[seen("02:00:00:00:00:99", now - 10)], now).unwrap();
         assert!(other.contains("02:00:00:00:00:99") && other.contains("node a"), "{other}");
         let two = split_brain(None, &[seen("02:00:00:00:00:01", now), seen("02:00:00:00:00:02", now)], now).unwrap();
-        assert!(two.starts_with("2 MACs"), "{two}");
-        // An old sighting is history, not an alarm.
+        assert!(two.starts_with("2 MACs answered since"), "{two}");
+        // An old sighting is history, not an alarm; so is the previous owner's MAC seen
+        // before this owner took over.
         assert_eq!(split_brain(Some(&owner), &[seen("02:00:00:00:00:99", now - RECENT_MS - 1)], now), None);
+        let newer = span(1, "a", now - 5_000, None, "");
+        let before = [seen("02:00:00:00:00:01", now - 100), seen("02:00:00:00:00:02", now - 6_000)];
+        assert_eq!(split_brain(Some(&newer), &before, now), None);
+        assert!(split_brain(Some(&newer), &[before[0].clone(), seen("02:00:00:00:00:02", now - 10)], now).is_some());
     }
 }

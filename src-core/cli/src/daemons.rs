@@ -201,7 +201,9 @@ pub async fn run_speaker(a: &SpeakerArgs, record_to: Option<String>) -> anyhow::
         None => None,
         Some(url) => {
             let Some(g) = group.as_mut() else {
-                anyhow::bail!("--record needs a group (--join and --gossip-key-file): a lone speaker has no failovers to record");
+                anyhow::bail!(
+                    "--record needs a group (--join and --gossip-key-file): a lone speaker has no failovers to record"
+                );
             };
             let app = vipvisor_api::App::open(url, &format!("speaker:{node_name}"), Duration::ZERO)
                 .await

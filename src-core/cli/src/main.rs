@@ -74,7 +74,9 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
             (Some(cert), Some(key)) => Some(vipvisor_server::TlsFiles { cert: cert.clone(), key: key.clone() }),
             _ => None,
         };
-        let r = vipvisor_server::serve(a.listen, app.clone(), extra, tls, Default::default(), daemons::shutdown_signal()).await;
+        let r =
+            vipvisor_server::serve(a.listen, app.clone(), extra, tls, Default::default(), daemons::shutdown_signal())
+                .await;
         app.close().await;
         r.map_err(|e| anyhow::anyhow!(render::error_text(&e)))?;
         return Ok(String::new());

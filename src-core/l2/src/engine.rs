@@ -99,7 +99,14 @@ const DEFEND_INTERVAL: Duration = Duration::from_secs(10);
 
 impl Engine {
     pub fn new(ifaces: Vec<Iface>, timing: Timing, metrics: Metrics) -> Self {
-        Engine { ifaces, timing, vips: HashMap::new(), metrics, friends: Default::default(), watched: Default::default() }
+        Engine {
+            ifaces,
+            timing,
+            vips: HashMap::new(),
+            metrics,
+            friends: Default::default(),
+            watched: Default::default(),
+        }
     }
 
     pub fn iface(&self, i: usize) -> Option<&Iface> {

@@ -293,10 +293,7 @@ pub fn router(ctx: Ctx) -> Router {
         .fallback(not_found)
         .route_layer(middleware::from_fn_with_state(ctx.clone(), authenticate))
         .with_state(ctx);
-    Router::new()
-        .nest("/api/v1", open.merge(api))
-        .fallback(ui)
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+    Router::new().nest("/api/v1", open.merge(api)).fallback(ui).layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
 }
 
 mod assets {
@@ -351,7 +348,10 @@ async fn ui(uri: axum::http::Uri) -> Response {
             (header::CONTENT_TYPE, content_type(name)),
             (header::CACHE_CONTROL, cache),
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-            (header::HeaderName::from_static("content-security-policy"), "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'"),
+            (
+                header::HeaderName::from_static("content-security-policy"),
+                "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'",
+            ),
         ],
         bytes,
     )
@@ -482,7 +482,11 @@ async fn put_pool(
         return Err(HttpError(
             ApiError::new(
                 ErrorCode::InvalidValue,
-                format!("invalid name {:?}; expected the pool of the path, {:?} (a pool is not renamed)", pool.name.as_str(), name.as_str()),
+                format!(
+                    "invalid name {:?}; expected the pool of the path, {:?} (a pool is not renamed)",
+                    pool.name.as_str(),
+                    name.as_str()
+                ),
             )
             .on("name"),
         ));
