@@ -383,3 +383,196 @@ fn tls_from_certificate_files() {
     assert!(plain.stdout.is_empty() || !plain.status.success(), "plain HTTP gets no answer from the TLS port");
     assert!(s.stdout().contains(&format!("https://{}/login?code=", s.addr)), "{}", s.stdout());
 }
+
+/// The read models the web UI shows: a pool's page (free ranges, address map, history),
+/// pool edits and dry runs with the error on its field, who announces each VIP and the
+/// failover history (written to the store as the controller and recording speakers do),
+/// a VIP's page with its sightings and split-brain verdict, why a request gets no
+/// address, the grants; and the UI's own files.
+#[test]
+fn the_read_models_of_the_ui() {
+    let s = Server::start();
+    let admin = s.token("ui-admin", "admin");
+    let a = Some(admin.as_str());
+    let pool = |body: Value| body.to_string();
+    let (st, _) =
+        s.call("POST", "/api/v1/pools", a, Some(&pool(json!({"name": "blue", "addresses": ["198.51.100.0/29"]}))));
+    assert_eq!(st, 201);
+
+    // A dry run checks against the store and writes nothing; its error names the field.
+    let overlap = pool(json!({"name": "green", "addresses": ["198.51.100.4/30"]}));
+    let (st, body) = s.call("POST", "/api/v1/pools?dry_run=true", a, Some(&overlap));
+    assert_eq!(
+        (st, body["code"].as_str(), body["field"].as_str()),
+        (400, Some("config_conflict"), Some("addresses")),
+        "{body}"
+    );
+    assert!(body["message"].as_str().unwrap().contains("overlaps pool \"blue\""), "{body}");
+    let fine = pool(json!({"name": "green", "addresses": ["203.0.113.0/30"]}));
+    let (st, body) = s.call("POST", "/api/v1/pools?dry_run=true", a, Some(&fine));
+    assert_eq!((st, body["changed"].as_bool()), (200, Some(true)), "{body}");
+    assert_eq!(s.call("GET", "/api/v1/pools/green", a, None).0, 404, "a dry run writes nothing");
+    let (st, body) =
+        s.call("POST", "/api/v1/pools", a, Some(&pool(json!({"name": "Bad!", "addresses": ["203.0.113.0/30"]}))));
+    assert_eq!((st, body["field"].as_str()), (400, Some("name")), "{body}");
+    let (st, body) = s.call("POST", "/api/v1/pools", a, Some(&pool(json!({"name": "x", "addresses": ["nope"]}))));
+    assert_eq!((st, body["field"].as_str()), (400, Some("addresses")), "{body}");
+    let (st, body) = s.call("POST", "/api/v1/pools?dry_run=maybe", a, Some(&fine));
+    assert_eq!((st, body["code"].as_str()), (400, Some("invalid_value")), "{body}");
+
+    // An edit (PUT): same name as the path, allocations it no longer covers refuse it.
+    s.cli(&["alloc", "request", "web/front", "--pool", "blue", "--ip", "198.51.100.6"]);
+    let shrink = pool(json!({"name": "blue", "addresses": ["198.51.100.0/30"]}));
+    let (st, body) = s.call("PUT", "/api/v1/pools/blue?dry_run=true", a, Some(&shrink));
+    assert_eq!((st, body["code"].as_str()), (409, Some("would_strand")), "{body}");
+    let (st, body) = s.call("PUT", "/api/v1/pools/green", a, Some(&shrink));
+    assert_eq!((st, body["field"].as_str()), (400, Some("name")), "{body}");
+    let grow = pool(json!({"name": "blue", "addresses": ["198.51.100.0/28"], "avoid_buggy_ips": true}));
+    let (st, body) = s.call("PUT", "/api/v1/pools/blue", a, Some(&grow));
+    assert_eq!((st, body["pools"][0]["action"].as_str()), (200, Some("updated")), "{body}");
+
+    // The pool's page.
+    s.cli(&["reserve", "add", "198.51.100.1", "--note", "gateway"]);
+    let (st, d) = s.call("GET", "/api/v1/pools/blue/detail", a, None);
+    assert_eq!(st, 200, "{d}");
+    assert_eq!(
+        d["free"],
+        json!([{"first": "198.51.100.2", "last": "198.51.100.5", "count": 4}, {"first": "198.51.100.7", "last": "198.51.100.15", "count": 9}]),
+        "{d}"
+    );
+    let cells = d["cells"].as_array().unwrap();
+    assert_eq!(cells.len(), 16);
+    let state = |ip: &str| {
+        cells
+            .iter()
+            .find(|c| c["address"] == ip)
+            .map(|c| (c["state"].as_str().unwrap().to_string(), c["note"].as_str().unwrap().to_string()))
+    };
+    assert_eq!(state("198.51.100.0"), Some(("excluded".into(), String::new())));
+    assert_eq!(state("198.51.100.1"), Some(("reserved".into(), "gateway".into())));
+    assert_eq!(state("198.51.100.6"), Some(("allocated".into(), "web/front".into())));
+    assert_eq!(state("198.51.100.7"), Some(("free".into(), String::new())));
+    assert_eq!(d["reservations"][0]["block"], "198.51.100.1");
+    assert_eq!(d["allocations"][0]["service"], "web/front");
+    let h = d["history"].as_array().unwrap();
+    assert_eq!(
+        (h.first().map(|p| p["used"].clone()), h.last().map(|p| p["used"].clone())),
+        (Some(json!(0)), Some(json!(1))),
+        "{d}"
+    );
+    assert_eq!(s.call("GET", "/api/v1/pools/nope/detail", a, None).0, 404);
+
+    // Owners, as the controller or a recording speaker writes them.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let vip: std::net::IpAddr = "198.51.100.6".parse().unwrap();
+    rt.block_on(async {
+        let app = vipvisor_api::App::open(&s.store, "test", Duration::ZERO).await.unwrap();
+        let claim = |node: &str, mac: &str| {
+            std::collections::BTreeMap::from([(
+                vip,
+                vipvisor_api::OwnerClaim {
+                    address: vip,
+                    node: node.into(),
+                    interface: "eth0".into(),
+                    mac: mac.into(),
+                    source: "group",
+                },
+            )])
+        };
+        app.set_owners("group", &claim("n1", "02:00:00:00:00:11"), vipvisor_api::OwnerScope::Node("n1")).await.unwrap();
+        app.saw(vip, "02:00:00:00:00:11", "n2", "eth0", 3).await.unwrap();
+        // n1 stops by itself, n2 takes over a little later: a failover with a known gap.
+        app.set_owners("group", &Default::default(), vipvisor_api::OwnerScope::Node("n1")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        app.set_owners("group", &claim("n2", "02:00:00:00:00:12"), vipvisor_api::OwnerScope::Node("n2")).await.unwrap();
+        app.saw(vip, "02:00:00:00:00:12", "n3", "eth0", 1).await.unwrap();
+        app.close().await;
+    });
+    let (st, o) = s.call("GET", "/api/v1/owners", a, None);
+    assert_eq!((st, o.as_array().map(Vec::len)), (200, Some(1)), "{o}");
+    assert_eq!(
+        (o[0]["node"].as_str(), o[0]["interface"].as_str(), o[0]["end_ms"].clone()),
+        (Some("n2"), Some("eth0"), Value::Null)
+    );
+    let (_, h) = s.call("GET", "/api/v1/ownership", a, None);
+    let f = &h["failovers"][0];
+    assert_eq!((f["from"].as_str(), f["to"].as_str()), (Some("n1"), Some("n2")), "{h}");
+    assert!(
+        f["gap_ms"].as_i64().is_some_and(|g| g >= 30),
+        "the gap is measured when the old owner said it stopped: {h}"
+    );
+    assert_eq!(h["spans"][0]["ended"], "released");
+    let (_, v) = s.call("GET", "/api/v1/vips/198.51.100.6", a, None);
+    assert_eq!(
+        (v["state"].as_str(), v["pool"].as_str(), v["owner"]["node"].as_str()),
+        (Some("allocated"), Some("blue"), Some("n2")),
+        "{v}"
+    );
+    assert_eq!(v["allocations"][0]["service"], "web/front");
+    assert_eq!(v["seen"].as_array().map(Vec::len), Some(2));
+    assert!(v["split_brain"].is_null(), "the old owner's MAC, seen before the takeover, is history: {v}");
+    // A stranger answering for it is an alarm.
+    rt.block_on(async {
+        let app = vipvisor_api::App::open(&s.store, "test", Duration::ZERO).await.unwrap();
+        app.saw(vip, "02:00:00:00:00:99", "n3", "eth0", 1).await.unwrap();
+        app.close().await;
+    });
+    let (_, v) = s.call("GET", "/api/v1/vips/198.51.100.6", a, None);
+    assert!(v["split_brain"].as_str().is_some_and(|m| m.contains("02:00:00:00:00:99")), "{v}");
+    let (_, d) = s.call("GET", "/api/v1/pools/blue/detail", a, None);
+    assert!(
+        d["cells"].as_array().unwrap().iter().any(|c| c["address"] == "198.51.100.6" && c["state"] == "conflict"),
+        "{d}"
+    );
+    let (st, body) = s.call("GET", "/api/v1/vips/not-an-ip", a, None);
+    assert_eq!((st, body["code"].as_str()), (400, Some("invalid_value")));
+    let (st, body) = s.call("GET", "/api/v1/ownership?limit=0", a, None);
+    assert_eq!((st, body["code"].as_str()), (400, Some("invalid_value")));
+    // The changes reached the audit log (and so the stream).
+    let (_, ev) = s.call("GET", "/api/v1/events", a, None);
+    let kinds: Vec<&str> = ev.as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert!(kinds.contains(&"owner.changed") && kinds.contains(&"owner.released"), "{kinds:?}");
+
+    // Why a request gets no address, per pool (a dry run).
+    let (st, p) = s.call("POST", "/api/v1/explain", a, Some(r#"{"service": "web/x", "pool": "blue"}"#));
+    assert_eq!((st, p["code"].clone()), (200, Value::Null), "{p}");
+    assert_eq!(p["would_get"], json!(["198.51.100.2"]));
+    let (_, p) = s.call("POST", "/api/v1/explain", a, Some(r#"{"service": "web/x", "addresses": ["198.51.100.6"]}"#));
+    assert_eq!((p["code"].as_str(), p["pools"][0]["pool"].as_str()), (Some("address_in_use"), Some("blue")), "{p}");
+    assert!(p["pools"][0]["reason"].as_str().unwrap().contains("web/front"), "says who holds it: {p}");
+    let (_, p) = s.call("POST", "/api/v1/explain", a, Some(r#"{"service": "web/x", "family": "ipv6"}"#));
+    assert_eq!(p["code"].as_str(), Some("no_eligible_pool"), "{p}");
+    assert!(p["pools"].as_array().unwrap().iter().any(|r| r["pool"] == "blue"), "{p}");
+    let (_, allocs) = s.call("GET", "/api/v1/allocations", a, None);
+    assert_eq!(allocs["total"], 1, "explaining allocates nothing");
+    assert_eq!(s.call("GET", "/api/v1/pending", a, None), (200, json!([])), "serve alone knows no Services");
+    assert_eq!(s.call("GET", "/api/v1/grants", a, None), (200, json!([])));
+    let (st, body) = s.call("POST", "/api/v1/explain", a, Some(r#"{"service": "nope"}"#));
+    assert_eq!((st, body["code"].as_str()), (400, Some("invalid_value")));
+
+    // The web UI's files: every path that is not the API is the UI (it routes in the
+    // browser), with a content security policy; the API's unknown paths stay JSON 404s.
+    let (st, body) = s.call("GET", "/api/v1/nope", a, None);
+    assert_eq!((st, body["code"].as_str()), (404, Some("not_found")));
+    let page = |path: &str| {
+        let mut c = TcpStream::connect(&s.addr).unwrap();
+        c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).unwrap();
+        let mut out = String::new();
+        c.read_to_string(&mut out).unwrap();
+        out
+    };
+    if vipvisor_server::has_ui() {
+        for path in ["/", "/pools/blue", "/login?code=x"] {
+            let r = page(path);
+            assert!(r.starts_with("HTTP/1.1 200"), "{path}: {r}");
+            assert!(
+                r.contains("content-security-policy: default-src 'self'") && r.contains(r#"<div id="app">"#),
+                "{path}: {r}"
+            );
+        }
+    } else {
+        assert!(std::env::var_os("CI").is_none(), "CI builds the UI (npm --prefix ui run build) before the binary");
+        eprintln!("SKIPPED the UI files check: this binary was built without ui/dist");
+        assert!(page("/").contains("built without its web UI"));
+    }
+}

@@ -416,6 +416,7 @@ impl App {
         let events = self.store.events(None, Some(5000)).await?;
         let mut points = vec![UsagePoint { at_ms: self.now().0, used: used_now }];
         let mut used = used_now as i64;
+        let mut oldest = None;
         for e in events.iter().rev() {
             if e.detail.get("pool").and_then(|p| p.as_str()) != Some(pool.as_str()) {
                 continue;
@@ -430,6 +431,11 @@ impl App {
             };
             points.push(UsagePoint { at_ms: e.at_ms, used: used.max(0) as u64 });
             used -= delta;
+            oldest = Some(e.at_ms);
+        }
+        // Before the oldest change: what was used then.
+        if let Some(at) = oldest {
+            points.push(UsagePoint { at_ms: at - 1, used: used.max(0) as u64 });
         }
         points.reverse();
         if points.len() > 500 {

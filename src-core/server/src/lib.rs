@@ -456,9 +456,31 @@ struct DryRun {
 fn pool_body(bytes: &[u8]) -> Result<Pool, HttpError> {
     serde_json::from_slice(bytes).map_err(|e| {
         let msg = e.to_string();
-        let field = ["addresses", "name", "namespaces", "namespace_selector", "service_selector", "priority"]
+        // A value the model refused says what it was ("invalid pool name …"); a shape
+        // error names the key (missing field `addresses`).
+        let by_value = [
+            ("pool name", "name"),
+            ("address block", "addresses"),
+            ("namespace", "namespaces"),
+            ("label", "selectors"),
+        ]
+        .into_iter()
+        .find(|(what, _)| msg.contains(&format!("invalid {what}")))
+        .map(|(_, f)| f);
+        let field = by_value.or_else(|| {
+            [
+                "addresses",
+                "name",
+                "namespaces",
+                "namespace_selector",
+                "service_selector",
+                "priority",
+                "auto_assign",
+                "avoid_buggy_ips",
+            ]
             .into_iter()
-            .find(|f| msg.contains(&format!("`{f}`")) || msg.contains(&format!("{f}:")));
+            .find(|f| msg.contains(&format!("`{f}`")))
+        });
         let mut err = ApiError::new(ErrorCode::InvalidValue, format!("invalid pool body: {msg}"));
         if let Some(f) = field {
             err = err.on(f);
