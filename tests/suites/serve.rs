@@ -480,12 +480,12 @@ fn the_read_models_of_the_ui() {
             )])
         };
         app.set_owners("group", &claim("n1", "02:00:00:00:00:11"), vipvisor_api::OwnerScope::Node("n1")).await.unwrap();
-        app.saw(vip, "02:00:00:00:00:11", "n2", "eth0", 3).await.unwrap();
+        app.saw(vip, "02:00:00:00:00:11", "n2", "eth0", 3, (Duration::ZERO, Duration::ZERO)).await.unwrap();
         // n1 stops by itself, n2 takes over a little later: a failover with a known gap.
         app.set_owners("group", &Default::default(), vipvisor_api::OwnerScope::Node("n1")).await.unwrap();
         tokio::time::sleep(Duration::from_millis(30)).await;
         app.set_owners("group", &claim("n2", "02:00:00:00:00:12"), vipvisor_api::OwnerScope::Node("n2")).await.unwrap();
-        app.saw(vip, "02:00:00:00:00:12", "n3", "eth0", 1).await.unwrap();
+        app.saw(vip, "02:00:00:00:00:12", "n3", "eth0", 1, (Duration::ZERO, Duration::ZERO)).await.unwrap();
         app.close().await;
     });
     let (st, o) = s.call("GET", "/api/v1/owners", a, None);
@@ -514,7 +514,7 @@ fn the_read_models_of_the_ui() {
     // A stranger answering for it is an alarm.
     rt.block_on(async {
         let app = vipvisor_api::App::open(&s.store, "test", Duration::ZERO).await.unwrap();
-        app.saw(vip, "02:00:00:00:00:99", "n3", "eth0", 1).await.unwrap();
+        app.saw(vip, "02:00:00:00:00:99", "n3", "eth0", 1, (Duration::ZERO, Duration::ZERO)).await.unwrap();
         app.close().await;
     });
     let (_, v) = s.call("GET", "/api/v1/vips/198.51.100.6", a, None);

@@ -17,6 +17,9 @@ use crate::{ApiError, App, ErrorCode, Result};
 
 /// Sightings newer than this count for the split-brain check.
 pub const RECENT_MS: i64 = 60_000;
+/// The previous owner's frames still in flight this long after a takeover are not a
+/// second answerer.
+pub const HANDOVER_MS: i64 = 1_000;
 /// Pools of at most this many addresses get an address map.
 pub const MAP_LIMIT: u128 = 1024;
 /// At most this many free ranges per family.
@@ -204,7 +207,7 @@ pub fn failovers(spans: &[OwnerSpan]) -> Vec<Failover> {
 /// over (the previous owner's announcements before a failover are history, not a second
 /// answerer).
 pub fn split_brain(owner: Option<&OwnerSpan>, seen: &[Sighting], now_ms: i64) -> Option<String> {
-    let from = (now_ms - RECENT_MS).max(owner.map_or(i64::MIN, |o| o.start_ms));
+    let from = (now_ms - RECENT_MS).max(owner.map_or(i64::MIN, |o| o.start_ms + HANDOVER_MS));
     let recent: BTreeSet<String> =
         seen.iter().filter(|s| s.last_ms >= from).map(|s| s.mac.to_ascii_lowercase()).collect();
     if recent.len() > 1 {
@@ -252,9 +255,22 @@ impl App {
         Ok(self.store.set_owners(source, owners, scope, self.now()).await?)
     }
 
-    /// Records that `observer` saw `mac` answer for `address` `count` more times.
-    pub async fn saw(&self, address: IpAddr, mac: &str, observer: &str, interface: &str, count: i64) -> Result<()> {
-        Ok(self.store.add_sighting(address, mac, observer, interface, count, self.now()).await?)
+    /// Records that `observer` saw `mac` answer for `address` `count` more times, the
+    /// last of them `ago` before now (a speaker writes its sightings in batches).
+    pub async fn saw(
+        &self,
+        address: IpAddr,
+        mac: &str,
+        observer: &str,
+        interface: &str,
+        count: i64,
+        span: (std::time::Duration, std::time::Duration),
+    ) -> Result<()> {
+        let now = self.now();
+        let at = |ago: std::time::Duration| {
+            vipvisor_model::Timestamp(now.0.saturating_sub(i64::try_from(ago.as_millis()).unwrap_or(i64::MAX)))
+        };
+        Ok(self.store.add_sighting(address, mac, observer, interface, count, (at(span.0), at(span.1)), now).await?)
     }
 
     /// The hypervisor grants vipvisor holds.
@@ -581,6 +597,9 @@ mod tests {
         // before this owner took over.
         assert_eq!(split_brain(Some(&owner), &[seen("02:00:00:00:00:99", now - RECENT_MS - 1)], now), None);
         let newer = span(1, "a", now - 5_000, None, "");
+        // Within the handover's grace after the takeover: not yet an alarm.
+        let grace = [seen("02:00:00:00:00:01", now), seen("02:00:00:00:00:02", now - 5_000 + HANDOVER_MS - 1)];
+        assert_eq!(split_brain(Some(&newer), &grace, now), None);
         let before = [seen("02:00:00:00:00:01", now - 100), seen("02:00:00:00:00:02", now - 6_000)];
         assert_eq!(split_brain(Some(&newer), &before, now), None);
         assert!(split_brain(Some(&newer), &[before[0].clone(), seen("02:00:00:00:00:02", now - 10)], now).is_some());

@@ -85,7 +85,9 @@ async fn record(
 ) {
     use std::collections::{BTreeMap, HashMap};
     use vipvisor_api::{OwnerClaim, OwnerScope};
-    let mut counts: HashMap<(std::net::IpAddr, String, String), i64> = HashMap::new();
+    // Per (VIP, MAC, interface): how many, first and last seen.
+    let mut counts: HashMap<(std::net::IpAddr, String, String), (i64, std::time::Instant, std::time::Instant)> =
+        HashMap::new();
     let mut dirty = true;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -96,7 +98,10 @@ async fn record(
             }
             s = seen.recv() => {
                 let Some(s) = s else { return };
-                *counts.entry((s.vip, s.mac.to_string(), s.iface)).or_default() += 1;
+                let now = std::time::Instant::now();
+                let e = counts.entry((s.vip, s.mac.to_string(), s.iface)).or_insert((0, now, now));
+                e.0 += 1;
+                e.2 = now;
                 continue;
             }
             _ = tick.tick() => {}
@@ -115,8 +120,8 @@ async fn record(
                 Err(e) => tracing::warn!(error = %e.message, "could not record the owners in the store"),
             }
         }
-        for ((vip, mac, iface), n) in std::mem::take(&mut counts) {
-            if let Err(e) = app.saw(vip, &mac, &node, &iface, n).await {
+        for ((vip, mac, iface), (n, first, last)) in std::mem::take(&mut counts) {
+            if let Err(e) = app.saw(vip, &mac, &node, &iface, n, (first.elapsed(), last.elapsed())).await {
                 tracing::warn!(error = %e.message, "could not record a sighting in the store");
             }
         }

@@ -156,13 +156,15 @@ pub enum Write<'a> {
         node: &'a str,
         ended: &'static str,
     },
-    /// Counts one more sighting (first and last seen at the write's time, `count` added).
+    /// Counts `count` more sightings, seen from `first_ms` to `last_ms`.
     AddSighting {
         address: IpAddr,
         mac: &'a str,
         observer: &'a str,
         interface: &'a str,
         count: i64,
+        first_ms: i64,
+        last_ms: i64,
     },
     DeleteToken(&'a str),
     Audit {

@@ -430,7 +430,9 @@ impl Store {
         Ok(changed)
     }
 
-    /// Records that `observer` saw `mac` send as `address` `count` more times.
+    /// Records that `observer` saw `mac` send as `address` `count` more times, between
+    /// `first` and `last`.
+    #[allow(clippy::too_many_arguments)]
     pub async fn add_sighting(
         &self,
         address: IpAddr,
@@ -438,10 +440,12 @@ impl Store {
         observer: &str,
         interface: &str,
         count: i64,
+        (first, last): (Timestamp, Timestamp),
         now: Timestamp,
     ) -> Result<()> {
         let mut tx = self.backend.begin().await?;
-        tx.write(Write::AddSighting { address, mac, observer, interface, count }, now).await?;
+        let w = Write::AddSighting { address, mac, observer, interface, count, first_ms: first.0, last_ms: last.0 };
+        tx.write(w, now).await?;
         tx.commit().await
     }
 

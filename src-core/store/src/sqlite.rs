@@ -514,17 +514,18 @@ impl WriteTx for SqliteTx {
                 .await?;
                 Ok(())
             }
-            Write::AddSighting { address, mac, observer, interface, count } => {
+            Write::AddSighting { address, mac, observer, interface, count, first_ms, last_ms } => {
                 sqlx::query(
                     "INSERT INTO sightings (address, mac, observer, interface, first_ms, last_ms, count) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6) ON CONFLICT (address, mac, observer) \
-                     DO UPDATE SET interface = ?4, last_ms = ?5, count = count + ?6",
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (address, mac, observer) \
+                     DO UPDATE SET interface = ?4, last_ms = max(last_ms, ?6), count = count + ?7",
                 )
                 .bind(address.to_string())
                 .bind(mac)
                 .bind(observer)
                 .bind(interface)
-                .bind(now.0)
+                .bind(first_ms)
+                .bind(last_ms)
                 .bind(count)
                 .execute(&mut **tx)
                 .await?;

@@ -60,13 +60,15 @@ class Location {
 
 export const location = new Location();
 
-/** A click on an internal link navigates without a reload. */
-export function link(node: HTMLAnchorElement) {
-  const onclick = (e: MouseEvent) => {
-    if (e.button !== 0 || e.metaKey || e.ctrlKey || e.shiftKey || e.altKey) return;
+/** Clicks on internal links navigate without a reload: one listener for the whole page
+ * (rows of a virtualised table come and go every frame; they carry no listeners). */
+export function installLinks() {
+  document.addEventListener("click", (e) => {
+    if (e.defaultPrevented || e.button !== 0 || e.metaKey || e.ctrlKey || e.shiftKey || e.altKey) return;
+    const a = (e.target as Element | null)?.closest?.("a");
+    const href = a?.getAttribute("href");
+    if (!a || !href || !href.startsWith("/") || a.target || a.hasAttribute("download")) return;
     e.preventDefault();
-    location.go(node.getAttribute("href") ?? "/");
-  };
-  node.addEventListener("click", onclick);
-  return { destroy: () => node.removeEventListener("click", onclick) };
+    location.go(href);
+  });
 }
