@@ -7,7 +7,7 @@ use vipvisor_testkit as common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
@@ -106,7 +106,7 @@ impl Testbed {
         args.extend(extra.iter().map(|s| s.to_string()));
         let child = Command::new(VIPVISOR)
             .args(&args)
-            .stdout(Stdio::null())
+            .stdout(std::fs::File::create(self.path(&format!("{identity}.out"))).unwrap())
             .stderr(log)
             .env("VIPVISOR_LOG", "info")
             .spawn()
@@ -286,6 +286,24 @@ async fn services_get_addresses_events_and_are_released() {
     }
     let note = tb.wait_event("tiny", "t3", "AllocationFailed").await;
     assert!(note.contains("pool exhausted"), "{note}");
+    // The controller's API says why t3 waits, per pool (its Service cache, explained).
+    let api = Command::new("curl")
+        .args(["-sf", "-H", &format!("Authorization: Bearer {token}"), "http://127.0.0.1:19482/api/v1/pending"])
+        .output()
+        .unwrap();
+    let pending: serde_json::Value = serde_json::from_slice(&api.stdout).unwrap_or_default();
+    let t3 = pending.as_array().and_then(|p| p.iter().find(|p| p["service"] == "tiny/t3")).cloned().unwrap_or_default();
+    assert_eq!(t3["code"], "pool_exhausted", "why pending: {pending}");
+    assert!(
+        t3["pools"].as_array().is_some_and(|r| r
+            .iter()
+            .any(|r| r["pool"] == "tiny" && r["reason"].as_str().unwrap_or("").starts_with("exhausted"))),
+        "the reason names the pool: {pending}"
+    );
+    assert!(
+        !pending.as_array().unwrap().iter().any(|p| p["service"] == "tiny/t1" || p["service"] == "default/plain"),
+        "Services with an address are not pending: {pending}"
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let failures = tb.events("tiny", "t3").await.into_iter().filter(|e| e.0 == "AllocationFailed").count();
     assert_eq!(failures, 1, "the failure is reported once, not in a loop");
@@ -496,6 +514,8 @@ async fn manifests_apply_and_rbac_is_least_privilege() {
         &["watch", "servicel2statuses.vipvisor.io", "-n", "vipvisor-speaker"],
         &["list", "nodes"],
         &["watch", "nodes"],
+        &["create", "tokenreviews.authentication.k8s.io"],
+        &["create", "subjectaccessreviews.authorization.k8s.io"],
     ] {
         assert!(can(allowed), "the controller must be allowed to {allowed:?}");
     }
@@ -517,7 +537,45 @@ async fn manifests_apply_and_rbac_is_least_privilege() {
     }
     // And the RBAC is enough: run the controller as the service account (impersonated).
     let sa_kc = tb.api.impersonating("vipvisor-system", "vipvisor-controller", &tb.path("sa-kubeconfig"));
-    tb.controller("sa", &sa_kc, &[]);
+    // Its API takes Kubernetes tokens: alice may read, bob may write, carol nothing.
+    kubectl(&["create", "clusterrolebinding", "alice-views", "--clusterrole=vipvisor-viewer", "--user=alice"], None);
+    kubectl(&["create", "clusterrolebinding", "bob-admins", "--clusterrole=vipvisor-admin", "--user=bob"], None);
+    let (alice, bob, carol) = (tb.api.user_token("alice"), tb.api.user_token("bob"), tb.api.user_token("carol"));
+    let own = Command::new(VIPVISOR)
+        .args(["--store", &tb.store_url("sa"), "-o", "json", "token", "create", "ui", "--role", "admin"])
+        .output()
+        .unwrap();
+    assert!(own.status.success(), "{}", String::from_utf8_lossy(&own.stderr));
+    let own = serde_json::from_slice::<serde_json::Value>(&own.stdout).unwrap()["token"].as_str().unwrap().to_string();
+    let call = |method: &str, path: &str, token: Option<&str>| -> (u16, serde_json::Value) {
+        let mut args = vec![
+            "-s".to_string(),
+            "-o".into(),
+            "-".into(),
+            "-w".into(),
+            "\n%{http_code}".into(),
+            "-X".into(),
+            method.into(),
+        ];
+        if let Some(t) = token {
+            args.extend(["-H".into(), format!("Authorization: Bearer {t}")]);
+        }
+        if method != "GET" {
+            args.extend([
+                "-H".into(),
+                "Content-Type: application/json".into(),
+                "-d".into(),
+                r#"{"service":"default/x"}"#.into(),
+            ]);
+        }
+        args.push(format!("http://127.0.0.1:19483/api/v1/{path}"));
+        let out = Command::new("curl").args(&args).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), serde_json::from_str(body).unwrap_or_default())
+    };
+    let api = |path: &str| call("GET", path, Some(alice.as_str())).1;
+    tb.controller("sa", &sa_kc, &["--serve", "127.0.0.1:19483", "--serve-auth", "kubernetes"]);
     tb.wait_leading("sa").await;
     tb.create("default", "rbac", serde_json::json!({}), serde_json::json!({})).await;
     assert!(!tb.wait_ips("default", "rbac").await.is_empty(), "the service account can do the whole job");
@@ -560,5 +618,54 @@ async fn manifests_apply_and_rbac_is_least_privilege() {
     wait_condition(format!("{ip} from node n2 on eth1")).await;
     kubectl(&["delete", "servicel2status", "n2", "-n", "vipvisor-speaker"], None);
     wait_condition(format!("{ip} from node n1 on eth0")).await;
+    // The same reports are the owners read model, kept in the controller's store: n1 owns
+    // the VIP again, after n1 → n2 → n1.
+    let start = Instant::now();
+    loop {
+        let h = api("ownership");
+        let path: Vec<(String, String)> = h["failovers"]
+            .as_array()
+            .map(|f| {
+                f.iter()
+                    .map(|f| (f["from"].as_str().unwrap_or("").into(), f["to"].as_str().unwrap_or("").into()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let owners = api("owners");
+        let now =
+            owners.as_array().and_then(|o| o.iter().find(|o| o["address"] == ip.as_str())).cloned().unwrap_or_default();
+        if path == [("n1".to_string(), "n2".to_string()), ("n2".to_string(), "n1".to_string())]
+            && now["node"] == "n1"
+            && now["interface"] == "eth0"
+            && now["source"] == "kubernetes"
+        {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(15), "owners from the reports: {owners} {h}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     assert!(!tb.log("sa").contains("403"), "no forbidden calls: {}", tb.log("sa"));
+
+    // Kubernetes tokens, by TokenReview and SubjectAccessReview (the manifests' RBAC lets
+    // the controller ask): roles from the ClusterRoles, names from the users.
+    let who = |t: &str| call("GET", "whoami", Some(t));
+    assert_eq!(who(&alice), (200, serde_json::json!({"name": "k8s:alice", "role": "viewer"})));
+    assert_eq!(who(&bob), (200, serde_json::json!({"name": "k8s:bob", "role": "admin"})));
+    let (st, body) = who(&carol);
+    assert_eq!((st, body["code"].as_str()), (403, Some("forbidden")), "{body}");
+    assert!(body["message"].as_str().unwrap().contains("vipvisor-viewer"), "{body}");
+    for t in [Some("not-a-token"), Some(own.as_str()), None] {
+        let (st, body) = call("GET", "whoami", t);
+        assert_eq!((st, body["code"].as_str()), (401, Some("unauthenticated")), "{t:?}: {body}");
+    }
+    let (st, body) = call("POST", "explain", Some(alice.as_str()));
+    assert_eq!((st, body["code"].as_str()), (403, Some("forbidden")), "a viewer writing: {body}");
+    let (st, body) = call("POST", "explain", Some(bob.as_str()));
+    assert_eq!((st, body["service"].as_str()), (200, Some("default/x")), "{body}");
+    let out = std::fs::read_to_string(tb.path("sa.out")).unwrap_or_default();
+    assert!(!out.contains("log in at"), "no login code when Kubernetes decides: {out}");
+    let log = tb.log("sa");
+    for t in [&alice, &bob, &carol] {
+        assert!(!log.contains(t.as_str()), "no token in the log");
+    }
 }

@@ -255,6 +255,171 @@ fn grants_are_applied_idempotent_and_reverted_on_a_real_libvirtd() {
     assert!(cli.ok(&["revert"]).contains("no grants"), "the grant is gone from the store");
 }
 
+/// `vipvisor serve --providers FILE` on a real libvirtd: the hypervisor page's read model
+/// (node ↔ VM ↔ NIC, the providers' findings for the VIPs announced now, the verdict),
+/// the fix as a dry-run diff that changes nothing, an apply by an admin (recorded under
+/// its token, read back from the domain XML), the verdict after it, and the undo; a viewer
+/// may look but not fix.
+#[test]
+fn the_served_hypervisor_page_diagnoses_fixes_and_undoes_on_a_real_libvirtd() {
+    if common::skip("the libvirt suite", missing()) {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let tb = Testbed::start(tempfile::tempdir().unwrap());
+    let d = tb.dir.path();
+    define("net-define", "<network><name>vv-lab</name><forward mode='bridge'/><bridge name='vvbr0'/></network>", d);
+    define(
+        "define",
+        "<domain type='qemu'><name>n1</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>\
+         <os><type arch='x86_64' machine='pc'>hvm</type></os><devices>\
+         <interface type='network'><mac address='52:54:00:00:00:21'/><source network='vv-lab'/><model type='virtio'/>\
+         <filterref filter='clean-traffic'><parameter name='IP' value='192.0.2.21'/></filterref></interface>\
+         </devices></domain>",
+        d,
+    );
+    let mac = "52:54:00:00:00:21";
+    let xml = || virsh(&["dumpxml", "--inactive", "n1"]);
+    let before = xml();
+    let providers = d.join("providers.yaml");
+    std::fs::write(&providers, "providers:\n  - name: kvm1\n    kind: libvirt\n    uri: qemu:///system\n").unwrap();
+    let store = format!("sqlite://{}/store/v.db", d.display());
+    let token = |name: &str, role: &str| {
+        let out = Command::new(VIPVISOR)
+            .args(["--store", &store, "-o", "json", "token", "create", name, "--role", role])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["token"].as_str().unwrap().to_string()
+    };
+    let (admin, viewer) = (token("ops", "admin"), token("dash", "viewer"));
+    // n1 announces 192.0.2.100, as a recording speaker or the controller would write it.
+    let vip: std::net::IpAddr = "192.0.2.100".parse().unwrap();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let app = vipvisor_api::App::open(&store, "test", Duration::ZERO).await.unwrap();
+        let claim = vipvisor_api::OwnerClaim {
+            address: vip,
+            node: "n1".into(),
+            interface: "eth0".into(),
+            mac: mac.into(),
+            source: "group",
+        };
+        app.set_owners(
+            "group",
+            &std::collections::BTreeMap::from([(vip, claim)]),
+            vipvisor_api::OwnerScope::Node("n1"),
+        )
+        .await
+        .unwrap();
+        app.close().await;
+    });
+    let out_file = d.join("serve.out");
+    let mut serve = Command::new(VIPVISOR)
+        .args(["--store", &store, "serve", "--listen", "127.0.0.1:0", "--providers"])
+        .arg(&providers)
+        .stdout(std::fs::File::create(&out_file).unwrap())
+        .stderr(std::fs::File::create(d.join("serve.log")).unwrap())
+        .spawn()
+        .unwrap();
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let serve = Kill(&mut serve);
+    let mut base = String::new();
+    common::wait_until(
+        Duration::from_secs(20),
+        || {
+            let text = std::fs::read_to_string(&out_file).unwrap_or_default();
+            base = text
+                .split_whitespace()
+                .find(|w| w.starts_with("http://"))
+                .map(|u| u.split("/login").next().unwrap_or("").to_string())
+                .unwrap_or_default();
+            !base.is_empty()
+        },
+        "serve to start",
+    );
+    let call = |method: &str, path: &str, token: &str, body: Option<&str>| -> (u16, serde_json::Value) {
+        let mut args = vec![
+            "-s".to_string(),
+            "-o".into(),
+            "-".into(),
+            "-w".into(),
+            "\n%{http_code}".into(),
+            "-X".into(),
+            method.into(),
+            "-H".into(),
+            format!("Authorization: Bearer {token}"),
+        ];
+        if let Some(b) = body {
+            args.extend(["-H".into(), "Content-Type: application/json".into(), "-d".into(), b.into()]);
+        }
+        args.push(format!("{base}/api/v1/{path}"));
+        let out = Command::new("curl").args(&args).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), serde_json::from_str(body).unwrap_or_default())
+    };
+
+    // The read model: n1 is the VM n1, its NIC's clean-traffic drops the VIP.
+    let (st, v) = call("GET", "hypervisor", &viewer, None);
+    assert_eq!(st, 200, "{v}");
+    let n1 = v["nodes"].as_array().unwrap().iter().find(|n| n["node"] == "n1").cloned().unwrap();
+    assert_eq!(
+        (n1["nics"][0]["nic"]["vm"].as_str(), n1["nics"][0]["nic"]["mac"].as_str()),
+        (Some("n1"), Some(mac)),
+        "{n1}"
+    );
+    assert_eq!(n1["blocked"], true, "{n1}");
+    assert!(n1["verdict"].as_str().unwrap().starts_with("dropped"), "{n1}");
+    let f = &n1["findings"][0];
+    assert!(
+        f["what"].as_str().unwrap().contains("192.0.2.100") && f["setting"].as_str().unwrap().contains("clean-traffic"),
+        "{f}"
+    );
+    assert!(f["current"].as_str().unwrap().contains("192.0.2.21"), "the current value is shown: {f}");
+
+    // A viewer may not fix; an admin's dry run says what would change and changes nothing.
+    let (st, body) = call("POST", "hypervisor/apply", &viewer, Some(r#"{"dry_run": true}"#));
+    assert_eq!((st, body["code"].as_str()), (403, Some("forbidden")), "{body}");
+    let (st, plan) = call("POST", "hypervisor/apply", &admin, Some(r#"{"dry_run": true}"#));
+    assert_eq!(st, 200, "{plan}");
+    assert_eq!(
+        plan["plan"],
+        serde_json::json!([{"node": "n1", "provider": "kvm1", "vm": "n1", "mac": mac, "add": ["192.0.2.100"]}])
+    );
+    assert_eq!(xml(), before, "a dry run changes nothing");
+    let (st, body) = call("POST", "hypervisor/apply", &admin, Some(r#"{"dry_run": "yes"}"#));
+    assert_eq!((st, body["code"].as_str()), (400, Some("invalid_value")), "{body}");
+
+    // Apply: the NIC lets the VIP through, recorded under the token's name.
+    let (st, done) = call("POST", "hypervisor/apply", &admin, Some("{}"));
+    assert_eq!((st, done["results"][0]["state"].as_str()), (200, Some("applied")), "{done}");
+    assert_eq!(ips_of(&xml(), mac), ["192.0.2.21", "192.0.2.100"]);
+    let (_, v) = call("GET", "hypervisor", &viewer, None);
+    let n1 = v["nodes"].as_array().unwrap().iter().find(|n| n["node"] == "n1").cloned().unwrap();
+    assert_eq!((n1["blocked"].as_bool(), n1["verdict"].as_str()), (Some(false), Some("let through")), "{n1}");
+    let (_, events) = call("GET", "events", &viewer, None);
+    assert!(
+        events.as_array().unwrap().iter().any(|e| e["kind"] == "hypervisor.granted" && e["actor"] == "token:ops"),
+        "{events}"
+    );
+    let (_, grants) = call("GET", "grants", &viewer, None);
+    assert_eq!(grants[0]["vips"], serde_json::json!(["192.0.2.100"]), "{grants}");
+
+    // Undo: exactly the operator's list again.
+    let (st, r) = call("POST", "hypervisor/revert", &admin, Some(r#"{"node": "n1"}"#));
+    assert_eq!((st, r[0]["state"].as_str()), (200, Some("revoked")), "{r}");
+    assert_eq!(ips_of(&xml(), mac), ips_of(&before, mac));
+    let (_, grants) = call("GET", "grants", &viewer, None);
+    assert_eq!(grants, serde_json::json!([]));
+    drop(serve);
+}
+
 /// The client namespace of the guest proof, deleted on drop (which removes its veth).
 struct ClientNs(&'static str);
 

@@ -511,7 +511,8 @@ fn the_read_models_of_the_ui() {
     assert_eq!(v["allocations"][0]["service"], "web/front");
     assert_eq!(v["seen"].as_array().map(Vec::len), Some(2));
     assert!(v["split_brain"].is_null(), "the old owner's MAC, seen before the takeover, is history: {v}");
-    // A stranger answering for it is an alarm.
+    // A stranger answering for it is an alarm (past the takeover's 1 s grace).
+    std::thread::sleep(Duration::from_millis(1100));
     rt.block_on(async {
         let app = vipvisor_api::App::open(&s.store, "test", Duration::ZERO).await.unwrap();
         app.saw(vip, "02:00:00:00:00:99", "n3", "eth0", 1, (Duration::ZERO, Duration::ZERO)).await.unwrap();

@@ -70,6 +70,14 @@ start() {
   openssl genrsa -out "$dir/sa.key" 2048 2>/dev/null
   local token; token=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
   echo "$token,admin,admin,system:masters" >"$dir/tokens.csv"
+  # Three plain users for tests of token-based access (alice, bob, carol: no rights until a
+  # test binds them); their tokens in DIR/user-NAME.token.
+  local u t
+  for u in alice bob carol; do
+    t=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
+    echo "$t,$u,$u,testers" >>"$dir/tokens.csv"
+    (umask 077; echo "$t" >"$dir/user-$u.token")
+  done
   etcd --data-dir "$data" --listen-client-urls "http://127.0.0.1:$etcd_port" \
     --advertise-client-urls "http://127.0.0.1:$etcd_port" --listen-peer-urls "http://127.0.0.1:$((etcd_port + 1))" \
     >"$dir/etcd.log" 2>&1 &

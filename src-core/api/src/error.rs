@@ -44,6 +44,8 @@ pub enum ErrorCode {
     NotFound,
     /// The store did not answer in time; retrying later may work.
     StoreUnavailable,
+    /// The identity provider (Kubernetes TokenReview) did not answer; retrying may work.
+    AuthUnavailable,
     /// Anything else: the store holds something it should not, or could not be opened.
     Internal,
 }
@@ -60,7 +62,7 @@ impl ErrorCode {
             PoolExists | ReservationExists | TokenExists | WouldStrand | AddressInUse | PortInUse
             | AddressQuarantined | UidMismatch => 409,
             PoolExhausted | NoEligiblePool | AddressNotInPool | PoolNotEligible | AddressReserved => 422,
-            StoreUnavailable => 503,
+            StoreUnavailable | AuthUnavailable => 503,
             Internal => 500,
         }
     }
@@ -91,6 +93,7 @@ impl ErrorCode {
             Forbidden => "forbidden",
             NotFound => "not_found",
             StoreUnavailable => "store_unavailable",
+            AuthUnavailable => "auth_unavailable",
             Internal => "internal",
         }
     }
@@ -233,6 +236,7 @@ mod tests {
             (ErrorCode::WouldStrand, "would_strand", 409),
             (ErrorCode::PoolExhausted, "pool_exhausted", 422),
             (ErrorCode::StoreUnavailable, "store_unavailable", 503),
+            (ErrorCode::AuthUnavailable, "auth_unavailable", 503),
         ];
         for (code, s, status) in cases {
             assert_eq!(code.as_str(), s);

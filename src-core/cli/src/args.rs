@@ -134,6 +134,10 @@ pub struct ServeArgs {
     /// TLS: the certificate's private key (PEM); needs --tls-cert.
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// The provider file (see README "Provider file"): the web UI's hypervisor page then
+    /// diagnoses the nodes' NICs and offers the fix (dry run, apply, undo) to admins.
+    #[arg(long)]
+    pub providers: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -374,6 +378,13 @@ pub struct SpeakerArgs {
     pub hold_time: Duration,
 }
 
+/// How the controller's API authenticates (`--serve-auth`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ServeAuth {
+    Tokens,
+    Kubernetes,
+}
+
 #[derive(Debug, Args)]
 pub struct ControllerArgs {
     /// Kubeconfig file (default: $KUBECONFIG, ~/.kube/config, or the in-cluster config).
@@ -395,6 +406,12 @@ pub struct ControllerArgs {
     /// Serve the API (as `vipvisor serve` does) on this address, on the controller's store.
     #[arg(long)]
     pub serve: Option<std::net::SocketAddr>,
+    /// Who may use the served API: `tokens` (vipvisor's own, `vipvisor token create`) or
+    /// `kubernetes` (the caller's Kubernetes token, checked by TokenReview, and its role
+    /// by SubjectAccessReview: `get` on `api.vipvisor.io` reads, `update` also writes; the
+    /// ClusterRoles vipvisor-viewer and vipvisor-admin in deploy/rbac.yaml grant them).
+    #[arg(long, value_enum, default_value_t = ServeAuth::Tokens, requires = "serve")]
+    pub serve_auth: ServeAuth,
     /// Provider file: grant every allocated VIP on the VMs of every candidate node
     /// (nodes with a speaker, not excluded), revoke it when the VIP goes.
     #[arg(long)]

@@ -270,6 +270,7 @@ pub async fn run_controller(a: &ControllerArgs, store_url: String, quarantine: D
         speaker_namespace: a.speaker_namespace.clone(),
         providers,
         serve: a.serve,
+        serve_kubernetes_auth: a.serve_auth == crate::args::ServeAuth::Kubernetes,
     };
     let health = Health::new();
     let (phase, phase_rx) = tokio::sync::watch::channel(controller::Phase::Starting);

@@ -67,6 +67,11 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
         return hypervisor::run(h, cli.output, store).await;
     }
     if let Command::Serve(a) = &cli.command {
+        // The whole provider file is checked before anything else is done.
+        let hypervisor = match &a.providers {
+            Some(p) => Some(std::sync::Arc::new(hypervisor::load(p)?)),
+            None => None,
+        };
         let app =
             App::open(&url, "serve", cli.quarantine).await.map_err(|e| anyhow::anyhow!(render::error_text(&e)))?;
         let extra = http::router(String::new, vipvisor_health::Health::new(), None, None);
@@ -74,9 +79,8 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
             (Some(cert), Some(key)) => Some(vipvisor_server::TlsFiles { cert: cert.clone(), key: key.clone() }),
             _ => None,
         };
-        let r =
-            vipvisor_server::serve(a.listen, app.clone(), extra, tls, Default::default(), daemons::shutdown_signal())
-                .await;
+        let sources = vipvisor_server::Sources { hypervisor, ..Default::default() };
+        let r = vipvisor_server::serve(a.listen, app.clone(), extra, tls, sources, daemons::shutdown_signal()).await;
         app.close().await;
         r.map_err(|e| anyhow::anyhow!(render::error_text(&e)))?;
         return Ok(String::new());

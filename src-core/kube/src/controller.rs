@@ -79,6 +79,9 @@ pub struct ControllerConfig {
     /// Serve the API on this address (`--serve`): the cluster's live store, read and
     /// written with this replica's tokens (`vipvisor --store … token create`).
     pub serve: Option<std::net::SocketAddr>,
+    /// The served API takes Kubernetes tokens (TokenReview + SubjectAccessReview) instead
+    /// of the store's own.
+    pub serve_kubernetes_auth: bool,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -792,7 +795,11 @@ pub async fn run(
                     })
                     .collect()
             });
-            let sources = vipvisor_server::Sources { pending: Some(pending) };
+            let auth = cfg.serve_kubernetes_auth.then(|| {
+                std::sync::Arc::new(crate::auth::KubeAuth::new(client.clone()))
+                    as std::sync::Arc<dyn vipvisor_server::ExternalAuth>
+            });
+            let sources = vipvisor_server::Sources { pending: Some(pending), auth, hypervisor: cfg.providers.clone() };
             let task = tokio::spawn(vipvisor_server::serve(
                 addr,
                 ctx.app.clone(),

@@ -6,6 +6,7 @@
 //! Owns: everything that reads or writes Kubernetes objects. Must not: hold IPAM rules
 //! (ipam does), or build frames (l2 does).
 
+pub mod auth;
 pub mod controller;
 pub mod decide;
 pub mod grants;

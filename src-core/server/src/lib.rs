@@ -11,6 +11,8 @@
 //! Owns: routes, authentication, the mapping of query strings and bodies to the API's
 //! types. Must not: hold application logic (it calls `App`), or log a token.
 
+pub mod hypervisor;
+
 use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::{Path, Query, Request, State};
@@ -95,8 +97,8 @@ pub struct PoolViewSchema {
 #[derive(Debug, utoipa::OpenApi)]
 #[openapi(
     info(title = "vipvisor API", description = "LoadBalancer VIPs for on-prem Kubernetes: pools, allocations, events. Bearer tokens: `vipvisor token create`."),
-    paths(whoami, list_pools, get_pool, create_pool, put_pool, delete_pool, pool_detail, list_allocations, allocate, release, events, stream, login, owners, ownership, vip, pending, explain, grants),
-    components(schemas(ErrorBody, LoginAnswer, LoginBody, AllocBody, PoolSchema, PoolViewSchema, History)),
+    paths(whoami, list_pools, get_pool, create_pool, put_pool, delete_pool, pool_detail, list_allocations, allocate, release, events, stream, login, owners, ownership, vip, pending, explain, grants, hypervisor::view, hypervisor::apply, hypervisor::revert),
+    components(schemas(ErrorBody, LoginAnswer, LoginBody, AllocBody, PoolSchema, PoolViewSchema, History, hypervisor::HypervisorView, hypervisor::NodeDiagnosis, hypervisor::ApplyBody, hypervisor::ApplyAnswer, hypervisor::PlannedGrant, hypervisor::RevertBody)),
     modifiers(&Bearer),
     security(("bearer" = []))
 )]
@@ -128,7 +130,7 @@ async fn openapi() -> Response {
 }
 
 /// An [`ApiError`] as an HTTP answer: `{code, message}` with its status.
-struct HttpError(ApiError);
+pub(crate) struct HttpError(pub(crate) ApiError);
 
 impl From<ApiError> for HttpError {
     fn from(e: ApiError) -> Self {
@@ -147,7 +149,7 @@ impl IntoResponse for HttpError {
     }
 }
 
-type Answer<T> = Result<Json<T>, HttpError>;
+pub(crate) type Answer<T> = Result<Json<T>, HttpError>;
 
 fn invalid(message: String) -> HttpError {
     HttpError(ApiError::new(ErrorCode::InvalidValue, message))
@@ -155,7 +157,7 @@ fn invalid(message: String) -> HttpError {
 
 /// A JSON body, read whole (bounded) and parsed here so that a bad one is an
 /// `invalid_value` naming the field, like every other validation error.
-fn body<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, HttpError> {
+pub(crate) fn body<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, HttpError> {
     serde_json::from_slice(bytes).map_err(|e| invalid(format!("invalid {what} body: {e}")))
 }
 
@@ -228,15 +230,31 @@ pub struct Ctx {
 /// the controller knows them (its Service cache); `vipvisor serve` alone does not.
 pub type PendingSource = std::sync::Arc<dyn Fn() -> Vec<(AllocRequest, Vec<String>)> + Send + Sync>;
 
+/// Authenticates bearer tokens with someone else instead of the store's own tokens (in
+/// cluster: Kubernetes TokenReview, then SubjectAccessReview for the role). `Ok(None)`:
+/// not a token it knows (401); an `Err` with [`ErrorCode::Forbidden`]: known but with no
+/// role (403). It must never log or return the token.
+pub trait ExternalAuth: Send + Sync {
+    fn authenticate<'a>(&'a self, token: &'a str) -> futures::future::BoxFuture<'a, Result<Option<Caller>, ApiError>>;
+}
+
 /// What the host process knows beyond the store.
 #[derive(Clone, Default)]
 pub struct Sources {
     pub pending: Option<PendingSource>,
+    /// Replaces the store's tokens (and the printed login code) when set.
+    pub auth: Option<std::sync::Arc<dyn ExternalAuth>>,
+    /// The providers of a provider file: `/api/v1/hypervisor…`.
+    pub hypervisor: Option<std::sync::Arc<vipvisor_hypervisor::Hypervisors>>,
 }
 
 impl std::fmt::Debug for Sources {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sources").field("pending", &self.pending.is_some()).finish()
+        f.debug_struct("Sources")
+            .field("pending", &self.pending.is_some())
+            .field("auth", &self.auth.is_some())
+            .field("hypervisor", &self.hypervisor.is_some())
+            .finish()
     }
 }
 
@@ -286,6 +304,9 @@ pub fn router(ctx: Ctx) -> Router {
         .route("/pending", get(pending))
         .route("/explain", axum::routing::post(explain))
         .route("/grants", get(grants))
+        .route("/hypervisor", get(hypervisor::view))
+        .route("/hypervisor/apply", axum::routing::post(hypervisor::apply))
+        .route("/hypervisor/revert", axum::routing::post(hypervisor::revert))
         .route("/allocations", get(list_allocations).post(allocate))
         .route("/allocations/{namespace}/{name}", axum::routing::delete(release))
         .route("/events", get(events))
@@ -380,18 +401,20 @@ async fn authenticate(State(ctx): State<Ctx>, mut req: Request, next: Next) -> R
         ))
         .into_response();
     };
-    let looked_up = match ctx.logins.session(token) {
-        Some(c) => Ok(Some(c)),
-        None => ctx.app.authenticate(token).await,
+    let looked_up = match (&ctx.sources.auth, ctx.logins.session(token)) {
+        (Some(external), _) => external.authenticate(token).await,
+        (None, Some(c)) => Ok(Some(c)),
+        (None, None) => ctx.app.authenticate(token).await,
     };
     let caller = match looked_up {
         Ok(Some(c)) => c,
         Ok(None) => {
-            return HttpError(ApiError::new(
-                ErrorCode::Unauthenticated,
-                "unknown or revoked token; expected one from `vipvisor token create`",
-            ))
-            .into_response()
+            let expected = if ctx.sources.auth.is_some() {
+                "unknown token; expected a Kubernetes token (checked by TokenReview)"
+            } else {
+                "unknown or revoked token; expected one from `vipvisor token create`"
+            };
+            return HttpError(ApiError::new(ErrorCode::Unauthenticated, expected)).into_response();
         }
         Err(e) => return HttpError(e).into_response(),
     };
@@ -896,11 +919,14 @@ pub async fn serve(
         warn!(%local, "listening beyond loopback without TLS (--tls-cert, --tls-key): tokens travel in clear text");
     }
     // The login URL goes to stdout, for the person who started the server, not to the log.
-    println!(
-        "log in at {scheme}://{local}/login?code={} (valid {} minutes, once)",
-        logins.new_code(),
-        LOGIN_CODE_FOR.as_secs() / 60
-    );
+    // With an external authenticator there is none: the identity provider decides.
+    if ctx.sources.auth.is_none() {
+        println!(
+            "log in at {scheme}://{local}/login?code={} (valid {} minutes, once)",
+            logins.new_code(),
+            LOGIN_CODE_FOR.as_secs() / 60
+        );
+    }
     let routes = router(ctx).merge(extra);
     let stopped = |e: std::io::Error| ApiError::new(ErrorCode::Internal, format!("the HTTP server stopped: {e}"));
     match tls {

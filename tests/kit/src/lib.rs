@@ -117,6 +117,14 @@ impl Apiserver {
         self.dir.join("kubeconfig")
     }
 
+    /// The bearer token of the testbed's plain user `name` (alice, bob or carol).
+    pub fn user_token(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("user-{name}.token")))
+            .expect("the testbed wrote the user's token")
+            .trim()
+            .to_string()
+    }
+
     /// A kubeconfig that acts as `namespace`'s service account `name` (impersonation), so
     /// the RBAC of the manifests is what the process gets. Written to `out`.
     pub fn impersonating(&self, namespace: &str, name: &str, out: &Path) -> PathBuf {

@@ -3,7 +3,7 @@
 
 export type JsonValue = number | string | boolean | Array<JsonValue> | { [key in string]?: JsonValue } | null;
 
-export type ErrorCode = "invalid_value" | "config_conflict" | "unknown_pool" | "pool_exists" | "unknown_reservation" | "reservation_exists" | "would_strand" | "pool_exhausted" | "no_eligible_pool" | "address_not_in_pool" | "pool_not_eligible" | "address_reserved" | "address_in_use" | "port_in_use" | "address_quarantined" | "uid_mismatch" | "unreadable" | "unknown_token" | "token_exists" | "unauthenticated" | "forbidden" | "not_found" | "store_unavailable" | "internal";
+export type ErrorCode = "invalid_value" | "config_conflict" | "unknown_pool" | "pool_exists" | "unknown_reservation" | "reservation_exists" | "would_strand" | "pool_exhausted" | "no_eligible_pool" | "address_not_in_pool" | "pool_not_eligible" | "address_reserved" | "address_in_use" | "port_in_use" | "address_quarantined" | "uid_mismatch" | "unreadable" | "unknown_token" | "token_exists" | "unauthenticated" | "forbidden" | "not_found" | "store_unavailable" | "auth_unavailable" | "internal";
 
 export type ApiError = { code: ErrorCode, message: string, 
 /**
