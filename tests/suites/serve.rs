@@ -562,6 +562,15 @@ fn the_read_models_of_the_ui() {
         c.read_to_string(&mut out).unwrap();
         out
     };
+    // The server's own metrics: requests by route pattern, method and status.
+    let m = page("/metrics");
+    assert!(
+        m.contains(r#"vipvisor_http_requests_total{route="/api/v1/pools/{name}/detail",method="GET",status="200"}"#)
+            && m.contains(r#"vipvisor_http_requests_total{route="/api/v1/pools",method="POST",status="201"}"#)
+            && m.contains("vipvisor_http_request_duration_seconds_bucket")
+            && m.contains("vipvisor_http_event_streams"),
+        "{m}"
+    );
     if vipvisor_server::has_ui() {
         for path in ["/", "/pools/blue", "/login?code=x"] {
             let r = page(path);

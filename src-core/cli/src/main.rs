@@ -74,12 +74,14 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
         };
         let app =
             App::open(&url, "serve", cli.quarantine).await.map_err(|e| anyhow::anyhow!(render::error_text(&e)))?;
-        let extra = http::router(String::new, vipvisor_health::Health::new(), None, None);
+        let metrics = vipvisor_server::metrics::Metrics::new();
+        let m = metrics.clone();
+        let extra = http::router(move || m.encode(), vipvisor_health::Health::new(), None, None);
         let tls = match (&a.tls_cert, &a.tls_key) {
             (Some(cert), Some(key)) => Some(vipvisor_server::TlsFiles { cert: cert.clone(), key: key.clone() }),
             _ => None,
         };
-        let sources = vipvisor_server::Sources { hypervisor, ..Default::default() };
+        let sources = vipvisor_server::Sources { hypervisor, metrics: Some(metrics), ..Default::default() };
         let r = vipvisor_server::serve(a.listen, app.clone(), extra, tls, sources, daemons::shutdown_signal()).await;
         app.close().await;
         r.map_err(|e| anyhow::anyhow!(render::error_text(&e)))?;

@@ -799,7 +799,12 @@ pub async fn run(
                 std::sync::Arc::new(crate::auth::KubeAuth::new(client.clone()))
                     as std::sync::Arc<dyn vipvisor_server::ExternalAuth>
             });
-            let sources = vipvisor_server::Sources { pending: Some(pending), auth, hypervisor: cfg.providers.clone() };
+            let sources = vipvisor_server::Sources {
+                pending: Some(pending),
+                auth,
+                hypervisor: cfg.providers.clone(),
+                metrics: None,
+            };
             let task = tokio::spawn(vipvisor_server::serve(
                 addr,
                 ctx.app.clone(),

@@ -591,7 +591,7 @@ mod tests {
         e.add_vip(a, 0, t0, false);
         let answer = wire::arp(NODE, ArpOp::Reply, OTHER, v4("192.0.2.100"), NODE, Ipv4Addr::UNSPECIFIED);
         let out = e.on_frame(0, &answer, t0 + Duration::from_millis(5));
-        assert_eq!(out.events, vec![Event::Conflict { vip: a, iface: 0, other: OTHER, announced: false }]);
+        assert_eq!(not_seen(&out), vec![Event::Conflict { vip: a, iface: 0, other: OTHER, announced: false }]);
         let later = e.on_tick(t0 + Duration::from_secs(1));
         assert!(later.frames.is_empty() && later.events.is_empty(), "a conflicting VIP is never announced");
         assert_eq!(m.conflicts("eth0", Proto::Arp), 1);
@@ -600,12 +600,12 @@ mod tests {
         e.add_vip(b, 0, t0, false);
         let na = wire::neighbor_advert(OTHER, v6("2001:db8::100"), None);
         let out = e.on_frame(0, &na, t0);
-        assert!(matches!(out.events[..], [Event::Conflict { other: OTHER, .. }]));
+        assert!(matches!(not_seen(&out)[..], [Event::Conflict { other: OTHER, .. }]));
         // Simultaneous probes: someone else's ARP probe for the same VIP.
         let c = IpAddr::V4(v4("192.0.2.101"));
         e.add_vip(c, 0, t0, false);
         let out = e.on_frame(0, &wire::arp_probe(OTHER, v4("192.0.2.101")), t0);
-        assert!(matches!(out.events[..], [Event::Conflict { other: OTHER, .. }]));
+        assert!(matches!(not_seen(&out)[..], [Event::Conflict { other: OTHER, .. }]));
     }
 
     #[test]
@@ -616,7 +616,7 @@ mod tests {
         e.add_vip(a, 0, t0, false);
         let answer = wire::garp_reply(OTHER, v4("192.0.2.100"));
         let out = e.on_frame(0, &answer, t0);
-        assert!(matches!(out.events[..], [Event::Conflict { announced: true, .. }]));
+        assert!(matches!(not_seen(&out)[..], [Event::Conflict { announced: true, .. }]));
         let out = e.on_tick(t0 + Duration::from_millis(200));
         assert!(!out.frames.is_empty(), "announced despite the conflict");
         let (mut e, _) =
@@ -636,11 +636,11 @@ mod tests {
         let a = IpAddr::V4(v4("192.0.2.100"));
         e.add_vip(a, 0, t0, false);
         let out = e.on_frame(0, &wire::garp_reply(OTHER, v4("192.0.2.100")), t0);
-        assert!(out.events.is_empty(), "a fellow member's announcement is a handover, not a conflict");
-        assert!(e.on_frame(0, &wire::arp_probe(OTHER, v4("192.0.2.100")), t0).events.is_empty());
+        assert!(not_seen(&out).is_empty(), "a fellow member's announcement is a handover, not a conflict");
+        assert!(not_seen(&e.on_frame(0, &wire::arp_probe(OTHER, v4("192.0.2.100")), t0)).is_empty());
         assert_eq!(m.conflicts("eth0", Proto::Arp), 0);
         let stranger = Mac([2, 0, 0x5e, 0, 0, 0x99]);
-        assert!(!e.on_frame(0, &wire::garp_reply(stranger, v4("192.0.2.100")), t0).events.is_empty());
+        assert!(!not_seen(&e.on_frame(0, &wire::garp_reply(stranger, v4("192.0.2.100")), t0)).is_empty());
     }
 
     #[test]
@@ -657,15 +657,46 @@ mod tests {
             assert!(e.owned().any(|(v, _)| v == vip), "the VIP is ours");
             for frame in [wire::garp_reply(OTHER, v4("192.0.2.100")), wire::garp_request(OTHER, v4("192.0.2.100"))] {
                 let out = e.on_frame(0, &frame, t0 + Duration::from_millis(50));
-                assert!(out.events.is_empty(), "no AddressConflict for a fellow member: {:?}", out.events);
+                assert!(not_seen(&out).is_empty(), "no AddressConflict for a fellow member: {:?}", not_seen(&out));
                 assert!(out.frames.is_empty(), "no defending burst against a fellow member");
             }
             let na = wire::neighbor_advert(OTHER, v6("2001:db8::100"), None);
             e.add_vip(IpAddr::V6(v6("2001:db8::100")), 0, t0, takeover);
             let out = e.on_frame(0, &na, t0 + Duration::from_millis(50));
-            assert!(out.events.is_empty() && out.frames.is_empty(), "the same for an unsolicited NA");
+            assert!(not_seen(&out).is_empty() && out.frames.is_empty(), "the same for an unsolicited NA");
             assert_eq!(m.conflicts("eth0", Proto::Arp) + m.conflicts("eth0", Proto::Ndp), 0);
         }
+    }
+    /// The events but sightings (which every frame claiming one of our VIPs makes).
+    fn not_seen(out: &Output) -> Vec<Event> {
+        out.events.iter().filter(|e| !matches!(e, Event::Seen { .. })).cloned().collect()
+    }
+
+    #[test]
+    fn whoever_sends_as_an_owned_or_watched_vip_is_seen() {
+        let (mut e, _) = engine(Timing::default());
+        let t0 = Instant::now();
+        let owned = IpAddr::V4(v4("192.0.2.100"));
+        let watched = IpAddr::V4(v4("192.0.2.101"));
+        let v6w = IpAddr::V6(v6("2001:db8::101"));
+        e.add_vip(owned, 0, t0, true);
+        e.set_watched([watched, v6w]);
+        let seen = |out: &Output| -> Vec<Event> {
+            out.events.iter().filter(|e| matches!(e, Event::Seen { .. })).cloned().collect()
+        };
+        // A fellow member's gratuitous ARP for a VIP we watch, a stranger's for ours, an NA.
+        let out = e.on_frame(0, &wire::garp_reply(OTHER, v4("192.0.2.101")), t0);
+        assert_eq!(seen(&out), vec![Event::Seen { vip: watched, iface: 0, mac: OTHER }]);
+        let out = e.on_frame(0, &wire::garp_reply(OTHER, v4("192.0.2.100")), t0);
+        assert_eq!(seen(&out), vec![Event::Seen { vip: owned, iface: 0, mac: OTHER }]);
+        let out = e.on_frame(0, &wire::neighbor_advert(OTHER, v6("2001:db8::101"), None), t0);
+        assert_eq!(seen(&out), vec![Event::Seen { vip: v6w, iface: 0, mac: OTHER }]);
+        // Not: an address nobody asked about, a request that only asks, our own frames.
+        assert!(seen(&e.on_frame(0, &wire::garp_reply(OTHER, v4("192.0.2.50")), t0)).is_empty());
+        assert!(seen(&e.on_frame(0, &wire::arp_probe(OTHER, v4("192.0.2.101")), t0)).is_empty());
+        assert!(seen(&e.on_frame(0, &wire::garp_reply(NODE, v4("192.0.2.101")), t0)).is_empty());
+        e.set_watched([]);
+        assert!(seen(&e.on_frame(0, &wire::garp_reply(OTHER, v4("192.0.2.101")), t0)).is_empty());
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! types. Must not: hold application logic (it calls `App`), or log a token.
 
 pub mod hypervisor;
+pub mod metrics;
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -246,6 +247,8 @@ pub struct Sources {
     pub auth: Option<std::sync::Arc<dyn ExternalAuth>>,
     /// The providers of a provider file: `/api/v1/hypervisor…`.
     pub hypervisor: Option<std::sync::Arc<vipvisor_hypervisor::Hypervisors>>,
+    /// Where the requests are counted (`serve`'s `/metrics`).
+    pub metrics: Option<metrics::Metrics>,
 }
 
 impl std::fmt::Debug for Sources {
@@ -254,6 +257,7 @@ impl std::fmt::Debug for Sources {
             .field("pending", &self.pending.is_some())
             .field("auth", &self.auth.is_some())
             .field("hypervisor", &self.hypervisor.is_some())
+            .field("metrics", &self.metrics.is_some())
             .finish()
     }
 }
@@ -289,6 +293,7 @@ async fn login(State(ctx): State<Ctx>, bytes: axum::body::Bytes) -> Answer<Login
 /// The routes. `ctx.app` is the application as the server's own actor; each request acts
 /// as its token.
 pub fn router(ctx: Ctx) -> Router {
+    let metrics = ctx.sources.metrics.clone();
     let open = Router::new()
         .route("/login", axum::routing::post(login))
         .route("/openapi.json", get(openapi))
@@ -314,7 +319,11 @@ pub fn router(ctx: Ctx) -> Router {
         .fallback(not_found)
         .route_layer(middleware::from_fn_with_state(ctx.clone(), authenticate))
         .with_state(ctx);
-    Router::new().nest("/api/v1", open.merge(api)).fallback(ui).layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+    Router::new()
+        .nest("/api/v1", open.merge(api))
+        .fallback(ui)
+        .layer(middleware::from_fn_with_state(metrics, metrics::observe))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
 }
 
 mod assets {
@@ -754,13 +763,15 @@ const FEED_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 /// are seen: the store is asked every 100 ms.
 #[utoipa::path(get, path = "/api/v1/events/stream", tag = "events", params(("Last-Event-ID" = Option<i64>, Header, description = "resume after this event")), responses((status = 200, description = "server-sent events: event = the kind, id = the event id, data = the event (JSON)", content_type = "text/event-stream", body = String), (status = 400, description = "invalid_value: a bad value, named", body = ErrorBody), (status = 401, description = "unauthenticated", body = ErrorBody)))]
 async fn stream(
-    State(app): State<App>,
+    State(ctx): State<Ctx>,
     headers: axum::http::HeaderMap,
 ) -> Result<
     axum::response::sse::Sse<impl futures::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>>,
     HttpError,
 > {
     use axum::response::sse::{Event, KeepAlive, Sse};
+    let app = ctx.app.clone();
+    let guard = metrics::StreamGuard::new(&ctx.sources.metrics);
     let after = match headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
         Some(v) => v
             .trim()
@@ -769,15 +780,15 @@ async fn stream(
         None => app.last_event_id().await?,
     };
     let feed = futures::stream::unfold(
-        (app, after, Vec::<vipvisor_api::Event>::new()),
-        |(app, mut after, mut queued)| async move {
+        (app, after, Vec::<vipvisor_api::Event>::new(), guard),
+        |(app, mut after, mut queued, guard)| async move {
             loop {
                 if !queued.is_empty() {
                     let e = queued.remove(0);
                     after = e.id;
                     let data = serde_json::to_string(&e).unwrap_or_default();
                     let ev = Event::default().id(e.id.to_string()).event(e.kind.clone()).data(data);
-                    return Some((Ok(ev), (app, after, queued)));
+                    return Some((Ok(ev), (app, after, queued, guard)));
                 }
                 match app.events_after(after, 500).await {
                     Ok(new) if !new.is_empty() => queued = new,
