@@ -782,7 +782,7 @@ fn a_recording_group_feeds_the_owners_read_model_and_the_web_ui() {
         lab.accept_vip(&format!("n{n}"), VIP4);
     }
     let mut speakers = lab.group(&["--record", "--store", &store]);
-    wait_until(Duration::from_secs(5), || lab.owner_mac(VIP4).is_some(), "a group member to announce the VIP");
+    wait_until(Duration::from_secs(10), || lab.owner_mac(VIP4).is_some(), "a group member to announce the VIP");
     std::thread::sleep(Duration::from_millis(500));
     let server = serve(&store, lab.dir.path());
     let token = String::from_utf8(
@@ -815,7 +815,7 @@ fn a_recording_group_feeds_the_owners_read_model_and_the_web_ui() {
     };
     let mut first = None;
     wait_until(
-        Duration::from_secs(5),
+        Duration::from_secs(10),
         || {
             first = owner_of(&get("/api/v1/owners"));
             first.is_some()
@@ -830,7 +830,7 @@ fn a_recording_group_feeds_the_owners_read_model_and_the_web_ui() {
     // The other members saw the owner's gratuitous announcements: sightings of its MAC,
     // and no split brain.
     wait_until(
-        Duration::from_secs(5),
+        Duration::from_secs(10),
         || {
             let v = get(&format!("/api/v1/vips/{VIP4}"));
             v["seen"]
@@ -847,7 +847,7 @@ fn a_recording_group_feeds_the_owners_read_model_and_the_web_ui() {
     let _ = speakers[n - 1].child.wait();
     let mut second = None;
     wait_until(
-        Duration::from_secs(5),
+        Duration::from_secs(10),
         || {
             second = owner_of(&get("/api/v1/owners")).filter(|(o, _, _)| *o != node);
             second.is_some()

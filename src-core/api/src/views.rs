@@ -210,19 +210,23 @@ pub fn split_brain(owner: Option<&OwnerSpan>, seen: &[Sighting], now_ms: i64) ->
     let from = (now_ms - RECENT_MS).max(owner.map_or(i64::MIN, |o| o.start_ms + HANDOVER_MS));
     let recent: BTreeSet<String> =
         seen.iter().filter(|s| s.last_ms >= from).map(|s| s.mac.to_ascii_lowercase()).collect();
-    if recent.len() > 1 {
-        let list: Vec<&str> = recent.iter().map(String::as_str).collect();
-        return Some(format!("{} MACs answered since the owner took over: {}", recent.len(), list.join(", ")));
+    let theirs: BTreeSet<String> = owner
+        .map(|o| o.mac.split(',').map(|m| m.trim().to_ascii_lowercase()).filter(|m| !m.is_empty()).collect())
+        .unwrap_or_default();
+    // The owner's MACs known: any other MAC is a second answerer (the owner's own NICs
+    // are not). Not known: more than one MAC is.
+    if let (Some(owner), false) = (owner, theirs.is_empty()) {
+        let other = recent.iter().find(|m| !theirs.contains(*m))?;
+        return Some(format!(
+            "answered by {other}, but the elected owner is node {} ({})",
+            owner.node,
+            theirs.iter().cloned().collect::<Vec<_>>().join(", ")
+        ));
     }
-    let owner = owner?;
-    let theirs: BTreeSet<String> =
-        owner.mac.split(',').map(|m| m.trim().to_ascii_lowercase()).filter(|m| !m.is_empty()).collect();
-    let other = recent.iter().find(|m| !theirs.is_empty() && !theirs.contains(*m))?;
-    Some(format!(
-        "answered by {other}, but the elected owner is node {} ({})",
-        owner.node,
-        theirs.iter().cloned().collect::<Vec<_>>().join(", ")
-    ))
+    (recent.len() > 1).then(|| {
+        let list: Vec<&str> = recent.iter().map(String::as_str).collect();
+        format!("{} MACs answered since the owner took over: {}", recent.len(), list.join(", "))
+    })
 }
 
 impl App {
@@ -377,7 +381,7 @@ impl App {
                     .map(|(first, last, count)| FreeRange { first, last, count })
                     .collect();
                 let allocations: Vec<Allocation> = ipam.allocations_in(&p.name).into_iter().cloned().collect();
-                let size: u128 = p.addresses.iter().map(|b| b.range().size()).sum();
+                let size = p.addresses.iter().fold(0u128, |a, b| a.saturating_add(b.range().size()));
                 let mut cells = Vec::new();
                 if size <= MAP_LIMIT {
                     let held: BTreeMap<IpAddr, String> = allocations
@@ -434,6 +438,14 @@ impl App {
         let mut used = used_now as i64;
         let mut oldest = None;
         for e in events.iter().rev() {
+            if e.kind == "address.rehomed" && e.detail.get("from").and_then(|p| p.as_str()) == Some(pool.as_str()) {
+                // Moved away to another pool: before it, this pool held them.
+                let n = e.detail.get("addresses").and_then(|a| a.as_array()).map_or(0, Vec::len) as i64;
+                points.push(UsagePoint { at_ms: e.at_ms, used: used.max(0) as u64 });
+                used += n;
+                oldest = Some(e.at_ms);
+                continue;
+            }
             if e.detail.get("pool").and_then(|p| p.as_str()) != Some(pool.as_str()) {
                 continue;
             }
@@ -443,6 +455,8 @@ impl App {
                 "address.allocated" => n,
                 "address.updated" => n - prev,
                 "address.released" | "address.force_released" => -n,
+                // Moved here from another pool (a rename or split).
+                "address.rehomed" => n,
                 _ => continue,
             };
             points.push(UsagePoint { at_ms: e.at_ms, used: used.max(0) as u64 });
@@ -593,6 +607,10 @@ mod tests {
         assert!(other.contains("02:00:00:00:00:99") && other.contains("node a"), "{other}");
         let two = split_brain(None, &[seen("02:00:00:00:00:01", now), seen("02:00:00:00:00:02", now)], now).unwrap();
         assert!(two.starts_with("2 MACs answered since"), "{two}");
+        // An owner answering on two of its own NICs is not split.
+        let two_nics = OwnerSpan { mac: "02:00:00:00:00:01,02:00:00:00:00:03".into(), ..span(1, "a", 0, None, "") };
+        let both = [seen("02:00:00:00:00:01", now), seen("02:00:00:00:00:03", now)];
+        assert_eq!(split_brain(Some(&two_nics), &both, now), None);
         // An old sighting is history, not an alarm; so is the previous owner's MAC seen
         // before this owner took over.
         assert_eq!(split_brain(Some(&owner), &[seen("02:00:00:00:00:99", now - RECENT_MS - 1)], now), None);

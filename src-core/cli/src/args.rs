@@ -412,6 +412,12 @@ pub struct ControllerArgs {
     /// ClusterRoles vipvisor-viewer and vipvisor-admin in deploy/rbac.yaml grant them).
     #[arg(long, value_enum, default_value_t = ServeAuth::Tokens, requires = "serve")]
     pub serve_auth: ServeAuth,
+    /// TLS for the served API: the certificate chain (PEM); needs --serve-tls-key.
+    #[arg(long, requires_all = ["serve", "serve_tls_key"])]
+    pub serve_tls_cert: Option<PathBuf>,
+    /// TLS for the served API: the certificate's private key (PEM).
+    #[arg(long, requires_all = ["serve", "serve_tls_cert"])]
+    pub serve_tls_key: Option<PathBuf>,
     /// Provider file: grant every allocated VIP on the VMs of every candidate node
     /// (nodes with a speaker, not excluded), revoke it when the VIP goes.
     #[arg(long)]

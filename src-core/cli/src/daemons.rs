@@ -247,6 +247,14 @@ pub async fn run_controller(a: &ControllerArgs, store_url: String, quarantine: D
             a.lease_duration
         );
     }
+    // Users' own Kubernetes tokens never cross a network in clear text.
+    if let (Some(addr), crate::args::ServeAuth::Kubernetes, None) = (a.serve, a.serve_auth, &a.serve_tls_cert) {
+        if !addr.ip().is_loopback() {
+            anyhow::bail!(
+                "--serve-auth kubernetes on {addr} without TLS would carry users' Kubernetes tokens in clear text; expected --serve-tls-cert and --serve-tls-key, or a loopback --serve address"
+            );
+        }
+    }
     let metrics = controller::Metrics::new();
     // The whole provider file is checked before anything else is done.
     let providers = match &a.providers {
@@ -271,6 +279,10 @@ pub async fn run_controller(a: &ControllerArgs, store_url: String, quarantine: D
         providers,
         serve: a.serve,
         serve_kubernetes_auth: a.serve_auth == crate::args::ServeAuth::Kubernetes,
+        serve_tls: match (&a.serve_tls_cert, &a.serve_tls_key) {
+            (Some(cert), Some(key)) => Some(vipvisor_server::TlsFiles { cert: cert.clone(), key: key.clone() }),
+            _ => None,
+        },
     };
     let health = Health::new();
     let (phase, phase_rx) = tokio::sync::watch::channel(controller::Phase::Starting);

@@ -81,7 +81,8 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
             (Some(cert), Some(key)) => Some(vipvisor_server::TlsFiles { cert: cert.clone(), key: key.clone() }),
             _ => None,
         };
-        let sources = vipvisor_server::Sources { hypervisor, metrics: Some(metrics), ..Default::default() };
+        let sources =
+            vipvisor_server::Sources { hypervisor, metrics: Some(metrics), print_login: true, ..Default::default() };
         let r = vipvisor_server::serve(a.listen, app.clone(), extra, tls, sources, daemons::shutdown_signal()).await;
         app.close().await;
         r.map_err(|e| anyhow::anyhow!(render::error_text(&e)))?;

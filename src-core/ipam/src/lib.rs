@@ -439,7 +439,7 @@ impl Ipam {
             for (&a, &b) in fs.free.map.iter().take(limit) {
                 let first = u128_to_ip(f, fs.space.from_dense(a));
                 let last = u128_to_ip(f, fs.space.from_dense(b));
-                out.push((first, last, b - a + 1));
+                out.push((first, last, (b - a).saturating_add(1)));
             }
         }
         Some(out)

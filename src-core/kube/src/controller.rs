@@ -82,6 +82,8 @@ pub struct ControllerConfig {
     /// The served API takes Kubernetes tokens (TokenReview + SubjectAccessReview) instead
     /// of the store's own.
     pub serve_kubernetes_auth: bool,
+    /// TLS for the served API (`--serve-tls-cert`, `--serve-tls-key`).
+    pub serve_tls: Option<vipvisor_server::TlsFiles>,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -804,12 +806,13 @@ pub async fn run(
                 auth,
                 hypervisor: cfg.providers.clone(),
                 metrics: None,
+                print_login: false,
             };
             let task = tokio::spawn(vipvisor_server::serve(
                 addr,
                 ctx.app.clone(),
                 axum::Router::new(),
-                None,
+                cfg.serve_tls.clone(),
                 sources,
                 async {
                     let _ = rx.await;

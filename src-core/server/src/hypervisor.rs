@@ -72,10 +72,17 @@ pub struct PlannedGrant {
     pub add: Vec<IpAddr>,
 }
 
-/// The answer of an apply: the plan (a dry run) or what each NIC did.
+/// The answer of an apply: the plan (a dry run) or what each NIC did, for exactly these
+/// VIPs and nodes (send them back to apply what was previewed).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ApplyAnswer {
     pub dry_run: bool,
+    #[schema(value_type = Vec<String>)]
+    pub vips: Vec<IpAddr>,
+    pub nodes: Vec<String>,
+    /// Nodes left out because the hypervisor has no VM for them (only when `nodes` was
+    /// not given), with the reason.
+    pub skipped: Vec<(String, String)>,
     pub plan: Vec<PlannedGrant>,
     #[schema(value_type = Vec<Object>)]
     pub results: Vec<NicResult>,
@@ -166,14 +173,28 @@ pub(crate) async fn apply(
     let h = hv(&ctx)?;
     let (all_nodes, macs, all_vips) = scope(&ctx.app, &h).await?;
     let vips = if b.vips.is_empty() { all_vips } else { b.vips };
-    let nodes = if b.nodes.is_empty() { all_nodes } else { b.nodes };
     if vips.is_empty() {
         return Err(HttpError(
             ApiError::new(ErrorCode::InvalidValue, "no VIP to grant: none is announced; expected `vips`").on("vips"),
         ));
     }
+    let inventory = h.inventory().await.map_err(failed)?;
+    // Nodes the caller did not name are left out when the hypervisor has no VM for them (a
+    // bare-metal owner); a named one that is not found is an error.
+    let mut skipped = Vec::new();
+    let nodes = if b.nodes.is_empty() {
+        let mut found = Vec::new();
+        for n in all_nodes {
+            match h.nics(&n, macs.get(&n).map_or(&[][..], Vec::as_slice), &inventory) {
+                Ok(_) => found.push(n),
+                Err(e) => skipped.push((n, e.to_string())),
+            }
+        }
+        found
+    } else {
+        b.nodes
+    };
     if b.dry_run {
-        let inventory = h.inventory().await.map_err(failed)?;
         let grants = ctx.app.store().grants().await.map_err(|e| HttpError(e.into()))?;
         let mut plan = Vec::new();
         for node in &nodes {
@@ -192,11 +213,11 @@ pub(crate) async fn apply(
                 plan.push(PlannedGrant { node: node.clone(), provider: n.provider, vm: n.nic.vm, mac, add });
             }
         }
-        return Ok(Json(ApplyAnswer { dry_run: true, plan, results: vec![] }));
+        return Ok(Json(ApplyAnswer { dry_run: true, vips, nodes, skipped, plan, results: vec![] }));
     }
     let app = ctx.app.as_caller(&caller);
     let results = h.apply(app.store(), &vips, &nodes, &macs).await.map_err(failed)?;
-    Ok(Json(ApplyAnswer { dry_run: false, plan: vec![], results }))
+    Ok(Json(ApplyAnswer { dry_run: false, vips, nodes, skipped, plan: vec![], results }))
 }
 
 #[utoipa::path(post, path = "/api/v1/hypervisor/revert", tag = "hypervisor", request_body = RevertBody, responses((status = 200, description = "what each NIC gave back", body = Vec<Object>), (status = 404, description = "not_found: no provider file", body = ErrorBody), (status = 400, description = "invalid_value: a bad value, named", body = ErrorBody), (status = 401, description = "unauthenticated", body = ErrorBody), (status = 403, description = "forbidden: a viewer writing", body = ErrorBody)))]

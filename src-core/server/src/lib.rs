@@ -249,6 +249,9 @@ pub struct Sources {
     pub hypervisor: Option<std::sync::Arc<vipvisor_hypervisor::Hypervisors>>,
     /// Where the requests are counted (`serve`'s `/metrics`).
     pub metrics: Option<metrics::Metrics>,
+    /// Print a one-time login URL on stdout at start (`vipvisor serve`, for the person who
+    /// started it; never the controller, whose stdout is its pod's log).
+    pub print_login: bool,
 }
 
 impl std::fmt::Debug for Sources {
@@ -779,6 +782,10 @@ async fn stream(
             .map_err(|_| invalid(format!("invalid Last-Event-ID {v:?}; expected an event id")))?,
         None => app.last_event_id().await?,
     };
+    // First a `ready` event carrying the position, so that a client that reconnects
+    // before any change arrived still resumes from here (Last-Event-ID) and misses nothing.
+    let ready = Event::default().id(after.to_string()).event("ready").data("{}");
+    let ready = futures::stream::once(async move { Ok::<_, std::convert::Infallible>(ready) });
     let feed = futures::stream::unfold(
         (app, after, Vec::<vipvisor_api::Event>::new(), guard),
         |(app, mut after, mut queued, guard)| async move {
@@ -801,7 +808,8 @@ async fn stream(
             }
         },
     );
-    Ok(Sse::new(feed).keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15))))
+    use futures::StreamExt as _;
+    Ok(Sse::new(ready.chain(feed)).keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15))))
 }
 
 /// TLS from certificate files (PEM): the chain and its private key.
@@ -931,7 +939,7 @@ pub async fn serve(
     }
     // The login URL goes to stdout, for the person who started the server, not to the log.
     // With an external authenticator there is none: the identity provider decides.
-    if ctx.sources.auth.is_none() {
+    if ctx.sources.auth.is_none() && ctx.sources.print_login {
         println!(
             "log in at {scheme}://{local}/login?code={} (valid {} minutes, once)",
             logins.new_code(),

@@ -209,6 +209,9 @@ pub trait WriteTx: Send {
     async fn bump_generation(&mut self) -> Result<i64>;
     /// Every row as this transaction sees it.
     async fn rows(&mut self) -> Result<Rows>;
+    /// The open ownership stretches as this transaction sees them (under the write lock,
+    /// so two writers never both miss each other's).
+    async fn open_owners(&mut self) -> Result<Vec<OwnerSpan>>;
     async fn write(&mut self, w: Write<'_>, now: Timestamp) -> Result<()>;
     async fn commit(self: Box<Self>) -> Result<()>;
     async fn rollback(self: Box<Self>) -> Result<()>;

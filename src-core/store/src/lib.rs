@@ -376,8 +376,8 @@ impl Store {
         scope: OwnerScope<'_>,
         now: Timestamp,
     ) -> Result<usize> {
-        let open = self.ownership(&SpanQuery { open_only: true, ..SpanQuery::default() }).await?;
         let mut tx = self.backend.begin().await?;
+        let open = tx.open_owners().await?;
         let mut changed = 0;
         // Stretches this writer is responsible for that are no longer wanted.
         for s in &open {

@@ -312,34 +312,8 @@ impl Backend for SqliteBackend {
     }
 
     async fn ownership(&self, q: &SpanQuery) -> Result<Vec<OwnerSpan>> {
-        let rows = sqlx::query(
-            "SELECT * FROM (SELECT id, address, node, interface, mac, source, start_ms, end_ms, ended FROM ownership \
-             WHERE (?1 IS NULL OR address = ?1) AND (?2 = 0 OR end_ms IS NULL) \
-             AND (?3 IS NULL OR end_ms IS NULL OR end_ms >= ?3) ORDER BY start_ms DESC, id DESC LIMIT ?4) \
-             ORDER BY start_ms, id",
-        )
-        .bind(q.address.map(|a| a.to_string()))
-        .bind(q.open_only)
-        .bind(q.since_ms)
-        .bind(q.limit.map_or(-1, i64::from))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter()
-            .map(|r| {
-                let address: String = r.get("address");
-                Ok(OwnerSpan {
-                    id: r.get("id"),
-                    address: address.parse().map_err(|e| corrupt(format!("ownership address {address:?}"), e))?,
-                    node: r.get("node"),
-                    interface: r.get("interface"),
-                    mac: r.get("mac"),
-                    source: r.get("source"),
-                    start_ms: r.get("start_ms"),
-                    end_ms: r.get("end_ms"),
-                    ended: r.get("ended"),
-                })
-            })
-            .collect()
+        let mut conn = self.pool.acquire().await?;
+        ownership_of(&mut conn, q).await
     }
 
     async fn sightings(&self, address: Option<IpAddr>) -> Result<Vec<Sighting>> {
@@ -408,6 +382,10 @@ impl WriteTx for SqliteTx {
 
     async fn rows(&mut self) -> Result<Rows> {
         load(&mut self.0).await
+    }
+
+    async fn open_owners(&mut self) -> Result<Vec<OwnerSpan>> {
+        ownership_of(&mut self.0, &SpanQuery { open_only: true, ..SpanQuery::default() }).await
     }
 
     async fn write(&mut self, w: Write<'_>, now: Timestamp) -> Result<()> {
@@ -565,6 +543,37 @@ impl WriteTx for SqliteTx {
     async fn rollback(self: Box<Self>) -> Result<()> {
         Ok(self.0.rollback().await?)
     }
+}
+
+async fn ownership_of(conn: &mut sqlx::SqliteConnection, q: &SpanQuery) -> Result<Vec<OwnerSpan>> {
+    let rows = sqlx::query(
+        "SELECT * FROM (SELECT id, address, node, interface, mac, source, start_ms, end_ms, ended FROM ownership \
+         WHERE (?1 IS NULL OR address = ?1) AND (?2 = 0 OR end_ms IS NULL) \
+         AND (?3 IS NULL OR end_ms IS NULL OR end_ms >= ?3) ORDER BY start_ms DESC, id DESC LIMIT ?4) \
+         ORDER BY start_ms, id",
+    )
+    .bind(q.address.map(|a| a.to_string()))
+    .bind(q.open_only)
+    .bind(q.since_ms)
+    .bind(q.limit.map_or(-1, i64::from))
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.into_iter()
+        .map(|r| {
+            let address: String = r.get("address");
+            Ok(OwnerSpan {
+                id: r.get("id"),
+                address: address.parse().map_err(|e| corrupt(format!("ownership address {address:?}"), e))?,
+                node: r.get("node"),
+                interface: r.get("interface"),
+                mac: r.get("mac"),
+                source: r.get("source"),
+                start_ms: r.get("start_ms"),
+                end_ms: r.get("end_ms"),
+                ended: r.get("ended"),
+            })
+        })
+        .collect()
 }
 
 fn json_vec<T: Serialize>(v: &T) -> String {

@@ -5,7 +5,7 @@ import type { ApiError, Event } from "../api/types";
 export type Method = "GET" | "POST" | "PUT" | "DELETE";
 
 /** The state of the change stream, for the live indicator. */
-export type LiveState = "connecting" | "live" | "reconnecting" | "polling";
+export type LiveState = "connecting" | "live" | "reconnecting" | "polling" | "denied";
 
 export interface Backend {
   /** Sends a request under /api/v1; resolves with the JSON answer, rejects with an ApiError. */

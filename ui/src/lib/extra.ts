@@ -14,4 +14,4 @@ export type NodeDiagnosis = { node: string; vips: string[]; nics: NodeNic[]; fin
 export type HypervisorView = { providers: string[]; inventory: unknown[]; nodes: NodeDiagnosis[] };
 export type PlannedGrant = { node: string; provider: string; vm: string; mac: string; add: string[] };
 export type NicResult = { node: string; provider: string; vm: string; mac: string; vips: string[]; changed: boolean; state: string; error: string | null; remaining: Finding[] };
-export type ApplyAnswer = { dry_run: boolean; plan: PlannedGrant[]; results: NicResult[] };
+export type ApplyAnswer = { dry_run: boolean; vips: string[]; nodes: string[]; skipped: [string, string][]; plan: PlannedGrant[]; results: NicResult[] };

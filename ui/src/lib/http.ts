@@ -53,11 +53,19 @@ export class HttpBackend implements Backend {
           const h = this.headers(false);
           if (lastId) h["Last-Event-ID"] = lastId;
           const r = await fetch(`${this.base}/api/v1/events/stream`, { headers: h, signal: controller.signal });
+          if (r.status === 401) {
+            // The token was revoked (or the session ended): no point in retrying.
+            stopped = true;
+            onState("denied");
+            return;
+          }
           if (!r.ok || !r.body) throw new Error(`stream answered ${r.status}`);
           onState("live");
           attempt = 0;
           const parser = new SseParser((m) => {
             if (m.id) lastId = m.id;
+            // `ready` carries the position to resume from; it is not a change.
+            if (m.event === "ready") return;
             try {
               onEvent(JSON.parse(m.data) as Event);
             } catch {

@@ -63,7 +63,11 @@ class Session {
         this.version++;
         for (const f of this.listeners) f(e);
       },
-      (s) => (this.live = s),
+      (s) => {
+        this.live = s;
+        // The stream refused the token: it was revoked; log out (the login page follows).
+        if (s === "denied") this.logout();
+      },
     );
   }
 }
