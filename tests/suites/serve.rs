@@ -586,3 +586,23 @@ fn the_read_models_of_the_ui() {
         assert!(page("/").contains("built without its web UI"));
     }
 }
+
+/// Users' Kubernetes tokens never cross a network in clear text: the controller refuses
+/// `--serve-auth kubernetes` beyond loopback without TLS, before it does anything else.
+#[test]
+fn kubernetes_tokens_beyond_loopback_need_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(VIPVISOR)
+        .args(["--store", &format!("sqlite://{}/v.db", dir.path().display()), "controller"])
+        .args(["--kubeconfig", "/nonexistent/kubeconfig", "--serve", "0.0.0.0:19499", "--serve-auth", "kubernetes"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("--serve-auth kubernetes on 0.0.0.0:19499 without TLS") && err.contains("--serve-tls-cert"),
+        "{err}"
+    );
+    let out = Command::new(VIPVISOR).args(["controller", "--serve-auth", "kubernetes"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--serve"), "--serve-auth needs --serve");
+}
