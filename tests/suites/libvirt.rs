@@ -96,6 +96,20 @@ impl Cli {
     }
 }
 
+/// The network `vv-lab` and the stopped guest `n1`, whose NIC 52:54:00:00:00:21 is under
+/// the operator's `clean-traffic` with `IP=192.0.2.21`; `more_nics` go after it.
+fn define_guest(d: &Path, more_nics: &str) {
+    define("net-define", "<network><name>vv-lab</name><forward mode='bridge'/><bridge name='vvbr0'/></network>", d);
+    let xml = format!(
+        "<domain type='qemu'><name>n1</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>\
+         <os><type arch='x86_64' machine='pc'>hvm</type></os><devices>\
+         <interface type='network'><mac address='52:54:00:00:00:21'/><source network='vv-lab'/><model type='virtio'/>\
+         <filterref filter='clean-traffic'><parameter name='IP' value='192.0.2.21'/></filterref></interface>\
+         {more_nics}</devices></domain>"
+    );
+    define("define", &xml, d);
+}
+
 #[test]
 fn grants_are_applied_idempotent_and_reverted_on_a_real_libvirtd() {
     if common::skip("the libvirt suite", missing()) {
@@ -104,18 +118,11 @@ fn grants_are_applied_idempotent_and_reverted_on_a_real_libvirtd() {
     let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let tb = Testbed::start(tempfile::tempdir().unwrap());
     let d = tb.dir.path();
-    define("net-define", "<network><name>vv-lab</name><forward mode='bridge'/><bridge name='vvbr0'/></network>", d);
     // The operator's guest: NIC 1 under clean-traffic with its own address, NIC 2 without
     // any filter.
-    define(
-        "define",
-        "<domain type='qemu'><name>n1</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>\
-         <os><type arch='x86_64' machine='pc'>hvm</type></os><devices>\
-         <interface type='network'><mac address='52:54:00:00:00:21'/><source network='vv-lab'/><model type='virtio'/>\
-         <filterref filter='clean-traffic'><parameter name='IP' value='192.0.2.21'/></filterref></interface>\
-         <interface type='network'><mac address='52:54:00:00:00:31'/><source network='vv-lab'/><model type='virtio'/></interface>\
-         </devices></domain>",
+    define_guest(
         d,
+        "<interface type='network'><mac address='52:54:00:00:00:31'/><source network='vv-lab'/><model type='virtio'/></interface>",
     );
     let providers = d.join("providers.yaml");
     std::fs::write(&providers, "providers:\n  - name: kvm1\n    kind: libvirt\n    uri: qemu:///system\n").unwrap();
@@ -268,16 +275,7 @@ fn the_served_hypervisor_page_diagnoses_fixes_and_undoes_on_a_real_libvirtd() {
     let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let tb = Testbed::start(tempfile::tempdir().unwrap());
     let d = tb.dir.path();
-    define("net-define", "<network><name>vv-lab</name><forward mode='bridge'/><bridge name='vvbr0'/></network>", d);
-    define(
-        "define",
-        "<domain type='qemu'><name>n1</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>\
-         <os><type arch='x86_64' machine='pc'>hvm</type></os><devices>\
-         <interface type='network'><mac address='52:54:00:00:00:21'/><source network='vv-lab'/><model type='virtio'/>\
-         <filterref filter='clean-traffic'><parameter name='IP' value='192.0.2.21'/></filterref></interface>\
-         </devices></domain>",
-        d,
-    );
+    define_guest(d, "");
     let mac = "52:54:00:00:00:21";
     let xml = || virsh(&["dumpxml", "--inactive", "n1"]);
     let before = xml();
