@@ -343,6 +343,23 @@ pub struct SpeakerArgs {
     /// Announce a VIP even if another host answers the probe.
     #[arg(long)]
     pub allow_conflicts: bool,
+    /// Static mode: announce each VIP with its own virtual MAC, which moves with the VIP,
+    /// so clients' neighbour caches never change on a failover (see the README). Needs
+    /// CAP_NET_ADMIN and net.ipv4.conf.all.rp_filter=0.
+    #[arg(long, conflicts_with = "kubernetes")]
+    pub virtual_mac: bool,
+    /// Virtual-MAC mode: this group's id (0-255), the second byte of every derived MAC, so
+    /// two groups on one segment never derive the same MAC.
+    #[arg(long, default_value_t = 0, requires = "virtual_mac")]
+    pub virtual_mac_group: u8,
+    /// Virtual-MAC mode: VIP=MAC gives a VIP its own MAC instead of the derived one
+    /// (repeat).
+    #[arg(long = "virtual-mac-for", value_parser = parse_vip_mac, requires = "virtual_mac")]
+    pub virtual_mac_for: Vec<(IpAddr, vipvisor_l2::wire::Mac)>,
+    /// Virtual-MAC mode: how often the owner sends a frame from each virtual MAC, so
+    /// switches keep it on its port (shorter than their FDB ageing, 300 s by default).
+    #[arg(long, default_value = "60s", value_parser = between("1s", "1h"))]
+    pub virtual_mac_refresh: Duration,
     /// Serve Prometheus metrics and /healthz on this address (e.g. 127.0.0.1:9472).
     #[arg(long)]
     pub metrics_addr: Option<std::net::SocketAddr>,
@@ -453,6 +470,18 @@ pub enum FamilyArg {
 pub enum SinceArg {
     Ago(Duration),
     At(Timestamp),
+}
+
+/// `VIP=MAC` (`--virtual-mac-for`).
+pub fn parse_vip_mac(s: &str) -> Result<(IpAddr, vipvisor_l2::wire::Mac), String> {
+    let (vip, mac) =
+        s.split_once('=').ok_or_else(|| format!("invalid {s:?}; expected VIP=MAC such as 192.0.2.100=42:00:c0:00:02:64"))?;
+    let vip: IpAddr = vip.trim().parse().map_err(|_| format!("invalid VIP {vip:?} in {s:?}; expected an IP address"))?;
+    let mac: vipvisor_l2::wire::Mac = mac.parse()?;
+    if let Some(why) = vipvisor_l2::vmac::unusable(mac) {
+        return Err(format!("invalid virtual MAC {mac} for {vip}: {why}"));
+    }
+    Ok((vip, mac))
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {

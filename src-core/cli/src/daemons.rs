@@ -142,6 +142,7 @@ pub async fn run_speaker(a: &SpeakerArgs, record_to: Option<String>) -> anyhow::
         refresh_interval: (!a.refresh_interval.is_zero()).then_some(a.refresh_interval),
         probe_timeout: a.probe_timeout,
         allow_conflicts: a.allow_conflicts,
+        vmac_refresh: a.virtual_mac_refresh,
     };
     if a.gossip_probe_rtt.is_zero() || a.gossip_probe_rtt >= a.gossip_probe_period {
         anyhow::bail!(
@@ -195,8 +196,22 @@ pub async fn run_speaker(a: &SpeakerArgs, record_to: Option<String>) -> anyhow::
             mirror: None,
         }),
     };
-    let cfg =
-        StaticConfig { interfaces: a.interfaces.clone(), vips: a.vips.clone(), node_name: node_name.clone(), timing };
+    let virtual_macs = if a.virtual_mac {
+        if let Some((vip, _)) = a.virtual_mac_for.iter().find(|(v, _)| !a.vips.contains(v)) {
+            anyhow::bail!("--virtual-mac-for {vip}: not one of the --vip addresses");
+        }
+        let explicit = a.virtual_mac_for.iter().copied().collect();
+        vipvisor_l2::vmac::plan(&a.vips, a.virtual_mac_group, &explicit).map_err(anyhow::Error::msg)?
+    } else {
+        Default::default()
+    };
+    let cfg = StaticConfig {
+        interfaces: a.interfaces.clone(),
+        vips: a.vips.clone(),
+        node_name: node_name.clone(),
+        timing,
+        virtual_macs,
+    };
     let mut prepared = Prepared::open(&cfg, metrics.clone(), &health)?;
     // Alone, the node is its only member; in a group, the gossip says who is live.
     let me = MemberInfo { settled: true, macs: prepared.links.iter().map(|l| l.mac.0).collect() };

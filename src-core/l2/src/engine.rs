@@ -6,6 +6,13 @@
 //! NA with Override, at once and then every `garp_interval` for `garp_duration`) → `Owned`
 //! (answers requests; optional periodic refresh). A conflict during probing leaves the VIP
 //! unannounced unless `allow_conflicts`. Removing a VIP stops answering at once, silently.
+//!
+//! Virtual-MAC mode ([`Engine::set_virtual_macs`]): an owned VIP with a virtual MAC is
+//! answered and announced with it (Ethernet source and ARP sender / NA target link-layer
+//! address), and refreshed every `vmac_refresh` so switches keep it on our port. Probes
+//! still go out from the interface's MAC. A frame claiming the VIP with its own virtual
+//! MAC is a group member (a handover), not a conflict; any other use of a virtual MAC is
+//! a collision ([`Event::MacCollision`]).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -27,6 +34,9 @@ pub struct Timing {
     pub probe_timeout: Duration,
     /// Announce even when another host answers the probe.
     pub allow_conflicts: bool,
+    /// Virtual-MAC mode: a frame from each owned VIP's MAC this often, so switches keep
+    /// its port (shorter than the common 300 s FDB ageing).
+    pub vmac_refresh: Duration,
 }
 
 impl Default for Timing {
@@ -37,6 +47,7 @@ impl Default for Timing {
             refresh_interval: None,
             probe_timeout: Duration::from_millis(200),
             allow_conflicts: false,
+            vmac_refresh: Duration::from_secs(60),
         }
     }
 }
@@ -57,6 +68,9 @@ pub enum Event {
     Announced { vip: IpAddr, iface: usize },
     /// `mac` sent as a VIP we own or watch (an ARP sender, a neighbour advertisement).
     Seen { vip: IpAddr, iface: usize, mac: Mac },
+    /// Another host uses `mac`, the virtual MAC of `vip`: it sent a frame from it, or
+    /// named it as its own, claiming `claims` (another address, or none).
+    MacCollision { vip: IpAddr, iface: usize, mac: Mac, claims: Option<IpAddr> },
 }
 
 /// What the caller must do.
@@ -79,6 +93,8 @@ enum State {
 struct Vip {
     iface: usize,
     state: State,
+    /// The MAC it is announced with: its virtual MAC, or `None` for the interface's.
+    vmac: Option<Mac>,
 }
 
 /// The speaker state machine.
@@ -92,6 +108,9 @@ pub struct Engine {
     friends: std::collections::HashSet<Mac>,
     /// VIPs whose answerers are reported ([`Event::Seen`]) although we do not own them.
     watched: std::collections::HashSet<IpAddr>,
+    /// Virtual-MAC mode: every VIP's MAC that this node may announce, and back.
+    virtual_macs: HashMap<IpAddr, Mac>,
+    by_mac: HashMap<Mac, IpAddr>,
 }
 
 /// RFC 5227 DEFEND_INTERVAL: at most one defence per VIP per 10 s.
@@ -106,6 +125,8 @@ impl Engine {
             metrics,
             friends: Default::default(),
             watched: Default::default(),
+            virtual_macs: HashMap::new(),
+            by_mac: HashMap::new(),
         }
     }
 
@@ -114,6 +135,25 @@ impl Engine {
     }
     pub fn ifaces(&self) -> &[Iface] {
         &self.ifaces
+    }
+
+    /// Sets the virtual MACs of the VIPs in virtual-MAC mode (owned or not: a frame from
+    /// any of them by another host is a collision). A VIP being announced keeps the MAC it
+    /// was added with until it is removed and added again.
+    pub fn set_virtual_macs(&mut self, macs: HashMap<IpAddr, Mac>) {
+        self.by_mac = macs.iter().map(|(v, m)| (*m, *v)).collect();
+        self.virtual_macs = macs;
+    }
+
+    /// The virtual MAC `vip` would be announced with, if it is in virtual-MAC mode.
+    pub fn virtual_mac(&self, vip: &IpAddr) -> Option<Mac> {
+        self.virtual_macs.get(vip).copied()
+    }
+
+    /// The MAC an announced VIP is answered with (its virtual MAC or the interface's).
+    pub fn announced_mac(&self, vip: &IpAddr) -> Option<Mac> {
+        let v = self.vips.get(vip)?;
+        v.vmac.or_else(|| self.ifaces.get(v.iface).map(|i| i.mac))
     }
 
     /// VIPs currently answered for (announcing or owned).
@@ -131,14 +171,21 @@ impl Engine {
 
     /// Starts announcing `vip` on interface `iface`. `takeover`: the VIP was owned by a
     /// member of our group that is gone, so announce at once without probing.
+    /// In virtual-MAC mode it is announced with its virtual MAC.
     pub fn add_vip(&mut self, vip: IpAddr, iface: usize, now: Instant, takeover: bool) -> Output {
+        let vmac = self.virtual_mac(&vip);
+        self.add_vip_as(vip, iface, vmac, now, takeover)
+    }
+
+    /// [`Engine::add_vip`], announced with `vmac` (`None`: the interface's MAC).
+    pub fn add_vip_as(&mut self, vip: IpAddr, iface: usize, vmac: Option<Mac>, now: Instant, takeover: bool) -> Output {
         let mut out = Output::default();
         // An interface we do not have (a caller's bug) gets nothing, rather than a panic.
         if self.vips.contains_key(&vip) || iface >= self.ifaces.len() {
             return out;
         }
         let state = if takeover || self.timing.probe_timeout.is_zero() {
-            self.vips.insert(vip, Vip { iface, state: State::Owned { next_refresh: None, last_defend: None } });
+            self.vips.insert(vip, Vip { iface, state: State::Owned { next_refresh: None, last_defend: None }, vmac });
             self.start_burst(vip, now, &mut out);
             return out;
         } else {
@@ -148,7 +195,7 @@ impl Engine {
                 deadline: now + self.timing.probe_timeout,
             }
         };
-        self.vips.insert(vip, Vip { iface, state });
+        self.vips.insert(vip, Vip { iface, state, vmac });
         out
     }
 
@@ -190,15 +237,30 @@ impl Engine {
         let state = if rounds > 1 {
             State::Announcing { next: now + self.timing.garp_interval, rounds_left: rounds - 1 }
         } else {
-            State::Owned { next_refresh: self.timing.refresh_interval.map(|r| now + r), last_defend: None }
+            State::Owned { next_refresh: self.refresh_after(&vip, now), last_defend: None }
         };
         if let Some(v) = self.vips.get_mut(&vip) {
             v.state = state;
         }
     }
 
+    /// When an owned VIP is announced again: the configured refresh, and in virtual-MAC
+    /// mode at least every `vmac_refresh`.
+    fn refresh_after(&self, vip: &IpAddr, now: Instant) -> Option<Instant> {
+        let vmac = self.vips.get(vip).is_some_and(|v| v.vmac.is_some()).then_some(self.timing.vmac_refresh);
+        match (self.timing.refresh_interval, vmac) {
+            (Some(a), Some(b)) => Some(now + a.min(b)),
+            (a, b) => a.or(b).map(|d| now + d),
+        }
+    }
+
+    /// The MAC `vip` is answered with on `iface`.
+    fn answer_mac(&self, vip: &IpAddr, iface: usize) -> Mac {
+        self.vips.get(vip).and_then(|v| v.vmac).unwrap_or(self.ifaces[iface].mac)
+    }
+
     fn garp(&self, vip: IpAddr, iface: usize, out: &mut Output) {
-        let mac = self.ifaces[iface].mac;
+        let mac = self.answer_mac(&vip, iface);
         let name = &self.ifaces[iface].name;
         match vip {
             IpAddr::V4(v) => {
@@ -256,13 +318,13 @@ impl Engine {
                     let next = if rounds_left > 1 {
                         State::Announcing { next: now + self.timing.garp_interval, rounds_left: rounds_left - 1 }
                     } else {
-                        State::Owned { next_refresh: self.timing.refresh_interval.map(|r| now + r), last_defend: None }
+                        State::Owned { next_refresh: self.refresh_after(&vip, now), last_defend: None }
                     };
                     self.set(vip, next);
                 }
                 State::Owned { last_defend, .. } => {
                     self.garp(vip, v.iface, &mut out);
-                    let next_refresh = self.timing.refresh_interval.map(|r| now + r);
+                    let next_refresh = self.refresh_after(&vip, now);
                     self.set(vip, State::Owned { next_refresh, last_defend });
                 }
                 State::Conflict => {}
@@ -315,6 +377,9 @@ impl Engine {
                 out.events.push(Event::Seen { vip, iface, mac });
             }
         }
+        if !self.by_mac.is_empty() {
+            self.collisions(iface, &incoming, claim.map(|(ip, _)| ip), &mut out);
+        }
         let result = match incoming {
             Incoming::Arp { op, sender_mac, sender_ip, target_ip, .. } => {
                 self.on_arp(iface, op, sender_mac, sender_ip, target_ip, now, &mut out)
@@ -362,7 +427,7 @@ impl Engine {
         self.metrics.request(name, Proto::Arp);
         let vip = IpAddr::V4(target_ip);
         self.answerable(vip, iface)?;
-        let mac = self.ifaces[iface].mac;
+        let mac = self.answer_mac(&vip, iface);
         out.frames.push((iface, wire::arp_reply(mac, target_ip, sender_mac, sender_ip)));
         self.metrics.reply(name, Proto::Arp);
         Ok(())
@@ -387,11 +452,29 @@ impl Engine {
         let name = &self.ifaces[iface].name;
         self.metrics.request(name, Proto::Ndp);
         self.answerable(vip, iface)?;
-        let mac = self.ifaces[iface].mac;
+        let mac = self.answer_mac(&vip, iface);
         let to = if src.is_unspecified() { None } else { Some((src, source_lladdr.unwrap_or(eth_src))) };
         out.frames.push((iface, wire::neighbor_advert(mac, target, to)));
         self.metrics.reply(name, Proto::Ndp);
         Ok(())
+    }
+
+    /// A frame from (or naming) one of the virtual MACs that does not claim that MAC's own
+    /// VIP: another host uses the MAC.
+    fn collisions(&self, iface: usize, incoming: &Incoming, claims: Option<IpAddr>, out: &mut Output) {
+        let (eth_src, named) = match incoming {
+            Incoming::Arp { eth_src, sender_mac, .. } => (*eth_src, Some(*sender_mac)),
+            Incoming::NeighborSolicit { eth_src, source_lladdr, .. } => (*eth_src, *source_lladdr),
+            Incoming::NeighborAdvert { eth_src, target_lladdr, .. } => (*eth_src, *target_lladdr),
+        };
+        for mac in [Some(eth_src), named.filter(|m| *m != eth_src)].into_iter().flatten() {
+            if let Some(vip) = self.by_mac.get(&mac) {
+                if claims != Some(*vip) {
+                    self.metrics.mac_collision(&self.ifaces[iface].name);
+                    out.events.push(Event::MacCollision { vip: *vip, iface, mac, claims });
+                }
+            }
+        }
     }
 
     fn answerable(&self, vip: IpAddr, iface: usize) -> Result<(), Drop> {
@@ -421,7 +504,7 @@ impl Engine {
         // A fellow group member announcing one of our VIPs is a handover in progress (its
         // view of the group moved first): neither a conflict nor a reason to defend, which
         // would only make clients' caches flap between the two.
-        if self.friends.contains(&other) {
+        if self.friends.contains(&other) || v.vmac == Some(other) || self.virtual_mac(&vip) == Some(other) {
             return;
         }
         match v.state {
@@ -443,7 +526,7 @@ impl Engine {
     }
 
     fn conflict(&mut self, vip: IpAddr, iface: usize, other: Mac, proto: Proto, out: &mut Output) {
-        if self.friends.contains(&other) {
+        if self.friends.contains(&other) || self.virtual_mac(&vip) == Some(other) {
             return;
         }
         self.metrics.conflict(&self.ifaces[iface].name, proto);
@@ -697,6 +780,58 @@ mod tests {
         assert!(seen(&e.on_frame(0, &wire::garp_reply(NODE, v4("192.0.2.101")), t0)).is_empty());
         e.set_watched([]);
         assert!(seen(&e.on_frame(0, &wire::garp_reply(OTHER, v4("192.0.2.101")), t0)).is_empty());
+    }
+
+    #[test]
+    fn virtual_macs_answer_announce_refresh_and_collide() {
+        const VMAC: Mac = Mac([0x42, 0, 192, 0, 2, 100]);
+        const VMAC6: Mac = Mac([0x62, 0, 0, 0, 1, 0]);
+        let t = Timing { probe_timeout: Duration::ZERO, garp_duration: Duration::ZERO, ..Timing::default() };
+        let (mut e, m) = engine(t);
+        let vip = IpAddr::V4(v4("192.0.2.100"));
+        let vip6 = IpAddr::V6(v6("2001:db8::100"));
+        let plain = IpAddr::V4(v4("192.0.2.101"));
+        e.set_virtual_macs(HashMap::from([(vip, VMAC), (vip6, VMAC6)]));
+        let t0 = Instant::now();
+        // The burst: Ethernet source and sender address are the virtual MAC.
+        let out = e.add_vip(vip, 0, t0, true);
+        assert!(!out.frames.is_empty());
+        for (_, f) in &out.frames {
+            assert_eq!(&f[6..12], &VMAC.0, "Ethernet source");
+            assert!(matches!(wire::parse(f).unwrap(), Incoming::Arp { sender_mac: VMAC, .. }));
+        }
+        assert_eq!(e.announced_mac(&vip), Some(VMAC));
+        let req = wire::arp(Mac::BROADCAST, ArpOp::Request, CLIENT, v4("192.0.2.1"), Mac::ZERO, v4("192.0.2.100"));
+        let ans = e.on_frame(0, &req, t0);
+        assert!(matches!(parsed(&ans)[..], [Incoming::Arp { eth_src: VMAC, sender_mac: VMAC, op: ArpOp::Reply, .. }]));
+        // IPv6: the NA's source and target link-layer address.
+        let out = e.add_vip(vip6, 0, t0, true);
+        assert!(matches!(parsed(&out)[..], [Incoming::NeighborAdvert { eth_src: VMAC6, target_lladdr: Some(VMAC6), .. }]));
+        let ns = wire::neighbor_solicit(CLIENT, v6("2001:db8::1"), v6("2001:db8::100"));
+        assert!(matches!(parsed(&e.on_frame(0, &ns, t0))[..], [Incoming::NeighborAdvert { target_lladdr: Some(VMAC6), .. }]));
+        // A VIP without a virtual MAC keeps the interface's.
+        e.add_vip(plain, 0, t0, true);
+        assert_eq!(e.announced_mac(&plain), Some(NODE));
+        // The switch's entry is refreshed every vmac_refresh (the plain VIP has no refresh).
+        assert_eq!(e.next_deadline(), Some(t0 + Duration::from_secs(60)));
+        let refresh = e.on_tick(t0 + Duration::from_secs(60));
+        assert_eq!(refresh.frames.len(), 3, "ARP request + reply for the v4 VIP, one NA for the v6 VIP");
+        assert!(refresh.frames.iter().all(|(_, f)| f[6..12] == VMAC.0 || f[6..12] == VMAC6.0));
+        // Another member announcing the VIP with its virtual MAC is a handover.
+        let out = e.on_frame(0, &wire::garp_reply(VMAC, v4("192.0.2.100")), t0);
+        assert!(not_seen(&out).is_empty() && out.frames.is_empty(), "{:?}", out.events);
+        // Anyone using a virtual MAC for another address (or none) collides with it.
+        let out = e.on_frame(0, &wire::garp_reply(VMAC, v4("192.0.2.77")), t0);
+        assert_eq!(
+            not_seen(&out),
+            vec![Event::MacCollision { vip, iface: 0, mac: VMAC, claims: Some(IpAddr::V4(v4("192.0.2.77"))) }]
+        );
+        let out = e.on_frame(0, &wire::neighbor_solicit(VMAC6, v6("2001:db8::9"), v6("2001:db8::1")), t0);
+        assert_eq!(not_seen(&out), vec![Event::MacCollision { vip: vip6, iface: 0, mac: VMAC6, claims: None }]);
+        assert_eq!(m.mac_collisions("eth0"), 2);
+        // A stranger with its own MAC claiming the VIP is still an address conflict.
+        let out = e.on_frame(0, &wire::garp_reply(OTHER, v4("192.0.2.100")), t0);
+        assert!(matches!(not_seen(&out)[..], [Event::Conflict { other: OTHER, .. }]));
     }
 
     #[test]

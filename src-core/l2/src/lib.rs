@@ -1,10 +1,12 @@
 //! vipvisor-l2: L2 announcements. The speaker answers ARP and NDP for its VIPs with the
-//! interface's own MAC, from user space, without adding the VIPs to any interface.
+//! interface's own MAC (or, in virtual-MAC mode, each VIP's own MAC), from user space,
+//! without adding the VIPs to any interface.
 //!
 //! - [`wire`]: frames (smoltcp codecs), classification, builders;
 //! - [`engine`]: the pure state machine (probe → burst → owned; answers; conflicts);
 //! - [`sys`]: AF_PACKET sockets with a BPF filter, multicast joins (the only `unsafe`);
 //! - [`link`]: interface facts; [`metrics`]: Prometheus counters;
+//! - [`vmac`]: virtual MACs and the devices that carry them on the owner;
 //! - this module: the runner ([`Speaker`]) that wires them together, and static mode.
 //!
 //! Owns: what goes on the wire for the VIPs it is told it owns. Must not: decide
@@ -15,6 +17,7 @@ pub mod groups;
 pub mod link;
 pub mod metrics;
 pub mod sys;
+pub mod vmac;
 pub mod wire;
 
 use std::collections::HashMap;
@@ -58,6 +61,8 @@ pub struct StaticConfig {
     pub vips: Vec<IpAddr>,
     pub node_name: String,
     pub timing: Timing,
+    /// Virtual-MAC mode: every VIP's MAC (see [`vmac::plan`]); empty: the interfaces' MACs.
+    pub virtual_macs: HashMap<IpAddr, Mac>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +91,8 @@ pub enum SpeakerError {
     Thread(#[source] std::io::Error),
     #[error("address conflict: {vip} is already in use by {other} on {iface}; not announcing it (pass --allow-conflicts to announce anyway)")]
     Conflict { vip: IpAddr, iface: String, other: Mac },
+    #[error("virtual-MAC mode: {0}")]
+    VirtualMac(String),
 }
 
 /// Assigns each VIP to the first interface with a subnet containing it.
@@ -148,14 +155,31 @@ impl Prepared {
     pub fn open(cfg: &StaticConfig, metrics: Metrics, health: &Health) -> Result<Prepared, SpeakerError> {
         let links: Vec<LinkInfo> = cfg.interfaces.iter().map(|n| link::lookup(n)).collect::<Result<_, _>>()?;
         let placed = place_vips(&links, &cfg.vips)?;
-        Prepared::on_links(links, placed, cfg.timing, metrics, health)
+        let virtual_mac = !cfg.virtual_macs.is_empty();
+        if virtual_mac {
+            if cfg.virtual_macs.keys().any(IpAddr::is_ipv4) {
+                vmac::check_rp_filter().map_err(|e| SpeakerError::VirtualMac(e.to_string()))?;
+            }
+            let ours: Vec<Mac> = links.iter().map(|l| l.mac).collect();
+            if let Some((vip, mac)) = cfg.virtual_macs.iter().find(|(_, m)| ours.contains(m)) {
+                return Err(SpeakerError::VirtualMac(format!(
+                    "the virtual MAC {mac} of {vip} is an interface's own MAC; expected a MAC no interface has"
+                )));
+            }
+        }
+        let mut p = Prepared::on_links(links, placed, cfg.timing, virtual_mac, metrics, health)?;
+        p.speaker.friends().set_virtual_macs(cfg.virtual_macs.clone());
+        Ok(p)
     }
 
     /// The same on interfaces found by the caller (Kubernetes mode), with `placed` VIPs.
+    /// `virtual_mac`: VIPs may be in virtual-MAC mode, so the speaker manages the devices
+    /// that carry their MACs (and deletes a previous speaker's at the start of a run).
     pub fn on_links(
         links: Vec<LinkInfo>,
         placed: Vec<(IpAddr, usize)>,
         timing: Timing,
+        virtual_mac: bool,
         metrics: Metrics,
         health: &Health,
     ) -> Result<Prepared, SpeakerError> {
@@ -169,7 +193,11 @@ impl Prepared {
         let mut groups = Groups::new(&links).map_err(|(iface, source)| SpeakerError::Socket { iface, source })?;
         groups.sync(&placed).map_err(|(vip, iface, source)| SpeakerError::Multicast { vip, iface, source })?;
         let ifaces = links.iter().map(|l| Iface { name: l.name.clone(), mac: l.mac }).collect();
-        let speaker = Speaker::new(ifaces, sockets, timing, metrics)?.with_health(health.clone()).on_thread(l2);
+        let mut speaker = Speaker::new(ifaces, sockets, timing, metrics)?.with_health(health.clone()).on_thread(l2);
+        if virtual_mac {
+            let devices = vmac::Devices::open().map_err(|e| SpeakerError::VirtualMac(e.to_string()))?;
+            speaker.devices = Some((devices, links.iter().map(|l| l.index).collect()));
+        }
         Ok(Prepared { links, placed, speaker, groups })
     }
 
@@ -198,6 +226,18 @@ pub struct Speaker<L: Link> {
     l2: Option<Arc<L2Thread>>,
     /// Repeated conflict warnings, per VIP and sender.
     conflict_log: Arc<Mutex<LogLimiter<(IpAddr, Mac)>>>,
+    /// Virtual-MAC mode: the devices that carry the owned VIPs' MACs, and the index of
+    /// each interface (their lower device).
+    devices: Option<(vmac::Devices, Vec<u32>)>,
+}
+
+/// A VIP the runner announces: its interface, the virtual MAC it was planned with, and
+/// whether a device carries that MAC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Current {
+    iface: usize,
+    planned: Option<Mac>,
+    device: bool,
 }
 
 /// Rate-limits a repeated log line per key: the first is logged, then at most one per
@@ -313,6 +353,16 @@ impl Friends {
     pub fn watch(&self, vips: impl IntoIterator<Item = IpAddr>) {
         lock(&self.0).set_watched(vips);
     }
+    /// Sets the virtual MACs of the VIPs in virtual-MAC mode (see
+    /// [`Engine::set_virtual_macs`]); an owned VIP whose MAC changes is announced again
+    /// with the new one at the next change of what this node owns.
+    pub fn set_virtual_macs(&self, macs: HashMap<IpAddr, Mac>) {
+        lock(&self.0).set_virtual_macs(macs);
+    }
+    /// The MAC an announced VIP is answered with now.
+    pub fn announced_mac(&self, vip: &IpAddr) -> Option<Mac> {
+        lock(&self.0).announced_mac(vip)
+    }
 }
 
 fn lock<T>(e: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -355,6 +405,7 @@ impl<L: Link> Speaker<L> {
             health: Health::new(),
             l2: None,
             conflict_log: Arc::default(),
+            devices: None,
         })
     }
 
@@ -478,11 +529,21 @@ impl<L: Link> Speaker<L> {
         }
         let beat = self.health.register("l2-runner", STALLED_AFTER);
         let mut tick = tokio::time::interval(BEAT_EVERY);
-        let mut current: HashMap<IpAddr, usize> = HashMap::new();
+        let mut current: HashMap<IpAddr, Current> = HashMap::new();
+        if let Some((devices, _)) = &self.devices {
+            // A previous speaker's (after SIGKILL): nothing of ours is announced yet.
+            match devices.clean().await {
+                Ok(0) => {}
+                Ok(n) => info!(devices = n, "deleted virtual-MAC devices left by a previous speaker"),
+                Err(e) => {
+                    self.metrics.device_error();
+                    warn!(error = %e, "could not delete the virtual-MAC devices left by a previous speaker")
+                }
+            }
+            self.metrics.set_devices(0);
+        }
         let first = owned.borrow_and_update().clone();
-        let out = self.apply_owned(&mut current, &first);
-        self.wake.notify_one();
-        dispatch(&self.links, out, &tx, &self.metrics).await;
+        self.apply_owned(&mut current, &first, &tx).await;
         tokio::pin!(shutdown);
         let mut owned_open = true;
         let result = loop {
@@ -505,45 +566,102 @@ impl<L: Link> Speaker<L> {
                         continue;
                     }
                     let list = owned.borrow_and_update().clone();
-                    let out = self.apply_owned(&mut current, &list);
-                    self.wake.notify_one();
-                    dispatch(&self.links, out, &tx, &self.metrics).await;
+                    self.apply_owned(&mut current, &list, &tx).await;
                 }
             }
         };
         for t in tasks {
             t.abort();
         }
+        // Stopped: the devices that carried our VIPs' MACs go too.
+        self.apply_owned(&mut current, &[], &tx).await;
         beat.done();
         result
     }
 
-    /// Makes the engine announce exactly `list`: removed VIPs stop at once, new ones start
-    /// (probing first unless they are a takeover).
-    fn apply_owned(&self, current: &mut HashMap<IpAddr, usize>, list: &[Owned]) -> Output {
-        let now = Instant::now();
-        let mut out = Output::default();
-        let mut e = lock(&self.engine);
-        let wanted: HashMap<IpAddr, &Owned> = list.iter().map(|o| (o.vip, o)).collect();
-        current.retain(|vip, _| {
-            let keep = wanted.contains_key(vip);
-            if !keep {
-                e.remove_vip(vip);
-                info!(%vip, "no longer the owner: stopped answering");
-            }
-            keep
-        });
-        for o in list {
-            if current.insert(o.vip, o.iface).is_none() {
-                let r = e.add_vip(o.vip, o.iface, now, o.takeover);
-                out.frames.extend(r.frames);
-                out.events.extend(r.events);
-                if o.takeover {
-                    info!(vip = %o.vip, "took over");
-                }
+    /// Creates the device for `vip`'s virtual MAC on `iface`; `false` (logged) when it
+    /// cannot, and the VIP is then announced with the interface's MAC.
+    async fn add_device(&self, vip: IpAddr, mac: Mac, iface: usize) -> bool {
+        let Some((devices, lowers)) = &self.devices else { return false };
+        let Some(lower) = lowers.get(iface) else { return false };
+        let result = match vip {
+            IpAddr::V4(_) => vmac::check_rp_filter(),
+            IpAddr::V6(_) => Ok(()),
+        };
+        let result = match result {
+            Ok(()) => devices.ensure(vip, mac, *lower).await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => true,
+            Err(e) => {
+                self.metrics.device_error();
+                tracing::error!(%vip, %mac, error = %e, "cannot carry the virtual MAC: announcing the VIP with the interface's own MAC instead");
+                false
             }
         }
-        out
+    }
+
+    async fn remove_device(&self, mac: Mac) {
+        if let Some((devices, _)) = &self.devices {
+            if let Err(e) = devices.remove(mac).await {
+                self.metrics.device_error();
+                warn!(%mac, error = %e, "could not delete the virtual-MAC device");
+            }
+        }
+    }
+
+    /// Makes the engine announce exactly `list`: removed VIPs stop at once (then their
+    /// virtual-MAC devices go), new ones start (probing first unless they are a takeover),
+    /// each as soon as the device for its virtual MAC is up.
+    async fn apply_owned(&self, current: &mut HashMap<IpAddr, Current>, list: &[Owned], tx: &mpsc::Sender<Event>) {
+        let wanted: HashMap<IpAddr, &Owned> = list.iter().map(|o| (o.vip, o)).collect();
+        let mut gone = Vec::new();
+        {
+            let mut e = lock(&self.engine);
+            current.retain(|vip, c| {
+                // Kept: still ours, on the same interface, with the same MAC plan.
+                let keep = wanted.get(vip).is_some_and(|o| o.iface == c.iface) && e.virtual_mac(vip) == c.planned;
+                if !keep {
+                    e.remove_vip(vip);
+                    if wanted.contains_key(vip) {
+                        info!(%vip, "announcing again: its interface or MAC changed");
+                    } else {
+                        info!(%vip, "no longer the owner: stopped answering");
+                    }
+                    if let (true, Some(m)) = (c.device, c.planned) {
+                        gone.push(m);
+                    }
+                }
+                keep
+            });
+        }
+        for mac in gone {
+            self.remove_device(mac).await;
+        }
+        for o in list {
+            if current.contains_key(&o.vip) {
+                continue;
+            }
+            let planned = lock(&self.engine).virtual_mac(&o.vip);
+            let device = match planned {
+                Some(mac) if self.devices.is_some() => self.add_device(o.vip, mac, o.iface).await,
+                _ => false,
+            };
+            // Without a device (it failed) the VIP is announced with the interface's MAC;
+            // without device management (tests) with its virtual MAC.
+            let announce = if self.devices.is_some() && !device { None } else { planned };
+            current.insert(o.vip, Current { iface: o.iface, planned, device });
+            let out = lock(&self.engine).add_vip_as(o.vip, o.iface, announce, Instant::now(), o.takeover);
+            if o.takeover {
+                info!(vip = %o.vip, mac = ?announce, "took over");
+            }
+            self.wake.notify_one();
+            dispatch(&self.links, out, tx, &self.metrics).await;
+        }
+        if self.devices.is_some() {
+            self.metrics.set_devices(current.values().filter(|c| c.device).count());
+        }
     }
 
     fn on_event(&self, ev: Event) -> Option<SpeakerError> {
@@ -560,6 +678,14 @@ impl<L: Link> Speaker<L> {
                 if let Some(tx) = &self.sightings {
                     let name = e.iface(iface).map(|i| i.name.clone()).unwrap_or_default();
                     let _ = tx.try_send(SightingReport { vip, iface: name, mac });
+                }
+                None
+            }
+            Event::MacCollision { vip, iface, mac, claims } => {
+                let name = e.iface(iface).map(|i| i.name.clone()).unwrap_or_default();
+                if let Some(left_out) = lock(&self.conflict_log).admit(&(vip, mac), Instant::now()) {
+                    let claims = claims.map_or_else(|| "no address".to_owned(), |c| c.to_string());
+                    warn!(%vip, interface = %name, virtual_mac = %mac, other_host_claims = %claims, repeats_not_logged = left_out, "MAC collision: another host uses the virtual MAC of this VIP");
                 }
                 None
             }

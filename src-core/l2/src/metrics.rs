@@ -64,6 +64,9 @@ pub struct Metrics {
     owners: Family<VipOwner, Gauge>,
     owner_changes: Counter,
     events_dropped: Counter,
+    mac_collisions: Family<IfOnly, Counter>,
+    devices: Gauge,
+    device_errors: Counter,
     registry: Arc<Registry>,
 }
 
@@ -102,7 +105,24 @@ impl Metrics {
             "Engine events (conflicts, announcements) dropped because the runner's queue was full",
             events_dropped.clone(),
         );
+        let mac_collisions = Family::<IfOnly, Counter>::default();
+        r.register(
+            "mac_collisions",
+            "Frames from another host using one of the group's virtual MACs (virtual-MAC mode)",
+            mac_collisions.clone(),
+        );
+        let devices = Gauge::default();
+        r.register("virtual_mac_devices", "Devices carrying a virtual MAC on this node", devices.clone());
+        let device_errors = Counter::default();
+        r.register(
+            "virtual_mac_device_errors",
+            "Virtual-MAC devices that could not be created or deleted",
+            device_errors.clone(),
+        );
         Metrics {
+            mac_collisions,
+            devices,
+            device_errors,
             requests,
             replies,
             gratuitous,
@@ -146,6 +166,18 @@ impl Metrics {
 
     pub fn events_dropped(&self) {
         self.events_dropped.inc();
+    }
+    pub fn mac_collision(&self, i: &str) {
+        self.mac_collisions.get_or_create(&IfOnly { interface: i.to_owned() }).inc();
+    }
+    pub fn mac_collisions(&self, i: &str) -> u64 {
+        self.mac_collisions.get_or_create(&IfOnly { interface: i.to_owned() }).get()
+    }
+    pub fn set_devices(&self, n: usize) {
+        self.devices.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+    pub fn device_error(&self) {
+        self.device_errors.inc();
     }
     pub fn set_members(&self, n: usize) {
         self.members.set(i64::try_from(n).unwrap_or(i64::MAX));
