@@ -474,9 +474,11 @@ pub enum SinceArg {
 
 /// `VIP=MAC` (`--virtual-mac-for`).
 pub fn parse_vip_mac(s: &str) -> Result<(IpAddr, vipvisor_l2::wire::Mac), String> {
-    let (vip, mac) =
-        s.split_once('=').ok_or_else(|| format!("invalid {s:?}; expected VIP=MAC such as 192.0.2.100=42:00:c0:00:02:64"))?;
-    let vip: IpAddr = vip.trim().parse().map_err(|_| format!("invalid VIP {vip:?} in {s:?}; expected an IP address"))?;
+    let (vip, mac) = s
+        .split_once('=')
+        .ok_or_else(|| format!("invalid {s:?}; expected VIP=MAC such as 192.0.2.100=42:00:c0:00:02:64"))?;
+    let vip: IpAddr =
+        vip.trim().parse().map_err(|_| format!("invalid VIP {vip:?} in {s:?}; expected an IP address"))?;
     let mac: vipvisor_l2::wire::Mac = mac.parse()?;
     if let Some(why) = vipvisor_l2::vmac::unusable(mac) {
         return Err(format!("invalid virtual MAC {mac} for {vip}: {why}"));

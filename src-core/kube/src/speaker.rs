@@ -372,7 +372,8 @@ pub async fn run(
         return Err(KubeSpeakerError::NoInterface);
     }
     let (conflict_tx, conflict_rx) = tokio::sync::mpsc::channel(256);
-    let Prepared { links, speaker, groups, .. } = Prepared::on_links(links, Vec::new(), cfg.timing, false, metrics, health)?;
+    let Prepared { links, speaker, groups, .. } =
+        Prepared::on_links(links, Vec::new(), cfg.timing, false, metrics, health)?;
     let speaker = speaker.report_conflicts(conflict_tx);
 
     // Watches.

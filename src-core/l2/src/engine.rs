@@ -415,7 +415,7 @@ impl Engine {
             self.claimed_by_other(IpAddr::V4(sender_ip), iface, sender_mac, now, Proto::Arp, out);
         } else if op == ArpOp::Request {
             let vip = IpAddr::V4(target_ip);
-            if matches!(self.vips.get(&vip), Some(Vip { state: State::Probing { .. }, iface: i }) if *i == iface) {
+            if matches!(self.vips.get(&vip), Some(Vip { state: State::Probing { .. }, iface: i, .. }) if *i == iface) {
                 self.conflict(vip, iface, sender_mac, Proto::Arp, out);
             }
         }
@@ -445,7 +445,7 @@ impl Engine {
         let vip = IpAddr::V6(target);
         if src.is_unspecified() {
             // Someone else's DAD for an address we are probing: both want it.
-            if matches!(self.vips.get(&vip), Some(Vip { state: State::Probing { .. }, iface: i }) if *i == iface) {
+            if matches!(self.vips.get(&vip), Some(Vip { state: State::Probing { .. }, iface: i, .. }) if *i == iface) {
                 self.conflict(vip, iface, eth_src, Proto::Ndp, out);
             }
         }
@@ -806,9 +806,15 @@ mod tests {
         assert!(matches!(parsed(&ans)[..], [Incoming::Arp { eth_src: VMAC, sender_mac: VMAC, op: ArpOp::Reply, .. }]));
         // IPv6: the NA's source and target link-layer address.
         let out = e.add_vip(vip6, 0, t0, true);
-        assert!(matches!(parsed(&out)[..], [Incoming::NeighborAdvert { eth_src: VMAC6, target_lladdr: Some(VMAC6), .. }]));
+        assert!(matches!(
+            parsed(&out)[..],
+            [Incoming::NeighborAdvert { eth_src: VMAC6, target_lladdr: Some(VMAC6), .. }]
+        ));
         let ns = wire::neighbor_solicit(CLIENT, v6("2001:db8::1"), v6("2001:db8::100"));
-        assert!(matches!(parsed(&e.on_frame(0, &ns, t0))[..], [Incoming::NeighborAdvert { target_lladdr: Some(VMAC6), .. }]));
+        assert!(matches!(
+            parsed(&e.on_frame(0, &ns, t0))[..],
+            [Incoming::NeighborAdvert { target_lladdr: Some(VMAC6), .. }]
+        ));
         // A VIP without a virtual MAC keeps the interface's.
         e.add_vip(plain, 0, t0, true);
         assert_eq!(e.announced_mac(&plain), Some(NODE));

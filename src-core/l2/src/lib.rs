@@ -167,7 +167,7 @@ impl Prepared {
                 )));
             }
         }
-        let mut p = Prepared::on_links(links, placed, cfg.timing, virtual_mac, metrics, health)?;
+        let p = Prepared::on_links(links, placed, cfg.timing, virtual_mac, metrics, health)?;
         p.speaker.friends().set_virtual_macs(cfg.virtual_macs.clone());
         Ok(p)
     }

@@ -18,8 +18,7 @@ use std::net::IpAddr;
 
 use futures::TryStreamExt;
 use rtnetlink::packet_route::link::{
-    AfSpecInet, AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoKind, LinkAttribute, LinkInfo, LinkMessage,
-    MacVlanMode,
+    AfSpecInet, AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoKind, LinkAttribute, LinkInfo, LinkMessage, MacVlanMode,
 };
 use rtnetlink::{LinkMacVlan, LinkUnspec};
 
@@ -62,11 +61,7 @@ pub fn unusable(mac: Mac) -> Option<&'static str> {
 }
 
 /// The VIPs' virtual MACs: derived, or given, and never two VIPs with one MAC.
-pub fn plan(
-    vips: &[IpAddr],
-    group: u8,
-    explicit: &HashMap<IpAddr, Mac>,
-) -> Result<HashMap<IpAddr, Mac>, String> {
+pub fn plan(vips: &[IpAddr], group: u8, explicit: &HashMap<IpAddr, Mac>) -> Result<HashMap<IpAddr, Mac>, String> {
     let mut out = HashMap::new();
     let mut by_mac: HashMap<Mac, IpAddr> = HashMap::new();
     for vip in vips {
@@ -156,7 +151,7 @@ impl Devices {
         Ok(Devices { handle })
     }
 
-    fn err(what: &'static str, name: &str) -> impl FnOnce(rtnetlink::Error) -> DeviceError + '_ {
+    fn err<'a>(what: &'static str, name: &'a str) -> impl FnOnce(rtnetlink::Error) -> DeviceError + 'a {
         move |source| DeviceError::Netlink { what, name: name.to_owned(), hint: hint(&source), source }
     }
 
@@ -300,7 +295,9 @@ mod tests {
         let fix = HashMap::from([(b, "02:00:5e:aa:00:01".parse().unwrap())]);
         let p = plan(&[a, b], 0, &fix).unwrap();
         assert_eq!(p[&b].to_string(), "02:00:5e:aa:00:01");
-        for (mac, why) in [("01:00:5e:00:00:01", "multicast"), ("00:00:00:00:00:00", "zeros"), ("00:50:56:00:00:01", "vendor")] {
+        for (mac, why) in
+            [("01:00:5e:00:00:01", "multicast"), ("00:00:00:00:00:00", "zeros"), ("00:50:56:00:00:01", "vendor")]
+        {
             let e = plan(&[a], 0, &HashMap::from([(a, mac.parse().unwrap())])).unwrap_err();
             assert!(e.contains(mac) && e.contains(why), "{e}");
         }
