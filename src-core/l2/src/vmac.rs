@@ -224,7 +224,7 @@ impl Devices {
         let conf = made.attributes.iter().find_map(|a| match a {
             LinkAttribute::AfSpecUnspec(s) => s.iter().find_map(|f| match f {
                 AfSpecUnspec::Inet(i) => i.iter().find_map(|x| match x {
-                    AfSpecInet::DevConf(c) => Some(c.clone()),
+                    AfSpecInet::DevConf(c) => Some(*c),
                     _ => None,
                 }),
                 _ => None,
