@@ -248,10 +248,7 @@ impl Engine {
     /// mode at least every `vmac_refresh`.
     fn refresh_after(&self, vip: &IpAddr, now: Instant) -> Option<Instant> {
         let vmac = self.vips.get(vip).is_some_and(|v| v.vmac.is_some()).then_some(self.timing.vmac_refresh);
-        match (self.timing.refresh_interval, vmac) {
-            (Some(a), Some(b)) => Some(now + a.min(b)),
-            (a, b) => a.or(b).map(|d| now + d),
-        }
+        [self.timing.refresh_interval, vmac].into_iter().flatten().min().map(|d| now + d)
     }
 
     /// The MAC `vip` is answered with on `iface`.
@@ -504,7 +501,7 @@ impl Engine {
         // A fellow group member announcing one of our VIPs is a handover in progress (its
         // view of the group moved first): neither a conflict nor a reason to defend, which
         // would only make clients' caches flap between the two.
-        if self.friends.contains(&other) || v.vmac == Some(other) || self.virtual_mac(&vip) == Some(other) {
+        if self.member_mac(&vip, other) {
             return;
         }
         match v.state {
@@ -525,8 +522,16 @@ impl Engine {
         }
     }
 
+    /// `other`, seen claiming `vip`, is a member of our group: a fellow member's MAC, or
+    /// the VIP's virtual MAC (planned now, or the one it was added with).
+    fn member_mac(&self, vip: &IpAddr, other: Mac) -> bool {
+        self.friends.contains(&other)
+            || self.virtual_mac(vip) == Some(other)
+            || self.vips.get(vip).is_some_and(|v| v.vmac == Some(other))
+    }
+
     fn conflict(&mut self, vip: IpAddr, iface: usize, other: Mac, proto: Proto, out: &mut Output) {
-        if self.friends.contains(&other) || self.virtual_mac(&vip) == Some(other) {
+        if self.member_mac(&vip, other) {
             return;
         }
         self.metrics.conflict(&self.ifaces[iface].name, proto);

@@ -584,16 +584,14 @@ impl<L: Link> Speaker<L> {
     async fn add_device(&self, vip: IpAddr, mac: Mac, iface: usize) -> bool {
         let Some((devices, lowers)) = &self.devices else { return false };
         let Some(lower) = lowers.get(iface) else { return false };
-        let result = match vip {
-            IpAddr::V4(_) => vmac::check_rp_filter(),
-            IpAddr::V6(_) => Ok(()),
+        let result = async {
+            if vip.is_ipv4() {
+                vmac::check_rp_filter()?;
+            }
+            devices.ensure(vip, mac, *lower).await
         };
-        let result = match result {
-            Ok(()) => devices.ensure(vip, mac, *lower).await.map(|_| ()),
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(()) => true,
+        match result.await {
+            Ok(_) => true,
             Err(e) => {
                 self.metrics.device_error();
                 tracing::error!(%vip, %mac, error = %e, "cannot carry the virtual MAC: announcing the VIP with the interface's own MAC instead");
@@ -639,18 +637,35 @@ impl<L: Link> Speaker<L> {
         for mac in gone {
             self.remove_device(mac).await;
         }
-        for o in list {
-            if current.contains_key(&o.vip) {
-                continue;
+        let fresh: Vec<(&Owned, Option<Mac>)> = {
+            let e = lock(&self.engine);
+            list.iter().filter(|o| !current.contains_key(&o.vip)).map(|o| (o, e.virtual_mac(&o.vip))).collect()
+        };
+        // VIPs that need no device start together, in one round (as before virtual MACs);
+        // each of the others as soon as its device is up.
+        let (plain, carried): (Vec<_>, Vec<_>) =
+            fresh.into_iter().partition(|(_, planned)| planned.is_none() || self.devices.is_none());
+        let mut out = Output::default();
+        {
+            let now = Instant::now();
+            let mut e = lock(&self.engine);
+            for (o, planned) in plain {
+                current.insert(o.vip, Current { iface: o.iface, planned, device: false });
+                let r = e.add_vip_as(o.vip, o.iface, planned, now, o.takeover);
+                out.frames.extend(r.frames);
+                out.events.extend(r.events);
+                if o.takeover {
+                    info!(vip = %o.vip, "took over");
+                }
             }
-            let planned = lock(&self.engine).virtual_mac(&o.vip);
-            let device = match planned {
-                Some(mac) if self.devices.is_some() => self.add_device(o.vip, mac, o.iface).await,
-                _ => false,
-            };
-            // Without a device (it failed) the VIP is announced with the interface's MAC;
-            // without device management (tests) with its virtual MAC.
-            let announce = if self.devices.is_some() && !device { None } else { planned };
+        }
+        self.wake.notify_one();
+        dispatch(&self.links, out, tx, &self.metrics).await;
+        for (o, planned) in carried {
+            let Some(mac) = planned else { continue };
+            let device = self.add_device(o.vip, mac, o.iface).await;
+            // Without its device (it failed) the VIP is announced with the interface's MAC.
+            let announce = device.then_some(mac);
             current.insert(o.vip, Current { iface: o.iface, planned, device });
             let out = lock(&self.engine).add_vip_as(o.vip, o.iface, announce, Instant::now(), o.takeover);
             if o.takeover {
