@@ -130,7 +130,7 @@ impl Lab {
             .collect();
         l2status::announcers(&reports)
             .get(&VIP.parse().unwrap())
-            .map(|(node, iface)| format!("{node},{iface}"))
+            .map(|a| format!("{},{}", a.node, a.interface))
             .unwrap_or_default()
     }
     /// The MACs answering ARP for the VIP, as the client sees them.

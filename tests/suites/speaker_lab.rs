@@ -125,13 +125,28 @@ impl Lab {
     /// The same for several `vips`; `skewed`: (node number, FAKETIME offset) runs that
     /// node's speaker with its wall clock shifted (monotonic time untouched).
     fn group_of(&mut self, vips: &[&str], extra: &[&str], skewed: Option<(usize, &str)>) -> Vec<Speaker> {
-        let key = self.dir.path().join("gossip.key");
-        std::fs::write(&key, "c2VjcmV0LWdyb3VwLWtleS1mb3ItdGhlLWxhYi10ZXN0Cg==\n").unwrap();
+        self.group_on(&[1, 2, 3], vips, extra, "gossip.key", skewed)
+    }
+    /// A static group of the speakers on `nodes` (numbers), each joining the others, with
+    /// the gossip key file `key` in the lab dir.
+    fn group_on(
+        &mut self,
+        nodes: &[usize],
+        vips: &[&str],
+        extra: &[&str],
+        key: &str,
+        skewed: Option<(usize, &str)>,
+    ) -> Vec<Speaker> {
+        // One secret per key file: groups with different files cannot hear each other.
+        let secret = format!("secret-group-key-for-the-lab-test-{key}\n");
+        let key = self.dir.path().join(key);
+        std::fs::write(&key, secret).unwrap();
         let key_s = key.display().to_string();
-        (1..=3)
-            .map(|n| {
+        nodes
+            .iter()
+            .map(|&n| {
                 let mut args = vec!["--gossip-key-file".to_string(), key_s.clone()];
-                for m in (1..=3).filter(|m| *m != n) {
+                for m in nodes.iter().filter(|m| **m != n) {
                     args.extend(["--join".to_string(), format!("192.0.2.1{m}:7946")]);
                 }
                 args.extend(extra.iter().map(|s| s.to_string()));
@@ -893,4 +908,293 @@ fn a_recording_group_feeds_the_owners_read_model_and_the_web_ui() {
     println!("{text}");
     assert!(e2e.status.success(), "the browser test failed (screenshots in {}):\n{text}", out_dir.display());
     drop(server);
+}
+
+// ---------------------------------------------------------------------------------------
+// Virtual-MAC mode (issue #13): each VIP answers with its own MAC, which moves with it.
+
+/// The virtual MACs of VIP4 and VIP6 in group 1 (`vmac::derive`: `42:GG:` + the IPv4
+/// address, `62:GG:` + the IPv6 address's last 32 bits).
+const VMAC4: &str = "42:01:c0:00:02:64";
+const VMAC6: &str = "62:01:00:00:01:00";
+const VMAC_FLAGS: &[&str] = &["--virtual-mac", "--virtual-mac-group", "1"];
+
+impl Lab {
+    /// The virtual-MAC devices on `host` (names).
+    fn devices(&self, host: &str) -> Vec<String> {
+        self.stdout(host, &["ip", "-o", "link", "show", "type", "macvlan"])
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1)?.split('@').next().map(str::to_owned))
+            .filter(|n| n.starts_with("vvm"))
+            .collect()
+    }
+    /// The nodes (numbers, of 1..=n) with a device carrying a virtual MAC.
+    fn carriers(&self, n: usize) -> Vec<usize> {
+        (1..=n).filter(|i| !self.devices(&format!("n{i}")).is_empty()).collect()
+    }
+    /// The switch port the lab bridge's FDB has `mac` on (`p1`, …), if any.
+    fn fdb_port(&self, mac: &str) -> Option<String> {
+        self.stdout("sw", &["bridge", "fdb", "show", "br", "br0"])
+            .lines()
+            .find(|l| l.starts_with(mac) && !l.contains("permanent"))
+            .and_then(|l| l.split_whitespace().skip_while(|w| *w != "dev").nth(1).map(str::to_owned))
+    }
+    /// Frames that node `n` sends into its switch port (captured in the switch namespace).
+    fn capture_from_node(&mut self, n: usize, filter: &str) -> (Child, PathBuf) {
+        let pcap = self.dir.path().join(format!("from-n{n}-{}.pcap", self.procs.len()));
+        self.procs.push(Command::new("true").spawn().unwrap());
+        let log = self.dir.path().join("tcpdump.log");
+        let (pcap_s, port) = (pcap.display().to_string(), format!("p{n}"));
+        let child = self.spawn("sw", &["tcpdump", "-i", &port, "-Q", "in", "-U", "-n", "-w", &pcap_s, filter], &log);
+        wait_until(
+            Duration::from_secs(5),
+            || std::fs::metadata(&pcap).map(|m| m.len() >= 24).unwrap_or(false),
+            "tcpdump to start",
+        );
+        (child, pcap)
+    }
+    /// Pings `vip` from the client every 10 ms for 4 s and unplugs node `unplug` after 1 s:
+    /// (the longest gap between replies, replies after the unplug).
+    fn ping_through_unplug(&self, vip: &str, unplug: usize) -> (f64, usize) {
+        let ping = std::thread::spawn({
+            let ns = self.ns("c");
+            let vip = vip.to_owned();
+            move || {
+                Command::new("ip")
+                    .args(["netns", "exec", &ns, "ping", "-D", "-i", "0.01", "-c", "400", "-W", "0.2", &vip])
+                    .output()
+                    .unwrap()
+            }
+        });
+        std::thread::sleep(Duration::from_millis(1000));
+        let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+        let st = Command::new(lab_script()).args(["detach", &self.prefix, &unplug.to_string()]).status().unwrap();
+        assert!(st.success());
+        let out = ping.join().unwrap();
+        let times: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("bytes from"))
+            .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse().ok())
+            .collect();
+        let mut with_end = times.clone();
+        // A stream that never came back counts as a gap to the end of the run.
+        with_end.push(at + 3.0);
+        let gap = with_end.windows(2).map(|w| w[1] - w[0]).fold(0.0f64, f64::max);
+        (gap, times.iter().filter(|t| **t > at + 0.05).count())
+    }
+}
+
+fn tshark_lines(pcap: &Path, filter: &str) -> Vec<String> {
+    let out = Command::new("tshark").args(["-n", "-r", &pcap.display().to_string(), "-Y", filter]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
+}
+
+/// A group of three in virtual-MAC mode: clients resolve the VIPs (IPv4 and IPv6) to their
+/// virtual MACs; the owner's gratuitous frames carry the virtual MAC as Ethernet source and
+/// sender (or target link-layer) address; only the owner has a device for it, without the
+/// VIP on it; non-owners send nothing from it; the owner refreshes it every
+/// `--virtual-mac-refresh`; a clean stop removes the devices.
+#[test]
+fn virtual_mac_group_answers_with_the_vips_mac_and_only_the_owner_sends_from_it() {
+    let Some(mut lab) = lab_n("m", 3) else { return };
+    let (cap, pcap) = lab.capture("c", "arp or icmp6");
+    let mut flags = VMAC_FLAGS.to_vec();
+    flags.extend(["--virtual-mac-refresh", "1s"]);
+    let speakers = lab.group_of(&[VIP4, VIP6], &flags, None);
+    wait_until(Duration::from_secs(10), || lab.owner_mac(VIP4).is_some(), "a group member to announce the VIP");
+    // Let the start-up settle (members may both announce until they hear each other).
+    std::thread::sleep(Duration::from_millis(1500));
+    let arping = lab.stdout("c", &["arping", "-c", "2", "-w", "3", "-I", "eth0", VIP4]);
+    let answerers: std::collections::BTreeSet<&str> =
+        arping.lines().filter_map(|l| l.split('[').nth(1)?.split(']').next()).collect();
+    assert_eq!(answerers, [VMAC4].into(), "the client resolves the VIP to its virtual MAC, and only to it: {arping}");
+    let nd = lab.stdout("c", &["ndisc6", "-1", "-r", "3", "-w", "1000", VIP6, "eth0"]).to_lowercase();
+    assert!(nd.contains(&format!("target link-layer address: {VMAC6}")), "the NA names the virtual MAC: {nd}");
+    let _ = lab.run("c", &["ping", "-c", "1", "-W", "1", VIP4]);
+    assert!(
+        lab.stdout("c", &["ip", "neigh", "show", VIP4]).contains(VMAC4),
+        "the client kernel caches the virtual MAC"
+    );
+
+    // Exactly the owners carry devices, with the VIPs nowhere on them.
+    let carriers = lab.carriers(3);
+    assert!(!carriers.is_empty() && carriers.len() <= 2, "one owner per VIP carries its MAC: {carriers:?}");
+    let all: Vec<String> = (1..=3).flat_map(|n| lab.devices(&format!("n{n}"))).collect();
+    let mut names = all.clone();
+    names.sort();
+    assert_eq!(names, vec!["vvm4201c0000264", "vvm620100000100"], "one device per VIP in the whole group");
+    for n in &carriers {
+        let addrs = lab.stdout(&format!("n{n}"), &["ip", "addr"]);
+        assert!(!addrs.contains(VIP4) && !addrs.contains(VIP6), "the VIPs are on no interface of n{n}: {addrs}");
+    }
+    let owner4 = (1..=3).find(|n| lab.devices(&format!("n{n}")).iter().any(|d| d == "vvm4201c0000264")).unwrap();
+
+    // Over 3 s of client requests and refreshes, only the owner sends from the MAC.
+    let caps: Vec<(Child, PathBuf)> = (1..=3).map(|n| lab.capture_from_node(n, "arp or icmp6")).collect();
+    let _ = lab.run("c", &["arping", "-c", "3", "-w", "3", "-I", "eth0", VIP4]);
+    let _ = lab.run("c", &["ndisc6", "-1", "-r", "2", "-w", "500", VIP6, "eth0"]);
+    std::thread::sleep(Duration::from_millis(500));
+    for (n, (c, p)) in caps.into_iter().enumerate().map(|(i, c)| (i + 1, c)) {
+        stop_capture(c);
+        let from = tshark_lines(&p, &format!("eth.src == {VMAC4} || arp.src.hw_mac == {VMAC4}"));
+        if n == owner4 {
+            // 3 answers and a refresh a second.
+            assert!(from.len() >= 5, "the owner n{n} answers and refreshes from {VMAC4}: {from:?}");
+        } else {
+            assert!(from.is_empty(), "n{n} is not the owner and must send nothing from {VMAC4}: {from:?}");
+        }
+    }
+
+    stop_capture(cap);
+    let garp4 = tshark_lines(
+        &pcap,
+        &format!("eth.src == {VMAC4} && arp.src.hw_mac == {VMAC4} && arp.src.proto_ipv4 == {VIP4} && arp.dst.proto_ipv4 == {VIP4}"),
+    );
+    assert!(garp4.len() >= 2, "gratuitous ARPs from the virtual MAC, as Ethernet source and sender: {garp4:?}");
+    let na6 = tshark_lines(
+        &pcap,
+        &format!("eth.src == {VMAC6} && icmpv6.type == 136 && icmpv6.opt.linkaddr == {VMAC6} && ipv6.dst == ff02::1"),
+    );
+    assert!(!na6.is_empty(), "unsolicited NAs from the virtual MAC, naming it as target link-layer address");
+    let (_, bad) = tshark_check(&pcap, VMAC4, false);
+    assert!(bad.is_empty(), "the virtual MAC's frames are well-formed: {bad}");
+
+    for sp in speakers {
+        assert!(sp.stop().success(), "SIGTERM ends each member cleanly");
+    }
+    assert_eq!(lab.carriers(3), Vec::<usize>::new(), "a clean stop removes the devices");
+}
+
+/// The reason for the mode: a client whose neighbour entry never changes (made permanent)
+/// keeps reaching the VIP through the new owner after the owner's port is unplugged, and
+/// the bridge moves the virtual MAC to the new owner's port within the first burst; in
+/// node-MAC mode the same client stays cut off.
+#[test]
+fn a_client_that_never_updates_its_cache_reaches_the_vip_only_in_virtual_mac_mode() {
+    for virtual_mac in [true, false] {
+        let Some(mut lab) = lab_n(if virtual_mac { "p" } else { "q" }, 3) else { return };
+        for n in 1..=3 {
+            lab.accept_vip(&format!("n{n}"), VIP4);
+        }
+        let flags: &[&str] = if virtual_mac { VMAC_FLAGS } else { &[] };
+        let speakers = lab.group(flags);
+        wait_until(Duration::from_secs(10), || lab.owner_mac(VIP4).is_some(), "a group member to announce the VIP");
+        std::thread::sleep(Duration::from_millis(1500));
+        let mac = lab.owner_mac(VIP4).unwrap();
+        let owner = if virtual_mac {
+            assert_eq!(mac, VMAC4);
+            let c = lab.carriers(3);
+            assert_eq!(c.len(), 1, "one owner carries the virtual MAC: {c:?}");
+            assert_eq!(lab.fdb_port(VMAC4), Some(format!("p{}", c[0])), "the switch knows the MAC on the owner's port");
+            c[0]
+        } else {
+            usize::from(mac.as_bytes()[16] - b'0')
+        };
+        let set = lab.run("c", &["ip", "neigh", "replace", VIP4, "lladdr", &mac, "nud", "permanent", "dev", "eth0"]);
+        assert!(set.status.success(), "{}", String::from_utf8_lossy(&set.stderr));
+        let (gap, after) = lab.ping_through_unplug(VIP4, owner);
+        let neigh = lab.stdout("c", &["ip", "neigh", "show", VIP4]);
+        assert!(neigh.contains(&mac) && neigh.contains("PERMANENT"), "the client never updated: {neigh}");
+        if virtual_mac {
+            eprintln!("virtual-MAC mode, permanent client entry: gap {gap:.3} s, {after} replies after the unplug");
+            assert!(after > 100, "the client keeps reaching the VIP through the new owner ({after} replies after)");
+            assert!(gap < 2.0, "the outage lasted {gap:.3} s");
+            let new = lab.carriers(3).into_iter().filter(|n| *n != owner).collect::<Vec<_>>();
+            assert_eq!(new.len(), 1, "one new owner carries the MAC: {new:?}");
+            assert_eq!(lab.fdb_port(VMAC4), Some(format!("p{}", new[0])), "the switch learnt the new port");
+        } else {
+            eprintln!("node-MAC mode, permanent client entry: {after} replies after the unplug");
+            assert_eq!(after, 0, "in node-MAC mode the client that never updates is cut off");
+            // The group did fail over: a client that asks reaches the new owner.
+            let now = lab.owner_mac(VIP4);
+            assert!(now.is_some() && now.as_deref() != Some(mac.as_str()), "another node answers: {now:?}");
+        }
+        drop(speakers);
+    }
+}
+
+/// The bridge learns the virtual MAC on the new owner's port from the first frame of its
+/// burst: the takeover's first gratuitous ARP moves the FDB entry.
+#[test]
+fn the_switch_moves_the_virtual_mac_within_the_first_burst() {
+    let Some(mut lab) = lab_n("f", 2) else { return };
+    let sp1 = lab.speaker_with("n1", &[VIP4], VMAC_FLAGS);
+    sp1.wait_announced(1);
+    assert_eq!(lab.fdb_port(VMAC4).as_deref(), Some("p1"));
+    assert!(sp1.stop().success());
+    let started = Instant::now();
+    let sp2 = lab.speaker_with("n2", &[VIP4], VMAC_FLAGS);
+    wait_until(Duration::from_secs(3), || lab.fdb_port(VMAC4).as_deref() == Some("p2"), "the FDB to move to p2");
+    let moved = started.elapsed();
+    // The first round goes out after the 200 ms probe; the second at +1.1 s.
+    assert!(moved < Duration::from_millis(1300), "moved after {moved:?}, not within the first burst");
+    drop(sp2);
+}
+
+/// Two groups with different group ids share the segment: IPv6 VIPs whose last 32 bits
+/// are equal get different MACs and nobody reports a collision; a group forced to use the
+/// other group's MAC is detected and reported on both sides.
+#[test]
+fn two_groups_do_not_collide_and_a_forced_collision_is_reported() {
+    let Some(mut lab) = lab_n("t", 4) else { return };
+    let (a, b) = ("2001:db8::1:100", "2001:db8::2:0:1:100");
+    let ga = lab.group_on(&[1, 2], &[a], &["--virtual-mac", "--virtual-mac-group", "1"], "a.key", None);
+    let gb = lab.group_on(&[3, 4], &[b], &["--virtual-mac", "--virtual-mac-group", "2"], "b.key", None);
+    std::thread::sleep(Duration::from_secs(3));
+    let nd = |vip: &str| lab.stdout("c", &["ndisc6", "-1", "-r", "3", "-w", "1000", vip, "eth0"]).to_lowercase();
+    assert!(nd(a).contains("62:01:00:01:01:00"), "group 1's MAC for {a}");
+    assert!(nd(b).contains("62:02:00:01:01:00"), "group 2's MAC for {b}");
+    let collisions = |sps: &[Speaker]| -> f64 {
+        sps.iter().map(|s| s.metric("vipvisor_speaker_mac_collisions_total{interface=\"eth0\"}")).sum()
+    };
+    assert_eq!(collisions(&ga) + collisions(&gb), 0.0, "no collision between groups with different ids");
+    drop(gb);
+    // Group B now uses group A's MAC for its own VIP.
+    let forced = format!("{b}=62:01:00:01:01:00");
+    let gb = lab.group_on(
+        &[3, 4],
+        &[b],
+        &["--virtual-mac", "--virtual-mac-group", "2", "--virtual-mac-for", &forced],
+        "b.key",
+        None,
+    );
+    wait_until(
+        Duration::from_secs(5),
+        || collisions(&ga) > 0.0 && collisions(&gb) > 0.0,
+        "both groups to detect the MAC collision",
+    );
+    let logs: String = ga.iter().chain(gb.iter()).map(Speaker::log).collect();
+    assert!(
+        logs.contains("MAC collision") && logs.contains("62:01:00:01:01:00"),
+        "the collision is logged with the MAC: {logs}"
+    );
+    drop(ga);
+    drop(gb);
+}
+
+/// A speaker killed with SIGKILL leaves its device behind; the next start deletes it and
+/// makes its own: never two devices for one MAC, and none after a clean stop.
+#[test]
+fn devices_left_by_a_killed_speaker_are_cleaned_up_at_the_next_start() {
+    let Some(mut lab) = lab("x") else { return };
+    let mut sp = lab.speaker_with("n1", &[VIP4, VIP6], VMAC_FLAGS);
+    sp.wait_announced(2);
+    assert_eq!(lab.devices("n1").len(), 2);
+    let _ = sp.child.kill();
+    let _ = sp.child.wait();
+    assert_eq!(lab.devices("n1").len(), 2, "SIGKILL leaves the devices behind");
+    let again = lab.speaker_with("n1", &[VIP4, VIP6], VMAC_FLAGS);
+    again.wait_announced(2);
+    assert!(
+        again.log().contains("deleted virtual-MAC devices left by a previous speaker devices=2"),
+        "{}",
+        again.log()
+    );
+    let mut d = lab.devices("n1");
+    d.sort();
+    assert_eq!(d, vec!["vvm4201c0000264", "vvm620100000100"], "exactly one device per VIP after the restart");
+    assert_eq!(again.metric("vipvisor_speaker_virtual_mac_devices"), 2.0);
+    assert!(lab.owner_mac(VIP4).as_deref() == Some(VMAC4), "the restarted speaker answers with the virtual MAC");
+    assert!(again.stop().success());
+    assert!(lab.devices("n1").is_empty(), "a clean stop leaves no device");
 }

@@ -181,11 +181,19 @@ pub struct Record {
     /// it answered): if the NIC has them at the next call, vipvisor put them there.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub uncertain: Vec<IpAddr>,
+    /// The virtual MAC granted for each VIP in virtual-MAC mode ([`Need::VirtualMac`]),
+    /// kept by the caller so that a revert names the MAC to take back. Providers leave it
+    /// as it is.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub virtual_macs: std::collections::BTreeMap<IpAddr, Mac>,
 }
 
 impl Record {
     pub fn is_empty(&self) -> bool {
-        self.added.is_empty() && self.replaced_filter.is_none() && self.uncertain.is_empty()
+        self.added.is_empty()
+            && self.replaced_filter.is_none()
+            && self.uncertain.is_empty()
+            && self.virtual_macs.is_empty()
     }
 }
 

@@ -7,14 +7,15 @@
 //! - `clean-traffic` and `no-other-l2-traffic` drop all IPv6, NDP included; `IP` is IPv4
 //!   only, so IPv6 needs another filter (the vipvisor filter, when allowed).
 //! - `no-mac-spoofing` (in `clean-traffic`) and `no-arp-mac-spoofing` drop frames from any
-//!   MAC but the NIC's own: a virtual MAC is blocked.
+//!   MAC but those in the `MAC` parameter (by default the NIC's own): a virtual MAC is
+//!   granted by listing it, after the NIC's own.
 //! - Without an `IP` list, libvirt learns the first address the guest uses
 //!   (`CTRL_IP_LEARNING`) and allows only that one.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use vipvisor_provider::{Filter, Finding, Need, Nic, NicRef, Record, Severity};
+use vipvisor_provider::{Filter, Finding, Mac, Need, Nic, NicRef, Record, Severity};
 
 /// vipvisor's filter for IPv6 VIPs: `clean-traffic`'s protections, plus IPv6 from the
 /// addresses in `IPV6` only (`no-ipv6-spoofing`), NDP included, and any IPv6 towards the
@@ -121,14 +122,23 @@ pub fn diagnose(nic_ref: &NicRef, nic: &Nic, need: &Need, refs: &BTreeMap<String
         });
     }
     if let Need::VirtualMac { mac, .. } = need {
-        if let Some(by) = has(&chain, &MAC_CHECKS) {
+        let macs: BTreeSet<&str> = filter.values("MAC").collect();
+        let shown = mac.to_string();
+        if let (Some(by), false) = (has(&chain, &MAC_CHECKS), macs.contains(shown.as_str())) {
             out.push(Finding {
                 severity: Severity::Blocking,
                 nic: nic_ref.clone(),
                 what: format!("frames from the virtual MAC {mac} (dropped by {by})"),
-                setting: format!("filterref {}", filter.name),
-                current: format!("only the NIC's own MAC {} may send", nic.mac),
-                fix: "a filter without MAC spoofing checks for this NIC (the virtual-MAC mode's filter)".into(),
+                setting: setting("MAC"),
+                current: if macs.is_empty() {
+                    format!("no MAC parameter: only the NIC's own MAC {} may send", nic.mac)
+                } else {
+                    format!("MAC = {}", macs.iter().copied().collect::<Vec<_>>().join(", "))
+                },
+                fix: format!(
+                    "add MAC={mac} (and the NIC's own MAC={}) to the filterref (vipvisor hypervisor apply --virtual-mac)",
+                    nic.mac
+                ),
             });
         }
     }
@@ -159,8 +169,21 @@ pub struct Granted {
 /// not listed yet appended as `IP`, and — when `ipv6` allows it and the filter is
 /// `clean-traffic` (which drops all IPv6) — vipvisor's filter in its place with each IPv6
 /// VIP as `IPV6`. IPv6 VIPs are left out otherwise (diagnose says why).
-pub fn granted(filter: &Filter, need: &Need, ipv6: bool) -> Granted {
+///
+/// A virtual MAC ([`Need::VirtualMac`]) is granted as `MAC` parameters: libvirt's
+/// `no-mac-spoofing` and `no-arp-mac-spoofing` then allow each listed MAC (a rule per
+/// value) instead of the NIC's own only, so the NIC's own MAC (`own`) is listed first.
+pub fn granted(filter: &Filter, need: &Need, ipv6: bool, own: Mac) -> Granted {
     let mut out = Granted { filter: filter.clone(), added: Vec::new(), replaced: None };
+    if let Need::VirtualMac { mac, .. } = need {
+        for m in [own, *mac] {
+            let p = ("MAC".to_string(), m.to_string());
+            if !out.filter.params.contains(&p) {
+                out.filter.params.push(p.clone());
+                out.added.push(p);
+            }
+        }
+    }
     let add = |f: &mut Filter, name: &str, ip: &IpAddr, added: &mut Params| {
         let p = (name.to_string(), ip.to_string());
         if !f.params.contains(&p) {
@@ -209,10 +232,20 @@ pub fn settled(filter: &Filter, record: &Record) -> Record {
     out
 }
 
-pub fn reverted(filter: &Filter, record: &Record, need: &Need) -> (Filter, Record) {
-    let ips: BTreeSet<String> = need.ips().iter().map(ToString::to_string).collect();
-    let (remove, keep): (Vec<_>, Vec<_>) =
-        record.added.iter().cloned().partition(|(_, v)| ips.is_empty() || ips.contains(v));
+pub fn reverted(filter: &Filter, record: &Record, need: &Need, own: Mac) -> (Filter, Record) {
+    let mut values: BTreeSet<String> = need.ips().iter().map(ToString::to_string).collect();
+    let everything = matches!(need, Need::Announce { ips } if ips.is_empty());
+    if let Need::VirtualMac { mac, .. } = need {
+        values.insert(mac.to_string());
+    }
+    let (mut remove, mut keep): (Vec<_>, Vec<_>) =
+        record.added.iter().cloned().partition(|(_, v)| everything || values.contains(v));
+    // The NIC's own MAC was listed for the virtual ones: it goes with the last of them.
+    let own_p = ("MAC".to_string(), own.to_string());
+    if keep.contains(&own_p) && !keep.iter().any(|(n, v)| n == "MAC" && *v != own_p.1) {
+        keep.retain(|p| *p != own_p);
+        remove.push(own_p);
+    }
     let mut out = Filter {
         name: filter.name.clone(),
         params: filter.params.iter().filter(|p| !remove.contains(p)).cloned().collect(),
@@ -223,7 +256,15 @@ pub fn reverted(filter: &Filter, record: &Record, need: &Need) -> (Filter, Recor
             out.name = original.name;
         }
     }
-    (out, Record { added: keep, replaced_filter: replaced, uncertain: Vec::new() })
+    (
+        out,
+        Record {
+            added: keep,
+            replaced_filter: replaced,
+            uncertain: Vec::new(),
+            virtual_macs: record.virtual_macs.clone(),
+        },
+    )
 }
 
 #[cfg(test)]
@@ -242,6 +283,9 @@ mod tests {
     }
     fn ct(ips: &[&str]) -> Filter {
         Filter { name: "clean-traffic".into(), params: ips.iter().map(|i| ("IP".to_string(), i.to_string())).collect() }
+    }
+    fn own() -> Mac {
+        "52:54:00:00:00:21".parse().unwrap()
     }
     fn r() -> NicRef {
         NicRef { vm: "n1".into(), mac: "52:54:00:00:00:21".parse().unwrap() }
@@ -286,11 +330,11 @@ mod tests {
         let ips = ["192.0.2.100".parse().unwrap(), "2001:db8::100".parse().unwrap()];
         let uncertain = Record { uncertain: ips.to_vec(), ..Record::default() };
         // The update landed (the filter has them): they are ours, and so is the swap.
-        let landed = granted(&operator, &Need::Announce { ips: ips.to_vec() }, true);
+        let landed = granted(&operator, &Need::Announce { ips: ips.to_vec() }, true, own());
         let s = settled(&landed.filter, &uncertain);
         assert_eq!(s.added, landed.added);
         assert_eq!(s.replaced_filter.as_ref(), Some(&operator), "the operator's filter is known again");
-        let (back, left) = reverted(&landed.filter, &s, &Need::Announce { ips: vec![] });
+        let (back, left) = reverted(&landed.filter, &s, &Need::Announce { ips: vec![] }, own());
         assert_eq!((back, left.is_empty()), (operator.clone(), true));
         // It did not land: nothing is ours.
         let s = settled(&operator, &uncertain);
@@ -300,17 +344,17 @@ mod tests {
     #[test]
     fn grants_add_only_what_is_missing_and_revert_takes_back_only_that() {
         let operator = ct(&["192.0.2.21", "192.0.2.100"]);
-        let g = granted(&operator, &announce(&["192.0.2.100", "192.0.2.101", "2001:db8::1"]), false);
+        let g = granted(&operator, &announce(&["192.0.2.100", "192.0.2.101", "2001:db8::1"]), false, own());
         assert_eq!(
             g.added,
             vec![("IP".to_string(), "192.0.2.101".to_string())],
             "the operator's 192.0.2.100 is not ours; no IPv6 unless allowed"
         );
         assert_eq!((g.filter.params.len(), g.replaced.as_ref()), (3, None));
-        let again = granted(&g.filter, &announce(&["192.0.2.100", "192.0.2.101"]), false);
+        let again = granted(&g.filter, &announce(&["192.0.2.100", "192.0.2.101"]), false, own());
         assert!(again.added.is_empty() && again.filter == g.filter, "idempotent");
         let rec = Record { added: g.added, ..Record::default() };
-        let (back, left) = reverted(&g.filter, &rec, &announce(&["192.0.2.100", "192.0.2.101"]));
+        let (back, left) = reverted(&g.filter, &rec, &announce(&["192.0.2.100", "192.0.2.101"]), own());
         assert_eq!(back, operator, "exactly the operator's filter again");
         assert!(left.is_empty());
     }
@@ -319,7 +363,7 @@ mod tests {
     fn ipv6_vips_swap_in_vipvisors_filter_only_when_allowed_and_revert_restores_it() {
         let none = BTreeMap::new();
         let operator = ct(&["192.0.2.21"]);
-        let g = granted(&operator, &announce(&["2001:db8::100"]), true);
+        let g = granted(&operator, &announce(&["2001:db8::100"]), true, own());
         assert_eq!(g.filter.name, VIPVISOR_V6);
         assert_eq!(
             g.filter.params,
@@ -337,12 +381,57 @@ mod tests {
         let f = diagnose(&r(), &nic(Some(g.filter.clone())), &announce(&["2001:db8::101"]), &refs);
         assert!(f[0].what.contains("2001:db8::101") && f[0].fix.contains("IPV6=2001:db8::101"), "{f:?}");
         let rec = Record { added: g.added.clone(), replaced_filter: g.replaced.clone(), ..Record::default() };
-        let (back, left) = reverted(&g.filter, &rec, &announce(&[]));
+        let (back, left) = reverted(&g.filter, &rec, &announce(&[]), own());
         assert_eq!(back, operator, "the operator's clean-traffic comes back");
         assert!(left.is_empty());
         // Not allowed: nothing IPv6 is touched, and diagnose keeps saying why.
-        let g = granted(&operator, &announce(&["2001:db8::100"]), false);
+        let g = granted(&operator, &announce(&["2001:db8::100"]), false, own());
         assert!(g.added.is_empty() && g.filter == operator);
         assert!(!diagnose(&r(), &nic(Some(operator)), &announce(&["2001:db8::100"]), &none).is_empty());
+    }
+
+    #[test]
+    fn virtual_macs_are_listed_after_the_nics_own_and_taken_back_with_the_last() {
+        let none = BTreeMap::new();
+        let operator = ct(&["192.0.2.21"]);
+        let vm = |mac: &str, ip: &str| Need::VirtualMac { mac: mac.parse().unwrap(), ips: vec![ip.parse().unwrap()] };
+        let (a, b) = (vm("42:00:c0:00:02:64", "192.0.2.100"), vm("42:00:c0:00:02:65", "192.0.2.101"));
+        let f = diagnose(&r(), &nic(Some(operator.clone())), &a, &none);
+        let blocked: Vec<&Finding> = f.iter().filter(|f| f.what.contains("virtual MAC")).collect();
+        assert_eq!(blocked.len(), 1, "{f:?}");
+        assert!(blocked[0].what.contains("42:00:c0:00:02:64") && blocked[0].what.contains("clean-traffic"));
+        assert!(blocked[0].setting.ends_with("parameter MAC") && blocked[0].current.contains("52:54:00:00:00:21"));
+        assert!(blocked[0].fix.contains("MAC=42:00:c0:00:02:64"), "{:?}", blocked[0]);
+        let g = granted(&operator, &a, false, own());
+        let p = |k: &str, v: &str| (k.to_string(), v.to_string());
+        assert_eq!(
+            g.added,
+            vec![p("MAC", "52:54:00:00:00:21"), p("MAC", "42:00:c0:00:02:64"), p("IP", "192.0.2.100")],
+            "the NIC's own MAC first (a MAC list replaces the default), then the virtual one, then the IP"
+        );
+        assert!(diagnose(&r(), &nic(Some(g.filter.clone())), &a, &none).is_empty(), "granted: nothing blocks");
+        let g2 = granted(&g.filter, &b, false, own());
+        assert_eq!(g2.added, vec![p("MAC", "42:00:c0:00:02:65"), p("IP", "192.0.2.101")], "the own MAC once");
+        let mut rec = Record { added: g.added.clone(), ..Record::default() };
+        rec.added.extend(g2.added.clone());
+        let (back, left) = reverted(&g2.filter, &rec, &a, own());
+        assert_eq!(
+            back.params,
+            vec![
+                p("IP", "192.0.2.21"),
+                p("MAC", "52:54:00:00:00:21"),
+                p("MAC", "42:00:c0:00:02:65"),
+                p("IP", "192.0.2.101")
+            ]
+        );
+        let (back, left) = reverted(&back, &left, &b, own());
+        assert_eq!(back, operator, "with the last virtual MAC the NIC's own goes too: the operator's filter again");
+        assert!(left.is_empty(), "{left:?}");
+        // The operator listed the NIC's own MAC: it is never taken back.
+        let listed = Filter { params: vec![p("IP", "192.0.2.21"), p("MAC", "52:54:00:00:00:21")], ..operator.clone() };
+        let g = granted(&listed, &a, false, own());
+        assert_eq!(g.added, vec![p("MAC", "42:00:c0:00:02:64"), p("IP", "192.0.2.100")]);
+        let (back, _) = reverted(&g.filter, &Record { added: g.added, ..Record::default() }, &a, own());
+        assert_eq!(back, listed);
     }
 }

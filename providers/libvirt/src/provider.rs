@@ -239,7 +239,7 @@ impl Provider for Libvirt {
                 return Ok(Outcome { changed: false, record, remaining: Vec::new() });
             };
             let record = grant::settled(&filter, &record);
-            let gr = grant::granted(&filter, &g.need, me.cfg.ipv6_filter);
+            let gr = grant::granted(&filter, &g.need, me.cfg.ipv6_filter, g.nic.mac);
             let attempted: Vec<std::net::IpAddr> = gr.added.iter().filter_map(|(_, v)| v.parse().ok()).collect();
             let changed = !gr.added.is_empty() && me.set_filter(conn, &g.nic, &gr.filter, &attempted)?;
             let mut record = record;
@@ -270,7 +270,7 @@ impl Provider for Libvirt {
             let Some(filter) = cur.nic.filter.clone() else {
                 return Ok(Outcome { changed: false, record: Record::default(), remaining: Vec::new() });
             };
-            let (back, left) = grant::reverted(&filter, &grant::settled(&filter, &record), &g.need);
+            let (back, left) = grant::reverted(&filter, &grant::settled(&filter, &record), &g.need, g.nic.mac);
             let changed = me.set_filter(conn, &g.nic, &back, &[])?;
             Ok(Outcome { changed, record: left, remaining: Vec::new() })
         })

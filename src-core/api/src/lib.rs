@@ -123,6 +123,7 @@ mod ts_tests {
             crate::ErrorCode::decl(&cfg),
             crate::ApiError::decl(&cfg),
             vipvisor_model::Family::decl(&cfg),
+            vipvisor_model::MacMode::decl(&cfg),
             vipvisor_model::PoolOptions::decl(&cfg),
             vipvisor_model::Pool::decl(&cfg),
             vipvisor_ipam::FamilyStats::decl(&cfg),

@@ -163,9 +163,13 @@ pub enum HypervisorCmd {
         /// VIPs to check, comma-separated.
         #[arg(long = "vip", value_delimiter = ',')]
         vips: Vec<IpAddr>,
-        /// Ask about the virtual-MAC need (send and receive for another MAC) instead.
+        /// Ask about the virtual-MAC need too: may each node send from and receive for
+        /// each VIP's virtual MAC (with --speaker: the group's own MACs).
         #[arg(long)]
         virtual_mac: bool,
+        /// The group id of the derived virtual MACs (the speakers' --virtual-mac-group).
+        #[arg(long, default_value_t = 0, requires = "virtual_mac")]
+        virtual_mac_group: u8,
     },
     /// Grant VIPs on every listed node (every candidate, so a failover never waits on the
     /// hypervisor); recorded in the store. Without --vip and --node: every allocation's
@@ -179,9 +183,15 @@ pub enum HypervisorCmd {
         vips: Vec<IpAddr>,
         #[arg(long = "node", conflicts_with = "speaker")]
         nodes: Vec<String>,
-        /// A static speaker's `--metrics-addr` (host:port), asked for `/members`.
+        /// A static speaker's `--metrics-addr` (host:port), asked for `/members` (and, in
+        /// virtual-MAC mode, its VIPs' MACs, which are granted too).
         #[arg(long)]
         speaker: Option<std::net::SocketAddr>,
+        /// Also grant each VIP's virtual MAC (derived in --virtual-mac-group).
+        #[arg(long, conflicts_with = "speaker")]
+        virtual_mac: bool,
+        #[arg(long, default_value_t = 0, requires = "virtual_mac")]
+        virtual_mac_group: u8,
     },
     /// Take back what vipvisor added: for one VIP, one node, or everything.
     Revert {
@@ -235,6 +245,10 @@ pub struct PoolAdd {
     /// Lower is tried first; pools without a priority come last.
     #[arg(long)]
     pub priority: Option<u32>,
+    /// Which MAC answers for the pool's addresses: `node` (the owner node's) or `virtual`
+    /// (each VIP's own, which moves with it; see the README).
+    #[arg(long, default_value = "node")]
+    pub mac: vipvisor_model::MacMode,
 }
 
 #[derive(Debug, Subcommand)]
@@ -439,6 +453,10 @@ pub struct ControllerArgs {
     /// (nodes with a speaker, not excluded), revoke it when the VIP goes.
     #[arg(long)]
     pub providers: Option<PathBuf>,
+    /// The group id (0-255) in the virtual MACs of `mac: virtual` pools: give each cluster
+    /// on one LAN its own, so their VIPs' MACs never collide.
+    #[arg(long, default_value_t = 0)]
+    pub virtual_mac_group: u8,
     /// Namespace and name of the leader-election Lease.
     #[arg(long, default_value = "vipvisor-system")]
     pub lease_namespace: String,

@@ -23,6 +23,7 @@ pub async fn execute(app: &App, cli: &Cli) -> Result<String, ApiError> {
                 namespace_selector: a.namespace_selector.clone().unwrap_or_default(),
                 service_selector: a.service_selector.clone().unwrap_or_default(),
                 priority: a.priority,
+                mac: a.mac,
             };
             let pool = Pool::new(a.name.clone(), a.addresses.clone(), options)?;
             let report = app.create_pool(pool.clone()).await?;
@@ -53,7 +54,7 @@ pub async fn execute(app: &App, cli: &Cli) -> Result<String, ApiError> {
                 let p = &view.pool;
                 let o = &p.options;
                 let mut s = format!(
-                    "name:               {}\naddresses:          {}\nauto_assign:        {}\navoid_buggy_ips:    {}\nnamespaces:         {}\nnamespace_selector: {}\nservice_selector:   {}\npriority:           {}\n\n",
+                    "name:               {}\naddresses:          {}\nauto_assign:        {}\navoid_buggy_ips:    {}\nnamespaces:         {}\nnamespace_selector: {}\nservice_selector:   {}\npriority:           {}\nmac:                {}\n\n",
                     p.name,
                     blocks_text(p),
                     o.auto_assign,
@@ -62,6 +63,7 @@ pub async fn execute(app: &App, cli: &Cli) -> Result<String, ApiError> {
                     labels_text(&o.namespace_selector),
                     labels_text(&o.service_selector),
                     o.priority.map_or("-".into(), |x| x.to_string()),
+                    o.mac.as_str(),
                 );
                 let mut t = vec![row(["FAMILY", "SIZE", "RESERVED", "USED", "QUARANTINED", "FREE"])];
                 for f in &view.families {

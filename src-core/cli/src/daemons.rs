@@ -205,6 +205,7 @@ pub async fn run_speaker(a: &SpeakerArgs, record_to: Option<String>) -> anyhow::
     } else {
         Default::default()
     };
+    let members_vmacs = virtual_macs.iter().map(|(v, m)| (*v, vipvisor_provider::Mac(m.0))).collect();
     let cfg = StaticConfig {
         interfaces: a.interfaces.clone(),
         vips: a.vips.clone(),
@@ -216,7 +217,8 @@ pub async fn run_speaker(a: &SpeakerArgs, record_to: Option<String>) -> anyhow::
     // Alone, the node is its only member; in a group, the gossip says who is live.
     let me = MemberInfo { settled: true, macs: prepared.links.iter().map(|l| l.mac.0).collect() };
     let (members_tx, live) = tokio::sync::watch::channel(Live::from([(node_name.clone(), me)]));
-    serve_metrics(a, &metrics, &health, Some(http::Members { vips: a.vips.clone(), live })).await?;
+    let members = http::Members { vips: a.vips.clone(), live, virtual_macs: members_vmacs };
+    serve_metrics(a, &metrics, &health, Some(members)).await?;
     let recorder = match &record_to {
         None => None,
         Some(url) => {
@@ -298,6 +300,7 @@ pub async fn run_controller(a: &ControllerArgs, store_url: String, quarantine: D
             (Some(cert), Some(key)) => Some(vipvisor_server::TlsFiles { cert: cert.clone(), key: key.clone() }),
             _ => None,
         },
+        virtual_mac_group: a.virtual_mac_group,
     };
     let health = Health::new();
     let (phase, phase_rx) = tokio::sync::watch::channel(controller::Phase::Starting);

@@ -22,6 +22,8 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 pub struct Members {
     pub vips: Vec<IpAddr>,
     pub live: watch::Receiver<Live>,
+    /// Virtual-MAC mode: each VIP's MAC (empty: the nodes' own MACs).
+    pub virtual_macs: std::collections::BTreeMap<IpAddr, Mac>,
 }
 
 /// The body of `/members`.
@@ -29,6 +31,9 @@ pub struct Members {
 pub struct MembersBody {
     pub vips: Vec<IpAddr>,
     pub members: Vec<Member>,
+    /// Virtual-MAC mode: each VIP's MAC, which every member must be allowed to use.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub virtual_macs: std::collections::BTreeMap<IpAddr, Mac>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -50,7 +55,7 @@ impl Members {
                 settled: m.settled,
             })
             .collect();
-        MembersBody { vips: self.vips.clone(), members }
+        MembersBody { vips: self.vips.clone(), members, virtual_macs: self.virtual_macs.clone() }
     }
 }
 
@@ -163,7 +168,9 @@ mod tests {
             ("n2".to_string(), MemberInfo { settled: false, macs: vec![] }),
         ]);
         let (tx, rx) = watch::channel(live);
-        let m = Members { vips: vec!["192.0.2.100".parse().unwrap()], live: rx };
+        let vmac = Mac([0x42, 0, 0xc0, 0, 2, 0x64]);
+        let virtual_macs = [("192.0.2.100".parse().unwrap(), vmac)].into();
+        let m = Members { vips: vec!["192.0.2.100".parse().unwrap()], live: rx, virtual_macs };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, router(String::new, Health::new(), None, Some(m))).await });
@@ -171,6 +178,7 @@ mod tests {
         assert_eq!(status, 200, "{out}");
         let body: MembersBody = serde_json::from_str(out.split("\r\n\r\n").nth(1).unwrap()).unwrap();
         assert_eq!(body.vips, ["192.0.2.100".parse::<IpAddr>().unwrap()]);
+        assert_eq!(body.virtual_macs.values().copied().collect::<Vec<_>>(), vec![vmac], "the group's virtual MACs");
         assert_eq!(
             body.members[0],
             Member { node: "n1".into(), macs: vec![Mac([0x52, 0x54, 0, 0, 0, 1])], settled: true }

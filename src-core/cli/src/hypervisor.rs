@@ -118,7 +118,7 @@ pub async fn run(
             }
             Ok(table(&t))
         }
-        HypervisorCmd::Diagnose { providers, nodes, speaker, vips, virtual_mac } => {
+        HypervisorCmd::Diagnose { providers, nodes, speaker, vips, virtual_mac, virtual_mac_group } => {
             let h = load(providers)?;
             let group = match speaker {
                 Some(addr) => Some(members(*addr).await?),
@@ -132,14 +132,22 @@ pub async fn run(
                 Some(g) if vips.is_empty() => g.vips.clone(),
                 _ => vips.clone(),
             };
-            let need = if *virtual_mac {
-                // The virtual-MAC mode's MAC (its own issue): any locally administered one
-                // asks the same question of the filters.
-                Need::VirtualMac { mac: Mac([0x02, 0x56, 0x56, 0, 0, 1]), ips: vips.clone() }
-            } else {
-                Need::Announce { ips: vips.clone() }
+            let vmacs = match &group {
+                Some(g) if !g.virtual_macs.is_empty() => g.virtual_macs.clone(),
+                _ if *virtual_mac => derived(&vips, *virtual_mac_group),
+                _ => BTreeMap::new(),
             };
-            let findings = h.diagnose(&nodes, &macs, &need).await?;
+            // The VIPs themselves, then each VIP's virtual MAC.
+            let mut needs = vec![Need::Announce { ips: vips.clone() }];
+            needs.extend(vmacs.values().map(|mac| Need::VirtualMac { mac: *mac, ips: vec![] }));
+            let mut findings: Vec<vipvisor_provider::Finding> = Vec::new();
+            for need in &needs {
+                for f in h.diagnose(&nodes, &macs, need).await? {
+                    if !findings.contains(&f) {
+                        findings.push(f);
+                    }
+                }
+            }
             let out = if fmt == Format::Json {
                 json(&findings)?
             } else if findings.is_empty() {
@@ -165,13 +173,13 @@ pub async fn run(
             }
             Ok(out)
         }
-        HypervisorCmd::Apply { providers, vips, nodes, speaker } => {
+        HypervisorCmd::Apply { providers, vips, nodes, speaker, virtual_mac, virtual_mac_group } => {
             let h = load(providers)?;
             if let Some(addr) = speaker {
                 let g = members(*addr).await?;
                 let vips = if vips.is_empty() { g.vips.clone() } else { vips.clone() };
                 let store = store.await?;
-                let r = h.apply(&store, &vips, &g.nodes(), &g.macs()).await;
+                let r = h.apply(&store, &vips, &g.nodes(), &g.macs(), &g.virtual_macs).await;
                 store.close().await;
                 return results(r?, fmt);
             }
@@ -197,9 +205,11 @@ pub async fn run(
                         providers.display()
                     );
                 }
-                h.apply(&store, &all, &mapped, &BTreeMap::new()).await
+                let vmacs = if *virtual_mac { derived(&all, *virtual_mac_group) } else { BTreeMap::new() };
+                h.apply(&store, &all, &mapped, &BTreeMap::new(), &vmacs).await
             } else {
-                h.apply(&store, vips, nodes, &BTreeMap::new()).await
+                let vmacs = if *virtual_mac { derived(vips, *virtual_mac_group) } else { BTreeMap::new() };
+                h.apply(&store, vips, nodes, &BTreeMap::new(), &vmacs).await
             };
             store.close().await;
             results(r?, fmt)
@@ -212,6 +222,11 @@ pub async fn run(
             results(r?, fmt)
         }
     }
+}
+
+/// The derived virtual MACs of `vips` in `group` (the speakers' derivation).
+fn derived(vips: &[IpAddr], group: u8) -> BTreeMap<IpAddr, Mac> {
+    vips.iter().map(|v| (*v, Mac(vipvisor_l2::vmac::derive(*v, group).0))).collect()
 }
 
 fn ips_text(ips: &[IpAddr]) -> String {

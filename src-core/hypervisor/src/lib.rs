@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use vipvisor_model::Timestamp;
-use vipvisor_provider::{Finding, Grant, Mac, Need, NicRef, Provider, ProviderError, Record, Severity, Vm};
+use vipvisor_provider::{Finding, Grant, Mac, Need, NicRef, Outcome, Provider, ProviderError, Record, Severity, Vm};
 use vipvisor_store::{GrantRow, Store, StoreError};
 
 pub use config::{parse, ProvidersFile};
@@ -97,6 +97,10 @@ pub struct NicResult {
 
 /// Which VIPs each node must be able to announce: every candidate node of a VIP.
 pub type Desired = BTreeMap<String, BTreeSet<IpAddr>>;
+
+/// The VIPs announced with a virtual MAC (virtual-MAC mode), and their MACs: a node must
+/// also be allowed to send from and receive for that MAC ([`Need::VirtualMac`]).
+pub type VirtualMacs = BTreeMap<IpAddr, Mac>;
 
 /// What [`Hypervisors::reconcile`] did.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -261,6 +265,7 @@ impl Hypervisors {
         vips: &[IpAddr],
         nodes: &[String],
         macs: &BTreeMap<String, Vec<Mac>>,
+        vmacs: &VirtualMacs,
     ) -> Result<Vec<NicResult>> {
         let rows = store.grants().await?;
         let inventory = self.inventory().await?;
@@ -269,7 +274,10 @@ impl Hypervisors {
             for n in self.nics(node, macs_of(macs, node), &inventory)? {
                 let row = row_of(&rows, &n);
                 let want: BTreeSet<IpAddr> = row.iter().flat_map(|r| r.vips.iter()).chain(vips).copied().collect();
-                out.push(self.grant_nic(store, &n, row, &want).await?);
+                // VIPs granted before keep their virtual MACs unless this call names others.
+                let mut v = row.map(|r| record_of(&r.record)).transpose()?.unwrap_or_default().virtual_macs;
+                v.extend(vmacs.iter().filter(|(ip, _)| vips.contains(ip)).map(|(ip, m)| (*ip, *m)));
+                out.push(self.grant_nic(store, &n, row, &want, &v).await?);
             }
         }
         Ok(out)
@@ -284,6 +292,7 @@ impl Hypervisors {
         n: &NodeNic,
         row: Option<&GrantRow>,
         want: &BTreeSet<IpAddr>,
+        vmacs: &VirtualMacs,
     ) -> Result<NicResult> {
         let p = self.provider(&n.provider).ok_or_else(|| unknown_provider(&n.provider))?;
         let record = row.map(|r| record_of(&r.record)).transpose()?.unwrap_or_default();
@@ -301,7 +310,15 @@ impl Hypervisors {
             error: String::new(),
         };
         let grant = Grant { nic: n.nic.clone(), need: Need::Announce { ips: want.iter().copied().collect() } };
-        let (changed, remaining) = match self.call(p.name(), "ensure", p.ensure(&grant, &record)).await {
+        let prior_vmacs = record.virtual_macs.clone();
+        let ensured = match self.call(p.name(), "ensure", p.ensure(&grant, &record)).await {
+            Ok(o) => {
+                let o = Outcome { record: Record { virtual_macs: prior_vmacs, ..o.record }, ..o };
+                self.grant_virtual_macs(p, &n.nic, o, want, vmacs).await
+            }
+            Err(e) => Err((e, record)),
+        };
+        let (changed, remaining) = match ensured {
             Ok(o) => {
                 // What the NIC grants now: what it did, what is wanted, and what an earlier
                 // call whose answer was lost turned out to have added.
@@ -311,7 +328,7 @@ impl Hypervisors {
                 store.put_grant(&g, &add, now).await?;
                 (o.changed, o.remaining)
             }
-            Err(e) => {
+            Err((e, record)) => {
                 // The connection went away during the write: the next call settles what it
                 // tried to add against what the NIC has. Any other failure changed nothing.
                 let mut record = record;
@@ -345,6 +362,53 @@ impl Hypervisors {
         })
     }
 
+    /// After the NIC's VIPs are granted (`o`): each wanted VIP in virtual-MAC mode also
+    /// gets its MAC ([`Need::VirtualMac`]); a VIP whose MAC changed, or that is no longer
+    /// in virtual-MAC mode, gives its old MAC back first. On a failure, the error and the
+    /// record as far as it got.
+    async fn grant_virtual_macs(
+        &self,
+        p: &dyn Provider,
+        nic: &NicRef,
+        mut o: Outcome,
+        want: &BTreeSet<IpAddr>,
+        vmacs: &VirtualMacs,
+    ) -> std::result::Result<Outcome, (ProviderError, Record)> {
+        let wanted: VirtualMacs = want.iter().filter_map(|v| vmacs.get(v).map(|m| (*v, *m))).collect();
+        let stale: Vec<(IpAddr, Mac)> = o
+            .record
+            .virtual_macs
+            .iter()
+            .filter(|(v, m)| want.contains(v) && wanted.get(v) != Some(m))
+            .map(|(v, m)| (*v, *m))
+            .collect();
+        for (vip, mac) in stale {
+            // Only the MAC (the VIP itself stays granted): a VirtualMac need without IPs.
+            let g = Grant { nic: nic.clone(), need: Need::VirtualMac { mac, ips: vec![] } };
+            match self.call(p.name(), "revert", p.revert(&g, &o.record)).await {
+                Ok(r) => {
+                    o.changed |= r.changed;
+                    o.record = Record { virtual_macs: o.record.virtual_macs.clone(), ..r.record };
+                    o.record.virtual_macs.remove(&vip);
+                }
+                Err(e) => return Err((e, o.record)),
+            }
+        }
+        for (vip, mac) in wanted {
+            let g = Grant { nic: nic.clone(), need: Need::VirtualMac { mac, ips: vec![vip] } };
+            match self.call(p.name(), "ensure", p.ensure(&g, &o.record)).await {
+                Ok(r) => {
+                    o.changed |= r.changed;
+                    o.remaining.extend(r.remaining);
+                    o.record = Record { virtual_macs: o.record.virtual_macs.clone(), ..r.record };
+                    o.record.virtual_macs.insert(vip, mac);
+                }
+                Err(e) => return Err((e, o.record)),
+            }
+        }
+        Ok(o)
+    }
+
     /// Takes back `ips` (or everything) that `row` granted, and records it.
     async fn revoke_row(&self, store: &Store, row: &GrantRow, ips: Option<&[IpAddr]>) -> Result<NicResult> {
         let mac: Mac = row.mac.parse()?;
@@ -354,12 +418,45 @@ impl Hypervisors {
             let e = format!("provider {:?} is no longer in the provider file; its grant is kept", row.provider);
             return Ok(result(&n, row.vips.clone(), false, "failed", Some(e), Vec::new()));
         };
-        let record = record_of(&row.record)?;
+        let mut record = record_of(&row.record)?;
         let ips: Vec<IpAddr> = ips.map(<[IpAddr]>::to_vec).unwrap_or_default();
-        let grant = Grant { nic, need: Need::Announce { ips: ips.clone() } };
         let now = Timestamp::now();
-        let (changed, record) = match self.call(p.name(), "revert", p.revert(&grant, &record)).await {
-            Ok(o) => (o.changed, record_json(&o.record)?),
+        // VIPs in virtual-MAC mode go with their MAC (one call each), the others in one call;
+        // everything at once when `ips` is empty.
+        let mut changed = false;
+        let (virtual_ips, plain): (Vec<IpAddr>, Vec<IpAddr>) =
+            ips.iter().copied().partition(|v| record.virtual_macs.contains_key(v));
+        let mut calls: Vec<(Need, Vec<IpAddr>)> = virtual_ips
+            .iter()
+            .map(|v| (Need::VirtualMac { mac: record.virtual_macs[v], ips: vec![*v] }, vec![*v]))
+            .collect();
+        if ips.is_empty() || !plain.is_empty() {
+            calls.push((Need::Announce { ips: plain.clone() }, plain));
+        }
+        let mut outcome: std::result::Result<(), ProviderError> = Ok(());
+        for (need, gone) in calls {
+            let grant = Grant { nic: nic.clone(), need };
+            match self.call(p.name(), "revert", p.revert(&grant, &record)).await {
+                Ok(o) => {
+                    changed |= o.changed;
+                    // Providers keep the virtual MACs as given: this layer tracks them.
+                    let mut v = std::mem::take(&mut record.virtual_macs);
+                    if gone.is_empty() {
+                        v.clear();
+                    }
+                    for ip in &gone {
+                        v.remove(ip);
+                    }
+                    record = Record { virtual_macs: v, ..o.record };
+                }
+                Err(e) => {
+                    outcome = Err(e);
+                    break;
+                }
+            }
+        }
+        let (changed, record) = match outcome {
+            Ok(()) => (changed, record_json(&record)?),
             // The VM or its NIC is gone (deleted, recreated with another MAC): nothing is
             // left to take back, so the grant is forgotten rather than retried for ever.
             Err(e @ (ProviderError::UnknownVm { .. } | ProviderError::UnknownNic { .. })) => {
@@ -404,6 +501,7 @@ impl Hypervisors {
         store: &Store,
         desired: &Desired,
         macs: &BTreeMap<String, Vec<Mac>>,
+        vmacs: &VirtualMacs,
         full: bool,
         go_on: &(dyn Fn() -> bool + Sync),
     ) -> Result<Reconciled> {
@@ -446,13 +544,17 @@ impl Hypervisors {
                 return Ok(out);
             }
             let row = row_of(&rows, n);
+            let wanted_vmacs: VirtualMacs = want.iter().filter_map(|v| vmacs.get(v).map(|m| (*v, *m))).collect();
             let same = row.is_some_and(|r| {
-                r.state == "applied" && r.node == n.node && r.vips.iter().copied().collect::<BTreeSet<_>>() == *want
+                r.state == "applied"
+                    && r.node == n.node
+                    && r.vips.iter().copied().collect::<BTreeSet<_>>() == *want
+                    && record_of(&r.record).is_ok_and(|rec| rec.virtual_macs == wanted_vmacs)
             });
             if same && !full {
                 continue;
             }
-            let r = self.grant_nic(store, n, row, want).await?;
+            let r = self.grant_nic(store, n, row, want, vmacs).await?;
             if !same || r.changed || r.state == "failed" {
                 out.nics.push(r);
             }

@@ -84,6 +84,9 @@ pub struct ControllerConfig {
     pub serve_kubernetes_auth: bool,
     /// TLS for the served API (`--serve-tls-cert`, `--serve-tls-key`).
     pub serve_tls: Option<vipvisor_server::TlsFiles>,
+    /// The group id in the virtual MACs this cluster derives (`--virtual-mac-group`), so
+    /// two clusters on one LAN never use the same MAC.
+    pub virtual_mac_group: u8,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -315,6 +318,8 @@ pub struct Ctx {
     pending: Mutex<HashSet<ServiceKey>>,
     /// Woken when allocations change (the hypervisor grants follow at once).
     pub(crate) kick: Arc<tokio::sync::Notify>,
+    /// The group id of the virtual MACs this cluster derives ([`ControllerConfig`]).
+    pub virtual_mac_group: u8,
 }
 
 impl std::fmt::Debug for Ctx {
@@ -355,6 +360,7 @@ impl Ctx {
             deleted: Mutex::default(),
             pending: Mutex::default(),
             kick: Arc::default(),
+            virtual_mac_group: 0,
         }
     }
 
@@ -453,6 +459,50 @@ impl Ctx {
         Ok(())
     }
 
+    /// Keeps the Service's `vipvisor.io/virtual-macs` equal to what its pool asks for:
+    /// each address's virtual MAC when the pool has `mac: virtual`, else no note. The
+    /// speakers announce with what it says.
+    async fn sync_virtual_macs(&self, svc: &Service, a: &vipvisor_model::Allocation) -> Result<(), ReconcileError> {
+        let mode = match self.app.store().read(|ipam| ipam.pool(&a.pool).map(|p| p.options.mac)).await {
+            Ok(m) => m.unwrap_or_default(),
+            Err(e) => return Err(ReconcileError::Store(e.into())),
+        };
+        let explicit = match decide::annotation(svc, decide::ANN_VIRTUAL_MAC).map(decide::parse_vip_macs) {
+            None => Default::default(),
+            Some(Ok(m)) => {
+                self.forget_if_reported(svc, "vmac");
+                m
+            }
+            Some(Err(expected)) => {
+                let value = decide::annotation(svc, decide::ANN_VIRTUAL_MAC).unwrap_or_default().to_owned();
+                let w = decide::Warning { key: decide::ANN_VIRTUAL_MAC.into(), value, expected };
+                self.once(svc, "vmac", EventType::Warning, "InvalidAnnotation", w.to_string()).await;
+                Default::default()
+            }
+        };
+        let want = decide::virtual_macs_note(&a.addresses, mode, self.virtual_mac_group, &explicit);
+        if decide::annotation(svc, decide::ANN_VIRTUAL_MACS) == want.as_deref() {
+            return Ok(());
+        }
+        let (Some(ns), Some(name)) = (svc.metadata.namespace.as_deref(), svc.metadata.name.as_deref()) else {
+            return Ok(());
+        };
+        let api: Api<Service> = Api::namespaced(self.client.clone(), ns);
+        let patch = serde_json::json!({"metadata": {"annotations": {decide::ANN_VIRTUAL_MACS: want}}});
+        api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        match &want {
+            Some(note) => info!(service = %a.service, virtual_macs = %note, "announced with virtual MACs"),
+            None => info!(service = %a.service, "announced with the node's MAC"),
+        }
+        Ok(())
+    }
+
+    fn forget_if_reported(&self, svc: &Service, slot: &'static str) {
+        if let Some(key) = service_key(svc) {
+            self.forget(&key, slot);
+        }
+    }
+
     /// Tells the Lease about the current quarantine (the next leader inherits it).
     async fn publish_quarantine(&self) {
         match self.app.quarantined().await {
@@ -532,6 +582,7 @@ impl Ctx {
                 if status_changes {
                     self.set_status(svc, &o.allocation.addresses).await?;
                 }
+                self.sync_virtual_macs(svc, &o.allocation).await?;
                 // Adopting what the status already shows is not news: no Event for it.
                 if o.change != Change::Unchanged && status_changes {
                     let addrs: Vec<String> = o.allocation.addresses.iter().map(ToString::to_string).collect();
@@ -775,6 +826,7 @@ pub async fn run(
     let (ns_reader, ns_writer) = reflector::store::<Namespace>();
     let ns_task = reflect(Api::<Namespace>::all(client.clone()), ns_writer, "namespace", |_| {});
     let mut ctx = Ctx::new(client.clone(), app, ns_reader, cfg.policy.clone(), &cfg.lease.identity, metrics.clone());
+    ctx.virtual_mac_group = cfg.virtual_mac_group;
     ctx.phase = phase;
     let ctx = Arc::new(ctx);
 

@@ -12,7 +12,8 @@ use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::Service;
 
-use vipvisor_model::{AllocRequest, FamilyRequest, Labels, PoolName, Port, ServiceKey, SharingKey, Uid};
+use vipvisor_l2::wire::Mac;
+use vipvisor_model::{AllocRequest, FamilyRequest, Labels, MacMode, PoolName, Port, ServiceKey, SharingKey, Uid};
 
 pub const ANN_ADDRESSES: &str = "vipvisor.io/addresses";
 pub const ANN_POOL: &str = "vipvisor.io/pool";
@@ -20,6 +21,13 @@ pub const ANN_SHARING: &str = "vipvisor.io/sharing-key";
 /// Written by speakers before issue #10 (they report through ServiceL2Status now); known
 /// here so one left on a Service is not reported as unknown.
 pub const ANN_ANNOUNCING: &str = "vipvisor.io/announcing";
+/// Written by the controller on Services whose pool has `mac: virtual`: the virtual MAC of
+/// each of their addresses, `IP=MAC[,IP=MAC]`. Speakers announce each listed address with
+/// its MAC; an address not listed is announced with the node's MAC.
+pub const ANN_VIRTUAL_MACS: &str = "vipvisor.io/virtual-macs";
+/// Set by the operator: the virtual MACs to use instead of the derived ones,
+/// `IP=MAC[,IP=MAC]` (locally administered unicast MACs).
+pub const ANN_VIRTUAL_MAC: &str = "vipvisor.io/virtual-mac";
 const METALLB_PREFIXES: [&str; 2] = ["metallb.universe.tf/", "metallb.io/"];
 
 /// Which Services this controller serves.
@@ -62,6 +70,54 @@ pub enum Decision {
     Allocate { request: AllocRequest, status_addresses: Vec<IpAddr>, warnings: Vec<Warning> },
     /// Its name cannot be a key (cannot happen for names the apiserver accepted).
     Invalid(String),
+}
+
+/// Parses `IP=MAC[,IP=MAC]` (the virtual-MAC annotations); each MAC must be usable as a
+/// virtual MAC ([`vipvisor_l2::vmac::unusable`]). The error says what was expected.
+pub fn parse_vip_macs(v: &str) -> Result<BTreeMap<IpAddr, Mac>, String> {
+    let mut out = BTreeMap::new();
+    for item in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let bad = || format!("IP=MAC pairs separated by commas, e.g. 192.0.2.100=42:00:c0:00:02:64 (not {item:?})");
+        let (ip, mac) = item.split_once('=').ok_or_else(bad)?;
+        let ip: IpAddr = ip.trim().parse().map_err(|_| bad())?;
+        let mac: Mac = mac.trim().parse().map_err(|_| bad())?;
+        if let Some(why) = vipvisor_l2::vmac::unusable(mac) {
+            return Err(format!("a usable virtual MAC for {ip}: {mac} cannot be one, {why}"));
+        }
+        if out.insert(ip, mac).is_some() {
+            return Err(format!("one MAC per address ({ip} is given twice)"));
+        }
+    }
+    Ok(out)
+}
+
+/// Prints what [`parse_vip_macs`] reads.
+pub fn vip_macs_text(m: &BTreeMap<IpAddr, Mac>) -> String {
+    m.iter().map(|(ip, mac)| format!("{ip}={mac}")).collect::<Vec<_>>().join(",")
+}
+
+/// The `vipvisor.io/virtual-macs` a Service should carry (`None`: none): for a pool that
+/// announces with virtual MACs, each address's MAC, the operator's
+/// (`vipvisor.io/virtual-mac`) or derived in `group`.
+pub fn virtual_macs_note(
+    addresses: &[IpAddr],
+    mode: MacMode,
+    group: u8,
+    explicit: &BTreeMap<IpAddr, Mac>,
+) -> Option<String> {
+    if mode != MacMode::Virtual || addresses.is_empty() {
+        return None;
+    }
+    let m: BTreeMap<IpAddr, Mac> = addresses
+        .iter()
+        .map(|a| (*a, explicit.get(a).copied().unwrap_or_else(|| vipvisor_l2::vmac::derive(*a, group))))
+        .collect();
+    Some(vip_macs_text(&m))
+}
+
+/// The Service's annotation `key`, if set.
+pub fn annotation<'a>(svc: &'a Service, key: &str) -> Option<&'a str> {
+    svc.metadata.annotations.as_ref()?.get(key).map(String::as_str)
 }
 
 fn parse_ips(key: &str, v: &str, warnings: &mut Vec<Warning>) -> Option<Vec<IpAddr>> {
@@ -168,7 +224,7 @@ pub fn decide(svc: &Service, ns_labels: &Labels, policy: &ClassPolicy) -> Decisi
         }
     }
     for k in annotations.keys() {
-        let known = [ANN_ADDRESSES, ANN_POOL, ANN_SHARING, ANN_ANNOUNCING];
+        let known = [ANN_ADDRESSES, ANN_POOL, ANN_SHARING, ANN_ANNOUNCING, ANN_VIRTUAL_MACS, ANN_VIRTUAL_MAC];
         if k.starts_with("vipvisor.io/") && !known.contains(&k.as_str()) {
             warnings.push(Warning {
                 key: k.clone(),
@@ -349,5 +405,29 @@ mod tests {
             Some(FamilyRequest::Ipv6),
             "a single-stack cluster gave the Service one family"
         );
+    }
+
+    #[test]
+    fn virtual_mac_notes_derive_or_take_the_operators_mac() {
+        let a: Vec<IpAddr> = vec!["192.0.2.100".parse().unwrap(), "2001:db8::100".parse().unwrap()];
+        let none = BTreeMap::new();
+        assert_eq!(virtual_macs_note(&a, MacMode::Node, 0, &none), None, "node-MAC pools carry no note");
+        assert_eq!(
+            virtual_macs_note(&a, MacMode::Virtual, 3, &none).as_deref(),
+            Some("192.0.2.100=42:03:c0:00:02:64,2001:db8::100=62:03:00:00:01:00")
+        );
+        let mine = parse_vip_macs("192.0.2.100 = 02:aa:00:00:00:01").unwrap();
+        let note = virtual_macs_note(&a, MacMode::Virtual, 3, &mine).unwrap();
+        assert_eq!(parse_vip_macs(&note).unwrap()[&a[0]].to_string(), "02:aa:00:00:00:01", "the operator's MAC wins");
+        for (bad, needle) in [
+            ("192.0.2.100", "IP=MAC pairs"),
+            ("192.0.2.100=nope", "not \"192.0.2.100=nope\""),
+            ("192.0.2.100=01:00:5e:00:00:01", "multicast"),
+            ("192.0.2.100=00:50:56:00:00:01", "vendor"),
+            ("192.0.2.100=02:00:00:00:00:01,192.0.2.100=02:00:00:00:00:02", "given twice"),
+        ] {
+            let e = parse_vip_macs(bad).unwrap_err();
+            assert!(e.contains(needle), "{bad}: {e}");
+        }
     }
 }

@@ -56,6 +56,9 @@ pub struct Wanted {
     pub macs: BTreeMap<String, Vec<Mac>>,
     /// Which Service each VIP belongs to (for Events).
     pub services: BTreeMap<IpAddr, ServiceKey>,
+    /// The virtual MACs of the VIPs in virtual-MAC mode (their Services'
+    /// `vipvisor.io/virtual-macs`): the candidates must also be allowed those MACs.
+    pub vmacs: vipvisor_hypervisor::VirtualMacs,
 }
 
 /// The candidate nodes: a speaker report, and a Node that is not excluded.
@@ -73,12 +76,17 @@ pub fn candidates(reports: &Reports, nodes: &[Arc<Node>]) -> BTreeMap<String, Ve
 }
 
 /// Every VIP on every candidate.
-pub fn wanted(allocations: &[(ServiceKey, Vec<IpAddr>)], candidates: BTreeMap<String, Vec<Mac>>) -> Wanted {
+pub fn wanted(
+    allocations: &[(ServiceKey, Vec<IpAddr>)],
+    candidates: BTreeMap<String, Vec<Mac>>,
+    vmacs: vipvisor_hypervisor::VirtualMacs,
+) -> Wanted {
     let services: BTreeMap<IpAddr, ServiceKey> =
         allocations.iter().flat_map(|(k, a)| a.iter().map(move |ip| (*ip, k.clone()))).collect();
     let vips: BTreeSet<IpAddr> = services.keys().copied().collect();
     let desired = candidates.keys().map(|n| (n.clone(), vips.clone())).collect();
-    Wanted { desired, macs: candidates, services }
+    let vmacs = vmacs.into_iter().filter(|(v, _)| vips.contains(v)).collect();
+    Wanted { desired, macs: candidates, services, vmacs }
 }
 
 /// Runs while the controller runs; acts only while `ctx` leads.
@@ -139,7 +147,9 @@ pub async fn run(
             }
             continue;
         };
-        let want = wanted(&allocations, candidates(&known, &nodes.state()));
+        let (vmacs, _) = crate::speaker::virtual_macs(services.state().iter().map(|s| s.as_ref()), &ctx.policy);
+        let vmacs = vmacs.into_iter().map(|(v, m)| (v, Mac(m.0))).collect();
+        let want = wanted(&allocations, candidates(&known, &nodes.state()), vmacs);
         let now = Instant::now();
         let full = now >= resync_at;
         let due = retry_at.is_some_and(|t| now >= t);
@@ -147,7 +157,7 @@ pub async fn run(
             continue;
         }
         let leading = || ctx.leading();
-        let r = hv.reconcile(ctx.app.store(), &want.desired, &want.macs, full, &leading).await;
+        let r = hv.reconcile(ctx.app.store(), &want.desired, &want.macs, &want.vmacs, full, &leading).await;
         if !ctx.leading() {
             // The lease went during the pass: the next leader checks everything itself.
             continue;
@@ -269,10 +279,10 @@ mod tests {
         assert_eq!(c["n1"], ["52:54:00:00:00:01".parse::<Mac>().unwrap()], "a bad MAC is ignored");
         let web = ServiceKey::new("default", "web").unwrap();
         let ips: Vec<IpAddr> = vec!["192.0.2.10".parse().unwrap(), "2001:db8::10".parse().unwrap()];
-        let w = wanted(&[(web.clone(), ips.clone())], c);
+        let w = wanted(&[(web.clone(), ips.clone())], c, Default::default());
         assert_eq!(w.desired["n1"], ips.iter().copied().collect());
         assert_eq!(w.services[&ips[1]], web);
-        let none = wanted(&[], candidates(&reports, &nodes));
+        let none = wanted(&[], candidates(&reports, &nodes), Default::default());
         assert!(none.desired["n1"].is_empty(), "no allocation: nothing to grant (and what was granted goes)");
     }
 }

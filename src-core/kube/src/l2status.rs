@@ -36,6 +36,9 @@ pub struct Entry {
     pub interface: String,
     /// When this node began announcing it (RFC 3339, the node's clock).
     pub since: String,
+    /// The VIP's virtual MAC, in virtual-MAC mode (else it is answered with the node's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
 }
 
 /// A node's report: `status` of its ServiceL2Status.
@@ -68,13 +71,21 @@ impl Report {
     }
 }
 
-/// The announcer of every VIP, as `(node, interface)`: among all reports, the entry with
-/// the newest `since` (RFC 3339 strings of one format compare as times), ties by node.
-pub fn announcers<'a>(reports: impl IntoIterator<Item = &'a Report>) -> BTreeMap<IpAddr, (String, String)> {
-    let mut best: BTreeMap<IpAddr, (&str, &str, &str)> = BTreeMap::new();
+/// Who announces a VIP: node, interface, and the virtual MAC it uses (if any).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Announcer {
+    pub node: String,
+    pub interface: String,
+    pub mac: Option<String>,
+}
+
+/// The announcer of every VIP: among all reports, the entry with the newest `since`
+/// (RFC 3339 strings of one format compare as times), ties by node.
+pub fn announcers<'a>(reports: impl IntoIterator<Item = &'a Report>) -> BTreeMap<IpAddr, Announcer> {
+    let mut best: BTreeMap<IpAddr, (&str, &str, &Entry)> = BTreeMap::new();
     for r in reports {
         for e in &r.announcing {
-            let cand = (e.since.as_str(), r.node.as_str(), e.interface.as_str());
+            let cand = (e.since.as_str(), r.node.as_str(), e);
             match best.get(&e.vip) {
                 Some(cur) if (cur.0, cur.1) >= (cand.0, cand.1) => {}
                 _ => {
@@ -83,7 +94,9 @@ pub fn announcers<'a>(reports: impl IntoIterator<Item = &'a Report>) -> BTreeMap
             }
         }
     }
-    best.into_iter().map(|(v, (_, n, i))| (v, (n.to_owned(), i.to_owned()))).collect()
+    best.into_iter()
+        .map(|(v, (_, n, e))| (v, Announcer { node: n.to_owned(), interface: e.interface.clone(), mac: e.mac.clone() }))
+        .collect()
 }
 
 /// The elected owner of every VIP as the store records it (issue #12): the announcer of
@@ -91,8 +104,11 @@ pub fn announcers<'a>(reports: impl IntoIterator<Item = &'a Report>) -> BTreeMap
 pub fn owner_claims(reports: &BTreeMap<String, Report>) -> BTreeMap<IpAddr, vipvisor_api::OwnerClaim> {
     announcers(reports.values())
         .into_iter()
-        .map(|(vip, (node, interface))| {
-            let mac = reports.values().find(|r| r.node == node).map(|r| r.macs.join(",")).unwrap_or_default();
+        .map(|(vip, Announcer { node, interface, mac })| {
+            // The MAC that answers: the VIP's virtual MAC, or the node's.
+            let mac = mac.unwrap_or_else(|| {
+                reports.values().find(|r| r.node == node).map(|r| r.macs.join(",")).unwrap_or_default()
+            });
             (vip, vipvisor_api::OwnerClaim { address: vip, node, interface, mac, source: "kubernetes" })
         })
         .collect()
@@ -123,12 +139,17 @@ pub async fn record_owners(
 }
 
 /// The condition a Service should carry: `(status, reason, message)`.
-pub fn condition(vips: &[IpAddr], announcers: &BTreeMap<IpAddr, (String, String)>) -> (bool, &'static str, String) {
+pub fn condition(vips: &[IpAddr], announcers: &BTreeMap<IpAddr, Announcer>) -> (bool, &'static str, String) {
     let mut parts = Vec::new();
     let mut missing = Vec::new();
     for v in vips {
         match announcers.get(v) {
-            Some((node, iface)) => parts.push(format!("{v} from node {node} on {iface}")),
+            Some(Announcer { node, interface, mac: None }) => {
+                parts.push(format!("{v} from node {node} on {interface}"))
+            }
+            Some(Announcer { node, interface, mac: Some(m) }) => {
+                parts.push(format!("{v} from node {node} on {interface} with virtual MAC {m}"))
+            }
             None => missing.push(v.to_string()),
         }
     }
@@ -249,7 +270,13 @@ mod tests {
     use super::*;
 
     fn e(vip: &str, iface: &str, since: &str) -> Entry {
-        Entry { service: "default/web".into(), vip: vip.parse().unwrap(), interface: iface.into(), since: since.into() }
+        Entry {
+            service: "default/web".into(),
+            vip: vip.parse().unwrap(),
+            interface: iface.into(),
+            since: since.into(),
+            mac: None,
+        }
     }
 
     #[test]
@@ -265,7 +292,8 @@ mod tests {
             announcing: vec![e("192.0.2.100", "eth1", "2026-12-02T10:00:03.500Z")],
         };
         let a = announcers([&dead, &taker]);
-        assert_eq!(a[&"192.0.2.100".parse().unwrap()], ("n2".to_string(), "eth1".to_string()));
+        let n2 = Announcer { node: "n2".into(), interface: "eth1".into(), mac: None };
+        assert_eq!(a[&"192.0.2.100".parse().unwrap()], n2);
         let vips: Vec<IpAddr> = vec!["192.0.2.100".parse().unwrap(), "2001:db8::100".parse().unwrap()];
         let (ok, reason, msg) = condition(&vips, &a);
         assert!(!ok && reason == "NotAnnounced", "{msg}");
@@ -278,6 +306,13 @@ mod tests {
         let obj = taker.object();
         assert_eq!(obj["metadata"]["name"], "n2");
         let back: DynamicObject = serde_json::from_value(obj).unwrap();
-        assert_eq!(Report::of(&back), Some(taker));
+        assert_eq!(Report::of(&back), Some(taker.clone()));
+        // In virtual-MAC mode the condition and the recorded owner name the VIP's MAC.
+        let mut vm = taker;
+        vm.announcing[0].mac = Some("42:00:c0:00:02:64".into());
+        let reports = BTreeMap::from([("n2".to_string(), vm)]);
+        let (_, _, msg) = condition(&vips[..1], &announcers(reports.values()));
+        assert!(msg.contains("192.0.2.100 from node n2 on eth1 with virtual MAC 42:00:c0:00:02:64"), "{msg}");
+        assert_eq!(owner_claims(&reports)[&vips[0]].mac, "42:00:c0:00:02:64");
     }
 }

@@ -271,8 +271,9 @@ async fn watch_slices(api: Api<DynamicObject>, slices: Slices, changed: Changes,
     }
 }
 
-/// What this node announces now: VIP → interface name.
-type Announcing = BTreeMap<IpAddr, String>;
+/// What this node announces now: VIP → interface name, and its virtual MAC (virtual-MAC
+/// mode).
+type Announcing = BTreeMap<IpAddr, (String, Option<wire::Mac>)>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeSpeakerError {
@@ -305,6 +306,47 @@ struct KubeFacts {
     no_iface_warned: BTreeSet<IpAddr>,
     groups: Groups,
     announcing: watch::Sender<Announcing>,
+    /// The engine's virtual MACs ([`virtual_macs`] of the Services), set when they change.
+    friends: vipvisor_l2::Friends,
+    vmacs: HashMap<IpAddr, wire::Mac>,
+    /// MACs claimed by two VIPs, warned about once.
+    vmac_warned: BTreeSet<wire::Mac>,
+}
+
+/// The virtual MAC of every VIP the controller marked (`vipvisor.io/virtual-macs` on our
+/// Services, for the addresses in their status). A MAC claimed by two VIPs is kept for
+/// the first only (returned as the second element, for a warning): one MAC, one owner.
+pub fn virtual_macs<'a>(
+    services: impl IntoIterator<Item = &'a Service>,
+    policy: &ClassPolicy,
+) -> (HashMap<IpAddr, wire::Mac>, Vec<(wire::Mac, IpAddr, IpAddr)>) {
+    let mut all: BTreeMap<IpAddr, wire::Mac> = BTreeMap::new();
+    for svc in services {
+        if !decide::is_ours(svc, policy) {
+            continue;
+        }
+        let Some(Ok(m)) = decide::annotation(svc, decide::ANN_VIRTUAL_MACS).map(decide::parse_vip_macs) else {
+            continue;
+        };
+        for vip in decide::status_addresses(svc) {
+            if let Some(mac) = m.get(&vip) {
+                all.insert(vip, *mac);
+            }
+        }
+    }
+    let mut by_mac: HashMap<wire::Mac, IpAddr> = HashMap::new();
+    let mut clashes = Vec::new();
+    let mut out = HashMap::new();
+    for (vip, mac) in all {
+        match by_mac.get(&mac) {
+            Some(first) => clashes.push((mac, *first, vip)),
+            None => {
+                by_mac.insert(mac, vip);
+                out.insert(vip, mac);
+            }
+        }
+    }
+    (out, clashes)
 }
 
 impl Facts for KubeFacts {
@@ -315,6 +357,16 @@ impl Facts for KubeFacts {
         let slice_list: Vec<SliceInfo> = lock_slices(&self.slices).values().cloned().collect();
         let vips = vip_facts(services.iter().map(|s| s.as_ref()), &slice_list, &self.policy);
         self.vips = vips.keys().copied().collect();
+        let (vmacs, clashes) = virtual_macs(services.iter().map(|s| s.as_ref()), &self.policy);
+        for (mac, first, second) in clashes {
+            if self.vmac_warned.insert(mac) {
+                warn!(%mac, %first, %second, "two VIPs are given one virtual MAC; announcing the second with the node's MAC");
+            }
+        }
+        if vmacs != self.vmacs {
+            self.friends.set_virtual_macs(vmacs.clone());
+            self.vmacs = vmacs;
+        }
         self.no_iface_warned.retain(|v| self.vips.contains(v));
         let facts = node_facts(nodes.iter().map(|n| n.as_ref()), members);
         (vips.into_values().map(|(f, _)| f).collect(), facts)
@@ -340,7 +392,10 @@ impl Facts for KubeFacts {
         if let Err((vip, iface, e)) = self.groups.sync(&placed) {
             warn!(%vip, %iface, error = %e, "cannot join the solicited-node group");
         }
-        let announcing: Announcing = owned.iter().map(|o| (o.vip, self.links[o.iface].name.clone())).collect();
+        let announcing: Announcing = owned
+            .iter()
+            .map(|o| (o.vip, (self.links[o.iface].name.clone(), self.vmacs.get(&o.vip).copied())))
+            .collect();
         self.announcing.send_if_modified(|cur| {
             let changed = *cur != announcing;
             if changed {
@@ -373,8 +428,9 @@ pub async fn run(
     }
     let (conflict_tx, conflict_rx) = tokio::sync::mpsc::channel(256);
     let Prepared { links, speaker, groups, .. } =
-        Prepared::on_links(links, Vec::new(), cfg.timing, false, metrics, health)?;
+        Prepared::on_links(links, Vec::new(), cfg.timing, true, metrics, health)?;
     let speaker = speaker.report_conflicts(conflict_tx);
+    let friends = speaker.friends();
 
     // Watches.
     let changed: Changes = Arc::new(watch::channel(0u64).0);
@@ -451,6 +507,9 @@ pub async fn run(
         no_iface_warned: BTreeSet::new(),
         groups,
         announcing: announcing_tx,
+        friends,
+        vmacs: HashMap::new(),
+        vmac_warned: BTreeSet::new(),
     };
     let recorder = Recorder::new(
         client.clone(),
@@ -516,14 +575,21 @@ async fn report(
         for svc in services.state() {
             let Some(key) = decide::service_key(&svc) else { continue };
             for vip in decide::status_addresses(&svc) {
-                let Some(iface) = mine.get(&vip) else { continue };
+                let Some((iface, vmac)) = mine.get(&vip) else { continue };
                 let started = since.entry(vip).or_insert_with(|| now.clone()).clone();
-                let entry = l2status::Entry { service: key.to_string(), vip, interface: iface.clone(), since: started };
-                let known = written
-                    .as_ref()
-                    .is_some_and(|w| w.announcing.iter().any(|e| e.service == entry.service && e.vip == vip));
+                let entry = l2status::Entry {
+                    service: key.to_string(),
+                    vip,
+                    interface: iface.clone(),
+                    since: started,
+                    mac: vmac.map(|m| m.to_string()),
+                };
+                let known = written.as_ref().is_some_and(|w| {
+                    w.announcing.iter().any(|e| e.service == entry.service && e.vip == vip && e.mac == entry.mac)
+                });
                 if !known {
-                    news.push((svc.clone(), format!("Announcing {vip} from node {me} on {iface}")));
+                    let with = vmac.map(|m| format!(" with virtual MAC {m}")).unwrap_or_default();
+                    news.push((svc.clone(), format!("Announcing {vip} from node {me} on {iface}{with}")));
                 }
                 report.announcing.push(entry);
             }

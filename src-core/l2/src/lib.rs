@@ -550,7 +550,18 @@ impl<L: Link> Speaker<L> {
             beat.beat();
             tokio::select! {
                 () = &mut shutdown => break Ok(()),
-                _ = tick.tick() => {}
+                _ = tick.tick() => {
+                    // A VIP's MAC plan changed (e.g. its pool moved to virtual-MAC mode)
+                    // while what this node owns did not: announce it again with the new one.
+                    let stale = {
+                        let e = lock(&self.engine);
+                        current.iter().any(|(vip, c)| e.virtual_mac(vip) != c.planned)
+                    };
+                    if stale {
+                        let list = owned.borrow().clone();
+                        self.apply_owned(&mut current, &list, &tx).await;
+                    }
+                }
                 ev = rx.recv() => {
                     let Some(ev) = ev else { break Ok(()) };
                     if let Some(err) = self.on_event(ev) {

@@ -613,6 +613,42 @@ pub struct PoolOptions {
     pub service_selector: Labels,
     /// Lower numbers are tried first; pools without a priority come after all that have one.
     pub priority: Option<u32>,
+    /// Which MAC answers for the pool's addresses on the LAN ([`MacMode`]).
+    pub mac: MacMode,
+}
+
+/// Which MAC a pool's VIPs are announced with.
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum MacMode {
+    /// The owner node's own MAC: clients and switches learn the new owner's MAC from its
+    /// gratuitous ARP/NA at a failover.
+    #[default]
+    Node,
+    /// Each VIP's own locally administered MAC, which moves with the VIP: clients' neighbour
+    /// caches never change, only the switch learns the MAC on the new owner's port.
+    Virtual,
+}
+
+impl MacMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MacMode::Node => "node",
+            MacMode::Virtual => "virtual",
+        }
+    }
+}
+
+impl FromStr for MacMode {
+    type Err = InvalidValue;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "node" => Ok(MacMode::Node),
+            "virtual" => Ok(MacMode::Virtual),
+            _ => Err(InvalidValue::new("MAC mode", s, "node or virtual")),
+        }
+    }
 }
 
 impl Default for PoolOptions {
@@ -624,6 +660,7 @@ impl Default for PoolOptions {
             namespace_selector: Labels::new(),
             service_selector: Labels::new(),
             priority: None,
+            mac: MacMode::Node,
         }
     }
 }

@@ -216,7 +216,9 @@ pub(crate) async fn apply(
         return Ok(Json(ApplyAnswer { dry_run: true, vips, nodes, skipped, plan, results: vec![] }));
     }
     let app = ctx.app.as_caller(&caller);
-    let results = h.apply(app.store(), &vips, &nodes, &macs).await.map_err(failed)?;
+    // (Virtual MACs are granted by the controller, which knows each VIP's MAC; this page
+    // grants the VIPs themselves.)
+    let results = h.apply(app.store(), &vips, &nodes, &macs, &Default::default()).await.map_err(failed)?;
     Ok(Json(ApplyAnswer { dry_run: false, vips, nodes, skipped, plan: vec![], results }))
 }
 

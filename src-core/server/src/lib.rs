@@ -76,6 +76,9 @@ pub struct PoolSchema {
     service_selector: Option<std::collections::BTreeMap<String, String>>,
     /// Lower numbers are tried first.
     priority: Option<u32>,
+    /// Which MAC answers for the pool's addresses: `node` (the owner's, default) or
+    /// `virtual` (each VIP's own, which moves with it).
+    mac: Option<vipvisor_model::MacMode>,
 }
 
 /// A pool with its usage per family: the pool's keys plus `families`.
@@ -91,6 +94,7 @@ pub struct PoolViewSchema {
     namespace_selector: std::collections::BTreeMap<String, String>,
     service_selector: std::collections::BTreeMap<String, String>,
     priority: Option<u32>,
+    mac: vipvisor_model::MacMode,
     families: Vec<vipvisor_api::FamilyStats>,
 }
 

@@ -587,10 +587,10 @@ fn corrupt(what: impl std::fmt::Display, e: impl std::fmt::Display) -> StoreErro
 async fn upsert_pool(tx: &mut Transaction<'static, Sqlite>, p: &Pool, now: Timestamp) -> Result<()> {
     let o = &p.options;
     sqlx::query(
-        "INSERT INTO pools (name, auto_assign, avoid_buggy_ips, namespaces, namespace_selector, service_selector, priority, created_ms, updated_ms) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8) \
+        "INSERT INTO pools (name, auto_assign, avoid_buggy_ips, namespaces, namespace_selector, service_selector, priority, created_ms, updated_ms, mac) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9) \
          ON CONFLICT (name) DO UPDATE SET auto_assign = ?2, avoid_buggy_ips = ?3, namespaces = ?4, \
-         namespace_selector = ?5, service_selector = ?6, priority = ?7, updated_ms = ?8",
+         namespace_selector = ?5, service_selector = ?6, priority = ?7, updated_ms = ?8, mac = ?9",
     )
     .bind(p.name.as_str())
     .bind(o.auto_assign)
@@ -600,6 +600,7 @@ async fn upsert_pool(tx: &mut Transaction<'static, Sqlite>, p: &Pool, now: Times
     .bind(json_vec(&o.service_selector))
     .bind(o.priority.map(i64::from))
     .bind(now.0)
+    .bind(o.mac.as_str())
     .execute(&mut **tx)
     .await?;
     for (i, b) in p.addresses.iter().enumerate() {
@@ -724,6 +725,7 @@ async fn load(tx: &mut Transaction<'static, Sqlite>) -> Result<Rows> {
             namespace_selector: parse_json::<Labels>("namespace selector", r.get("namespace_selector"))?,
             service_selector: parse_json::<Labels>("service selector", r.get("service_selector"))?,
             priority: priority.map(|p| u32::try_from(p).unwrap_or(u32::MAX)),
+            mac: r.get::<String, _>("mac").parse().map_err(|e| corrupt(format!("pool {name} MAC mode"), e))?,
         };
         let pool = Pool::new(pname, blocks.remove(&name).unwrap_or_default(), opts)
             .map_err(|e| corrupt(format!("pool {name}"), e))?;

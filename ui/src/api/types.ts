@@ -14,6 +14,8 @@ field?: string, };
 
 export type Family = "ipv4" | "ipv6";
 
+export type MacMode = "node" | "virtual";
+
 export type PoolOptions = { 
 /**
  * Hand the pool's addresses out to services that name neither a pool nor an address.
@@ -38,7 +40,11 @@ service_selector: { [key in string]: string },
 /**
  * Lower numbers are tried first; pools without a priority come after all that have one.
  */
-priority: number | null, };
+priority: number | null, 
+/**
+ * Which MAC answers for the pool's addresses on the LAN ([`MacMode`]).
+ */
+mac: MacMode, };
 
 export type Pool = { name: string, addresses: Array<string>, 
 /**
@@ -64,7 +70,11 @@ service_selector: { [key in string]: string },
 /**
  * Lower numbers are tried first; pools without a priority come after all that have one.
  */
-priority: number | null, };
+priority: number | null, 
+/**
+ * Which MAC answers for the pool's addresses on the LAN ([`MacMode`]).
+ */
+mac: MacMode, };
 
 export type FamilyStats = { family: Family, 
 /**
@@ -96,7 +106,11 @@ service_selector: { [key in string]: string },
 /**
  * Lower numbers are tried first; pools without a priority come after all that have one.
  */
-priority: number | null, };
+priority: number | null, 
+/**
+ * Which MAC answers for the pool's addresses on the LAN ([`MacMode`]).
+ */
+mac: MacMode, };
 
 export type Allocation = { service: string, uid: string | null, pool: string, addresses: Array<string>, sharing_key: string | null, ports: Array<string>, };
 
