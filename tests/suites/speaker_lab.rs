@@ -1005,9 +1005,9 @@ fn virtual_mac_group_answers_with_the_vips_mac_and_only_the_owner_sends_from_it(
     // Let the start-up settle (members may both announce until they hear each other).
     std::thread::sleep(Duration::from_millis(1500));
     let arping = lab.stdout("c", &["arping", "-c", "2", "-w", "3", "-I", "eth0", VIP4]);
-    let answerers: std::collections::BTreeSet<&str> =
-        arping.lines().filter_map(|l| l.split('[').nth(1)?.split(']').next()).collect();
-    assert_eq!(answerers, [VMAC4].into(), "the client resolves the VIP to its virtual MAC, and only to it: {arping}");
+    let answerers: std::collections::BTreeSet<String> =
+        arping.lines().filter_map(|l| l.split('[').nth(1)?.split(']').next()).map(str::to_lowercase).collect();
+    assert_eq!(answerers, [VMAC4.to_string()].into(), "the client resolves the VIP to its virtual MAC, and only to it: {arping}");
     let nd = lab.stdout("c", &["ndisc6", "-1", "-r", "3", "-w", "1000", VIP6, "eth0"]).to_lowercase();
     assert!(nd.contains(&format!("target link-layer address: {VMAC6}")), "the NA names the virtual MAC: {nd}");
     let _ = lab.run("c", &["ping", "-c", "1", "-W", "1", VIP4]);
@@ -1138,7 +1138,14 @@ fn the_switch_moves_the_virtual_mac_within_the_first_burst() {
 fn two_groups_do_not_collide_and_a_forced_collision_is_reported() {
     let Some(mut lab) = lab_n("t", 4) else { return };
     let (a, b) = ("2001:db8::1:100", "2001:db8::2:0:1:100");
-    let ga = lab.group_on(&[1, 2], &[a], &["--virtual-mac", "--virtual-mac-group", "1"], "a.key", None);
+    // Group A refreshes its MAC every second, so group B hears it soon.
+    let ga = lab.group_on(
+        &[1, 2],
+        &[a],
+        &["--virtual-mac", "--virtual-mac-group", "1", "--virtual-mac-refresh", "1s"],
+        "a.key",
+        None,
+    );
     let gb = lab.group_on(&[3, 4], &[b], &["--virtual-mac", "--virtual-mac-group", "2"], "b.key", None);
     std::thread::sleep(Duration::from_secs(3));
     let nd = |vip: &str| lab.stdout("c", &["ndisc6", "-1", "-r", "3", "-w", "1000", vip, "eth0"]).to_lowercase();
@@ -1148,7 +1155,9 @@ fn two_groups_do_not_collide_and_a_forced_collision_is_reported() {
         sps.iter().map(|s| s.metric("vipvisor_speaker_mac_collisions_total{interface=\"eth0\"}")).sum()
     };
     assert_eq!(collisions(&ga) + collisions(&gb), 0.0, "no collision between groups with different ids");
-    drop(gb);
+    for s in gb {
+        assert!(s.stop().success());
+    }
     // Group B now uses group A's MAC for its own VIP.
     let forced = format!("{b}=62:01:00:01:01:00");
     let gb = lab.group_on(
