@@ -507,6 +507,8 @@ async fn manifests_apply_and_rbac_is_least_privilege() {
         &["watch", "services", "--all-namespaces"][..],
         &["list", "services", "--all-namespaces"],
         &["patch", "services", "--subresource=status", "-n", "default"],
+        // The vipvisor.io/virtual-macs annotation (pools with `mac: virtual`).
+        &["patch", "services", "-n", "default"],
         &["list", "namespaces"],
         &["create", "events.events.k8s.io", "-n", "default"],
         &["create", "leases.coordination.k8s.io", "-n", "vipvisor-system"],
@@ -524,7 +526,6 @@ async fn manifests_apply_and_rbac_is_least_privilege() {
         &["get", "secrets", "-n", "vipvisor-system"],
         &["delete", "services", "-n", "default"],
         &["update", "services", "-n", "default"],
-        &["patch", "services", "-n", "default"],
         &["create", "services", "-n", "default"],
         &["update", "leases.coordination.k8s.io/other", "-n", "vipvisor-system"],
         &["create", "leases.coordination.k8s.io", "-n", "kube-system"],
@@ -575,7 +576,11 @@ async fn manifests_apply_and_rbac_is_least_privilege() {
         (code.trim().parse().unwrap_or(0), serde_json::from_str(body).unwrap_or_default())
     };
     let api = |path: &str| call("GET", path, Some(alice.as_str())).1;
-    tb.controller("sa", &sa_kc, &["--serve", "127.0.0.1:19483", "--serve-auth", "kubernetes"]);
+    tb.controller(
+        "sa",
+        &sa_kc,
+        &["--serve", "127.0.0.1:19483", "--serve-auth", "kubernetes", "--virtual-mac-group", "7"],
+    );
     tb.wait_leading("sa").await;
     tb.create("default", "rbac", serde_json::json!({}), serde_json::json!({})).await;
     assert!(!tb.wait_ips("default", "rbac").await.is_empty(), "the service account can do the whole job");
@@ -644,6 +649,45 @@ async fn manifests_apply_and_rbac_is_least_privilege() {
         assert!(start.elapsed() < Duration::from_secs(15), "owners from the reports: {owners} {h}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    assert!(!tb.log("sa").contains("403"), "no forbidden calls: {}", tb.log("sa"));
+
+    // Virtual-MAC mode. The pool turns to `mac: virtual` (the pools file): the controller,
+    // as the service account, marks the Service with its address's MAC in the cluster's
+    // group (--virtual-mac-group 7); the operator's own MAC wins; a report with the MAC
+    // shows in the condition; back to `mac: node`, the mark goes.
+    let note = || async {
+        let s = tb.services("default").get("rbac").await.unwrap();
+        s.metadata.annotations.and_then(|a| a.get("vipvisor.io/virtual-macs").cloned())
+    };
+    let wait_note = |want: Option<String>| async move {
+        let start = Instant::now();
+        loop {
+            let got = note().await;
+            if got == want {
+                return;
+            }
+            assert!(start.elapsed() < Duration::from_secs(15), "expected the virtual-MAC note {want:?}, got {got:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let vmac = vipvisor_l2::vmac::derive(ip.parse().unwrap(), 7).to_string();
+    assert!(vmac.starts_with("42:07:"), "{vmac}");
+    let virtual_pools =
+        POOLS.replace("    addresses: [192.0.2.0/26]\n", "    addresses: [192.0.2.0/26]\n    mac: virtual\n");
+    assert_ne!(virtual_pools, POOLS);
+    std::fs::write(tb.path("pools.yaml"), &virtual_pools).unwrap();
+    wait_note(Some(format!("{ip}={vmac}"))).await;
+    let with_mac = serde_json::json!({"apiVersion": "vipvisor.io/v1alpha1", "kind": "ServiceL2Status",
+        "metadata": {"name": "n1", "namespace": "vipvisor-speaker"},
+        "status": {"node": "n1", "announcing": [{"service": "default/rbac", "vip": ip, "interface": "eth0",
+                   "since": "2026-12-02T10:00:09Z", "mac": vmac}]}});
+    kubectl(&["apply", "-f", "-"], Some(&with_mac.to_string()));
+    wait_condition(format!("{ip} from node n1 on eth0 with virtual MAC {vmac}")).await;
+    let mine = serde_json::json!({"metadata": {"annotations": {"vipvisor.io/virtual-mac": format!("{ip}=02:aa:00:00:00:07")}}});
+    tb.services("default").patch("rbac", &PatchParams::default(), &Patch::Merge(&mine)).await.unwrap();
+    wait_note(Some(format!("{ip}=02:aa:00:00:00:07"))).await;
+    std::fs::write(tb.path("pools.yaml"), POOLS).unwrap();
+    wait_note(None).await;
     assert!(!tb.log("sa").contains("403"), "no forbidden calls: {}", tb.log("sa"));
 
     // Kubernetes tokens, by TokenReview and SubjectAccessReview (the manifests' RBAC lets

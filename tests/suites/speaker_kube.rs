@@ -348,7 +348,53 @@ fn speakers_elect_report_and_follow_endpoints_and_node_readiness() {
     lab.wait_owner(&next, "owner NotReady");
     assert!(lab.log(idx).contains("no longer the owner"), "the NotReady node stopped answering:\n{}", lab.log(idx));
 
-    // 4. An address some other host already uses (the client holds it on its NIC): the
+    // 4. Virtual-MAC mode: the controller marks the Service (here written directly) with
+    //    the VIP's MAC; the owner answers with it from a macvlan it creates (NET_ADMIN),
+    //    reports the MAC, and says so in an Event; unmarked, it is back to the node's MAC.
+    let vmac = "42:00:c0:00:02:64";
+    let mark = |v: Option<String>| {
+        let p = serde_json::json!({"metadata": {"annotations": {"vipvisor.io/virtual-macs": v}}}).to_string();
+        lab.kubectl(&["patch", "service", "web", "--type=merge", "-p", &p], None);
+    };
+    mark(Some(format!("{VIP}={vmac}")));
+    wait_until(
+        Duration::from_secs(10),
+        || lab.answerers() == BTreeSet::from([vmac.to_string()]),
+        "the owner to answer with the virtual MAC",
+    );
+    let owner = lab.owner();
+    let idx: usize = owner[1..].parse().unwrap();
+    let devices = |i: usize| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &format!("{}n{i}", lab.prefix), "ip", "-o", "link", "show", "type", "macvlan"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).matches("vvm").count()
+    };
+    for i in 1..=3 {
+        assert_eq!(devices(i), usize::from(i == idx), "only the owner n{idx} carries the MAC (n{i})");
+    }
+    wait_until(
+        Duration::from_secs(10),
+        || {
+            let out = lab.kubectl(&["get", "servicel2statuses", "-n", "vipvisor-speaker", "-o", "json"], None);
+            out.contains(&format!("\"mac\": \"{vmac}\""))
+        },
+        "the owner to report the virtual MAC in its ServiceL2Status",
+    );
+    wait_until(
+        Duration::from_secs(10),
+        || {
+            let events = lab.kubectl(&["get", "events.events.k8s.io", "-n", "default", "-o", "json"], None);
+            events.contains(&format!("on eth0 with virtual MAC {vmac}"))
+        },
+        "an Announcing Event naming the virtual MAC",
+    );
+    mark(None);
+    lab.wait_owner(&owner, "back to the node's MAC");
+    assert_eq!(devices(idx), 0, "the device goes with the mark");
+
+    // 5. An address some other host already uses (the client holds it on its NIC): the
     //    owner's probe finds it, does not announce it, and says so with a Warning Event.
     let taken = "192.0.2.101";
     let out = Command::new("ip")

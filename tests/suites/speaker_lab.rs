@@ -1007,7 +1007,11 @@ fn virtual_mac_group_answers_with_the_vips_mac_and_only_the_owner_sends_from_it(
     let arping = lab.stdout("c", &["arping", "-c", "2", "-w", "3", "-I", "eth0", VIP4]);
     let answerers: std::collections::BTreeSet<String> =
         arping.lines().filter_map(|l| l.split('[').nth(1)?.split(']').next()).map(str::to_lowercase).collect();
-    assert_eq!(answerers, [VMAC4.to_string()].into(), "the client resolves the VIP to its virtual MAC, and only to it: {arping}");
+    assert_eq!(
+        answerers,
+        [VMAC4.to_string()].into(),
+        "the client resolves the VIP to its virtual MAC, and only to it: {arping}"
+    );
     let nd = lab.stdout("c", &["ndisc6", "-1", "-r", "3", "-w", "1000", VIP6, "eth0"]).to_lowercase();
     assert!(nd.contains(&format!("target link-layer address: {VMAC6}")), "the NA names the virtual MAC: {nd}");
     let _ = lab.run("c", &["ping", "-c", "1", "-W", "1", VIP4]);

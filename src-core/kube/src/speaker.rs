@@ -589,7 +589,10 @@ async fn report(
                 });
                 if !known {
                     let with = vmac.map(|m| format!(" with virtual MAC {m}")).unwrap_or_default();
-                    news.push((svc.clone(), format!("Announcing {vip} from node {me} on {iface}{with}")));
+                    // Events are aggregated by reason and action (a series keeps its first
+                    // note): the virtual-MAC announcement is its own action.
+                    let action = if vmac.is_some() { "AnnounceVirtualMAC" } else { "Announce" };
+                    news.push((svc.clone(), action, format!("Announcing {vip} from node {me} on {iface}{with}")));
                 }
                 report.announcing.push(entry);
             }
@@ -600,12 +603,12 @@ async fn report(
                 Ok(_) => {
                     info!(vips = report.announcing.len(), "reported what this node announces");
                     written = Some(report);
-                    for (svc, note) in news {
+                    for (svc, action, note) in news {
                         let ev = KEvent {
                             type_: EventType::Normal,
                             reason: "Announcing".into(),
                             note: Some(note),
-                            action: "Announce".into(),
+                            action: action.into(),
                             secondary: None,
                         };
                         if let Err(e) = recorder.publish(&ev, &svc.object_ref(&())).await {
