@@ -720,6 +720,102 @@ fn grants_come_before_failover_with_two_guests() {
     let e = String::from_utf8_lossy(&bad.stderr);
     assert!(!bad.status.success() && e.contains("--speaker 127.0.0.1:9") && !e.contains("panicked"), "{e}");
 }
+/// Virtual-MAC mode on a real guest: the static speaker inside the guest answers for its
+/// VIP with the VIP's virtual MAC (a macvlan in the guest carries it). clean-traffic drops
+/// every frame from that MAC: the client gets no answer, and diagnose names the `MAC`
+/// parameter; granting the VIP alone is not enough; the `Need::VirtualMac` grant (`apply
+/// --virtual-mac`: the NIC's own MAC and the virtual one as `MAC` values, live) lets the
+/// client resolve the VIP to the virtual MAC and reach it; a second apply writes nothing;
+/// the revert gives the operator's filter back and the VIP goes dark.
+#[test]
+fn a_guest_in_virtual_mac_mode_is_reached_only_after_the_virtual_mac_grant() {
+    let static_bin = std::env::var_os("VIPVISOR_STATIC").map(PathBuf::from).filter(|p| p.exists());
+    let why = missing().or_else(|| common::lab_missing(&["arping", "ping"])).or_else(|| {
+        static_bin
+            .is_none()
+            .then(|| "VIPVISOR_STATIC (a +crt-static vipvisor, built by tests/run) is not set".to_string())
+    });
+    if common::skip("the libvirt virtual-MAC proof", why) {
+        return;
+    }
+    let static_bin = static_bin.unwrap();
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let lab = GuestLab::start(Some(&static_bin), "vv-client-v", "vvcbr3");
+    let (d, guest, client) = (lab.dir.clone(), lab.guest.clone(), lab.client.0);
+    let (mac, vip, vmac) = ("52:54:00:00:04:21", "192.0.2.100", "42:00:c0:00:02:64");
+    // The VIP on the guest's lo (its kernel takes the traffic, arp_ignore=1 leaves ARP to
+    // the speaker), and the speaker in virtual-MAC mode.
+    let run = format!(
+        "vv.lo={vip} vv.run=vipvisor,speaker,--interface,eth0,--vip,{vip},--virtual-mac,--node-name,g1,--metrics-addr,192.0.2.21:9472"
+    );
+    let xml = Command::new(&guest)
+        .args(["domain-xml", "g1", mac, "192.0.2.21", "", "vv-guest-net"])
+        .arg(&d)
+        .env("VV_GUEST_CMDLINE", run)
+        .output()
+        .unwrap();
+    assert!(xml.status.success(), "{}", String::from_utf8_lossy(&xml.stderr));
+    define("define", &String::from_utf8_lossy(&xml.stdout), &d);
+    virsh(&["start", "g1"]);
+    let serial = d.join("g1.serial.log");
+    let ready = Command::new(&guest).arg("wait-ready").arg(&serial).arg("120").output().unwrap();
+    assert!(ready.status.success(), "the guest did not come up: {}", String::from_utf8_lossy(&ready.stdout));
+    let log = || std::fs::read_to_string(&serial).unwrap_or_default();
+    common::wait_until(
+        std::time::Duration::from_secs(60),
+        || log().contains("announced"),
+        "the guest's speaker to announce the VIP",
+    );
+    assert!(!log().contains("cannot carry the virtual MAC"), "the guest made its device:\n{}", log());
+
+    let providers = d.join("providers.yaml");
+    std::fs::write(&providers, "providers:\n  - name: kvm1\n    kind: libvirt\n    uri: qemu:///system\n").unwrap();
+    let cli = Cli { store: format!("sqlite://{}/store/v.db", d.display()), providers };
+    let reached = || {
+        Command::new("ip")
+            .args(["netns", "exec", client, "ping", "-c", "2", "-W", "1", vip])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert_eq!(answerers(client, "192.0.2.21"), [mac], "the guest's own IP is allowed");
+    assert!(answerers(client, vip).is_empty(), "clean-traffic drops the frames from the virtual MAC");
+    let (code, out, _) = cli.run(&["diagnose", "--node", "g1", "--vip", vip, "--virtual-mac"]);
+    assert_eq!(code, 4, "{out}");
+    assert!(
+        out.contains(&format!("frames from the virtual MAC {vmac}")) && out.contains("parameter MAC"),
+        "diagnose names the setting that blocks the MAC: {out}"
+    );
+
+    // The VIP alone (node-MAC mode's grant) does not let the virtual MAC through.
+    assert!(cli.ok(&["apply", "--node", "g1", "--vip", vip]).contains("(changed)"));
+    assert!(answerers(client, vip).is_empty(), "granting the VIP alone is not enough in virtual-MAC mode");
+
+    let t = std::time::Instant::now();
+    let out = cli.ok(&["apply", "--node", "g1", "--vip", vip, "--virtual-mac"]);
+    eprintln!("live virtual-MAC grant applied in {:?}", t.elapsed());
+    assert!(out.contains("(changed)"), "{out}");
+    let live = virsh(&["dumpxml", "g1"]);
+    assert!(
+        live.contains(&format!("name='MAC' value='{mac}'")) && live.contains(&format!("name='MAC' value='{vmac}'")),
+        "the running domain lists its own MAC and the virtual one: {live}"
+    );
+    assert_eq!(answerers(client, vip), [vmac], "after the grant the client resolves the VIP to its virtual MAC");
+    assert!(reached(), "and reaches the VIP");
+    let (code, out, _) = cli.run(&["diagnose", "--node", "g1", "--vip", vip, "--virtual-mac"]);
+    assert_eq!(code, 0, "nothing blocks after the grant: {out}");
+    let granted = virsh(&["dumpxml", "--inactive", "g1"]);
+    assert!(cli.ok(&["apply", "--node", "g1", "--vip", vip, "--virtual-mac"]).contains("(unchanged)"));
+    assert_eq!(virsh(&["dumpxml", "--inactive", "g1"]), granted, "a second apply writes nothing");
+
+    cli.ok(&["revert"]);
+    let back = virsh(&["dumpxml", "--inactive", "g1"]);
+    assert!(!back.contains("name='MAC'"), "no MAC parameter is left: {back}");
+    assert_eq!(ips_of(&back, mac), ["192.0.2.21"], "the operator's list");
+    assert!(answerers(client, vip).is_empty(), "after the revert the virtual MAC is dropped again");
+}
+
 /// The controller as the hypervisor reconciler (`controller --providers`), against a real
 /// kube-apiserver and a real libvirtd, running as its service account (the manifests'
 /// RBAC). Three Nodes with speakers (their ServiceL2Status reports, written here as the

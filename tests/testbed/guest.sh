@@ -20,9 +20,10 @@
 #                                              for `virsh update-device DOMAIN FILE --live --config`
 #
 # build. `apt-get download` fetches the package linux-image-amd64 points to (today
-# linux-image-6.1.0-57-amd64, 70 MB); only boot/vmlinuz-* and 9 modules (virtio_ring, virtio,
+# linux-image-6.1.0-57-amd64, 70 MB); only boot/vmlinuz-* and 10 modules (virtio_ring, virtio,
 # virtio_pci_modern_dev, virtio_pci_legacy_dev, virtio_pci, failover, net_failover, virtio_net,
-# e1000; the .deb has no modules.dep, so the load order is fixed here) are extracted. They are
+# e1000, and macvlan for virtual-MAC mode's devices; the .deb has no modules.dep, so the load
+# order is fixed here) are extracted. They are
 # cached in $VV_GUEST_CACHE (default /var/tmp/vipvisor-guest)/<kernel ABI>_<package version>/, so a
 # machine downloads each kernel once; the initramfs (/init below + /bin/busybox + the modules) is
 # cached there too, named after a hash of its inputs. EXTRA goes into a second cpio.gz appended to
@@ -113,7 +114,7 @@
 set -euo pipefail
 CACHE=${VV_GUEST_CACHE:-/var/tmp/vipvisor-guest}
 URI=${VV_GUEST_URI:-qemu:///system}
-MODS="virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci failover net_failover virtio_net e1000"
+MODS="virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci failover net_failover virtio_net e1000 macvlan"
 READY='vv-guest: ready'
 
 log() { printf '[guest] %s\n' "$*" >&2; }
@@ -300,7 +301,9 @@ build() {
   flock -w 600 9 || die "another build holds $CACHE/.lock for more than 10 min"
   resolve_kernel
   local how=cached
-  if [ ! -s "$KEY/vmlinuz" ] || [ ! -s "$KEY/package" ]; then fetch_kernel; how=downloaded; fi
+  local m missing=
+  for m in $MODS; do [ -s "$KEY/modules/$m.ko" ] || missing=$m; done
+  if [ ! -s "$KEY/vmlinuz" ] || [ ! -s "$KEY/package" ] || [ -n "$missing" ]; then fetch_kernel; how=downloaded; fi
   base_initrd
   CLEAN+=("$dir/vmlinuz.tmp" "$dir/initrd.gz.tmp")
   cp "$KEY/vmlinuz" "$dir/vmlinuz.tmp"
