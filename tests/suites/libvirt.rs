@@ -536,6 +536,21 @@ fn a_real_guest_answers_for_its_vip_only_after_the_grant() {
     assert_eq!(answerers(client, "192.0.2.21"), [mac]);
 }
 
+/// The static vipvisor the guests run (`VIPVISOR_STATIC`, built by tests/run), or `None`
+/// after a loud skip when it or the testbed is missing (a failure in CI).
+fn guest_speaker(what: &str) -> Option<PathBuf> {
+    let static_bin = std::env::var_os("VIPVISOR_STATIC").map(PathBuf::from).filter(|p| p.exists());
+    let why = missing().or_else(|| common::lab_missing(&["arping", "ping"])).or_else(|| {
+        static_bin
+            .is_none()
+            .then(|| "VIPVISOR_STATIC (a +crt-static vipvisor, built by tests/run) is not set".to_string())
+    });
+    if common::skip(what, why) {
+        return None;
+    }
+    static_bin
+}
+
 /// Grants before failover, with two real guests as the two candidate nodes of a static
 /// speaker group (the static `vipvisor speaker` runs inside each guest's initramfs): both
 /// hold the grant before the VIP is first announced; destroying the owner's domain moves
@@ -545,16 +560,7 @@ fn a_real_guest_answers_for_its_vip_only_after_the_grant() {
 /// VMs by the MACs the members gossip (a static speaker's `/members`).
 #[test]
 fn grants_come_before_failover_with_two_guests() {
-    let static_bin = std::env::var_os("VIPVISOR_STATIC").map(PathBuf::from).filter(|p| p.exists());
-    let why = missing().or_else(|| common::lab_missing(&["arping"])).or_else(|| {
-        static_bin
-            .is_none()
-            .then(|| "VIPVISOR_STATIC (a +crt-static vipvisor, built by tests/run) is not set".to_string())
-    });
-    if common::skip("the libvirt failover proof", why) {
-        return;
-    }
-    let static_bin = static_bin.unwrap();
+    let Some(static_bin) = guest_speaker("the libvirt failover proof") else { return };
     let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let lab = GuestLab::start(Some(&static_bin), "vv-client-f", "vvcbr2");
     let (d, guest, client) = (lab.dir.clone(), lab.guest.clone(), lab.client.0);
@@ -729,16 +735,7 @@ fn grants_come_before_failover_with_two_guests() {
 /// the revert gives the operator's filter back and the VIP goes dark.
 #[test]
 fn a_guest_in_virtual_mac_mode_is_reached_only_after_the_virtual_mac_grant() {
-    let static_bin = std::env::var_os("VIPVISOR_STATIC").map(PathBuf::from).filter(|p| p.exists());
-    let why = missing().or_else(|| common::lab_missing(&["arping", "ping"])).or_else(|| {
-        static_bin
-            .is_none()
-            .then(|| "VIPVISOR_STATIC (a +crt-static vipvisor, built by tests/run) is not set".to_string())
-    });
-    if common::skip("the libvirt virtual-MAC proof", why) {
-        return;
-    }
-    let static_bin = static_bin.unwrap();
+    let Some(static_bin) = guest_speaker("the libvirt virtual-MAC proof") else { return };
     let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let lab = GuestLab::start(Some(&static_bin), "vv-client-v", "vvcbr3");
     let (d, guest, client) = (lab.dir.clone(), lab.guest.clone(), lab.client.0);
@@ -784,7 +781,9 @@ fn a_guest_in_virtual_mac_mode_is_reached_only_after_the_virtual_mac_grant() {
     let (code, out, _) = cli.run(&["diagnose", "--node", "g1", "--vip", vip, "--virtual-mac"]);
     assert_eq!(code, 4, "{out}");
     assert!(
-        out.contains(&format!("frames from the virtual MAC {vmac}")) && out.contains("parameter MAC"),
+        out.contains(&format!("frames from the virtual MAC {vmac}"))
+            && out.contains("now: no MAC parameter")
+            && out.contains(&format!("fix: add MAC={vmac} (and the NIC's own MAC={mac})")),
         "diagnose names the setting that blocks the MAC: {out}"
     );
 
