@@ -313,13 +313,16 @@ struct KubeFacts {
     vmac_warned: BTreeSet<wire::Mac>,
 }
 
+/// A MAC two VIPs were given: the MAC, the VIP that keeps it, the VIP that does not.
+pub type MacClash = (wire::Mac, IpAddr, IpAddr);
+
 /// The virtual MAC of every VIP the controller marked (`vipvisor.io/virtual-macs` on our
 /// Services, for the addresses in their status). A MAC claimed by two VIPs is kept for
-/// the first only (returned as the second element, for a warning): one MAC, one owner.
+/// the first only (the clash is returned, for a warning): one MAC, one owner.
 pub fn virtual_macs<'a>(
     services: impl IntoIterator<Item = &'a Service>,
     policy: &ClassPolicy,
-) -> (HashMap<IpAddr, wire::Mac>, Vec<(wire::Mac, IpAddr, IpAddr)>) {
+) -> (HashMap<IpAddr, wire::Mac>, Vec<MacClash>) {
     let mut all: BTreeMap<IpAddr, wire::Mac> = BTreeMap::new();
     for svc in services {
         if !decide::is_ours(svc, policy) {
@@ -718,6 +721,24 @@ mod tests {
     }
     fn members(names: &[&str]) -> Live {
         names.iter().map(|n| (n.to_string(), MemberInfo { settled: true, macs: vec![] })).collect()
+    }
+
+    #[test]
+    fn marked_services_give_their_addresses_macs_and_one_mac_has_one_vip() {
+        let mark = |mut s: Service, note: &str| {
+            s.metadata.annotations = Some([(decide::ANN_VIRTUAL_MACS.to_string(), note.to_string())].into());
+            s
+        };
+        let a =
+            mark(lb("a", &["192.0.2.100"], "Cluster"), "192.0.2.100=42:00:c0:00:02:64,192.0.2.200=42:00:c0:00:02:c8");
+        let b = mark(lb("b", &["192.0.2.101"], "Cluster"), "192.0.2.101=42:00:c0:00:02:64");
+        let bad = mark(lb("c", &["192.0.2.102"], "Cluster"), "192.0.2.102=01:00:5e:00:00:01");
+        let plain = lb("d", &["192.0.2.103"], "Cluster");
+        let (m, clashes) = virtual_macs([&a, &b, &bad, &plain], &ClassPolicy::default());
+        let v = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(m.len(), 1, "only status addresses, one MAC per VIP, no unusable MAC: {m:?}");
+        assert_eq!(m[&v("192.0.2.100")].to_string(), "42:00:c0:00:02:64");
+        assert_eq!(clashes, vec![(m[&v("192.0.2.100")], v("192.0.2.100"), v("192.0.2.101"))]);
     }
 
     #[test]
