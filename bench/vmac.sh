@@ -50,15 +50,21 @@ start_group() {
   done
 }
 
-# The node (1-3) that answers for the VIP: by its MAC in node-MAC mode, by the device that
-# carries the virtual MAC in virtual-MAC mode.
+# The node (1-3) that answers for the VIP: by its MAC in node-MAC mode; in virtual-MAC
+# mode the one node that carries the virtual MAC, once only one does (a member plugged back
+# in still holds its device until the group has merged: up to 10 s).
 owner() {
-  local mode=$1 n
+  local mode=$1 n i carriers
   if [ "$mode" = node ]; then
     ip netns exec "${P}c" arping -c 1 -w 2 -I eth0 "$VIP" | grep -o '\[[0-9a-fA-F:]*\]' | tail -c 3 | head -c 1
   else
-    for n in 1 2 3; do
-      if ip -n "${P}n$n" -o link show type macvlan | grep -q vvm; then echo "$n"; return; fi
+    for i in $(seq 1 100); do
+      carriers=()
+      for n in 1 2 3; do
+        if ip -n "${P}n$n" -o link show type macvlan | grep -q vvm; then carriers+=("$n"); fi
+      done
+      if [ ${#carriers[@]} = 1 ]; then echo "${carriers[0]}"; return; fi
+      sleep 0.1
     done
   fi
 }
