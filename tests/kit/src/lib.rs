@@ -52,6 +52,12 @@ pub fn skip(what: &str, why: Option<String>) -> bool {
     true
 }
 
+/// Whether a log shows a call the apiserver refused (kube's error names the reason and the
+/// code). Not a bare "403": timestamps hold those digits (`02:04:58.403420Z`).
+pub fn forbidden_in(log: &str) -> bool {
+    log.contains("Forbidden") || log.contains("is forbidden") || log.contains("code: 403")
+}
+
 /// Polls `f` every 20 ms until it holds; fails the test after `limit`.
 pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool, what: &str) {
     let start = Instant::now();
