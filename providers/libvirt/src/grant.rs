@@ -124,7 +124,8 @@ pub fn diagnose(nic_ref: &NicRef, nic: &Nic, need: &Need, refs: &BTreeMap<String
     if let Need::VirtualMac { mac, .. } = need {
         let macs: BTreeSet<&str> = filter.values("MAC").collect();
         let shown = mac.to_string();
-        if let (Some(by), false) = (has(&chain, &MAC_CHECKS), macs.contains(shown.as_str())) {
+        let listed = macs.iter().any(|m| m.eq_ignore_ascii_case(&shown));
+        if let (Some(by), false) = (has(&chain, &MAC_CHECKS), listed) {
             out.push(Finding {
                 severity: Severity::Blocking,
                 nic: nic_ref.clone(),
@@ -178,7 +179,8 @@ pub fn granted(filter: &Filter, need: &Need, ipv6: bool, own: Mac) -> Granted {
     if let Need::VirtualMac { mac, .. } = need {
         for m in [own, *mac] {
             let p = ("MAC".to_string(), m.to_string());
-            if !out.filter.params.contains(&p) {
+            // An operator may have written the MAC in capitals.
+            if !out.filter.params.iter().any(|(n, v)| n == "MAC" && v.eq_ignore_ascii_case(&p.1)) {
                 out.filter.params.push(p.clone());
                 out.added.push(p);
             }
@@ -204,7 +206,15 @@ pub fn granted(filter: &Filter, need: &Need, ipv6: bool, own: Mac) -> Granted {
             add(&mut out.filter, "IPV6", ip, &mut out.added);
         }
     }
+    libvirt_order(&mut out.filter);
     out
+}
+
+/// Parameters as libvirt writes them back: grouped by name, names sorted, each name's
+/// values in the order given (it keeps them in a hash table of lists and prints it sorted),
+/// so that what is written reads back equal.
+pub fn libvirt_order(f: &mut Filter) {
+    f.params.sort_by(|a, b| a.0.cmp(&b.0));
 }
 
 /// The filter after taking back what `record` says vipvisor added for `need` (or every
@@ -240,9 +250,19 @@ pub fn reverted(filter: &Filter, record: &Record, need: &Need, own: Mac) -> (Fil
     }
     let (mut remove, mut keep): (Vec<_>, Vec<_>) =
         record.added.iter().cloned().partition(|(_, v)| everything || values.contains(v));
-    // The NIC's own MAC was listed for the virtual ones: it goes with the last of them.
+    // The NIC's own MAC was listed for the virtual ones: it goes with the last of them, but
+    // never while the filter still lists another MAC (whoever put it there: a list without
+    // the NIC's own MAC would drop every frame of the VM itself).
     let own_p = ("MAC".to_string(), own.to_string());
-    if keep.contains(&own_p) && !keep.iter().any(|(n, v)| n == "MAC" && *v != own_p.1) {
+    let others_left = filter
+        .params
+        .iter()
+        .any(|(n, v)| n == "MAC" && !v.eq_ignore_ascii_case(&own_p.1) && !remove.contains(&(n.clone(), v.clone())));
+    if others_left {
+        if let Some(i) = remove.iter().position(|p| *p == own_p) {
+            keep.push(remove.remove(i));
+        }
+    } else if keep.contains(&own_p) {
         keep.retain(|p| *p != own_p);
         remove.push(own_p);
     }
@@ -250,6 +270,7 @@ pub fn reverted(filter: &Filter, record: &Record, need: &Need, own: Mac) -> (Fil
         name: filter.name.clone(),
         params: filter.params.iter().filter(|p| !remove.contains(p)).cloned().collect(),
     };
+    libvirt_order(&mut out);
     let mut replaced = record.replaced_filter.clone();
     if !keep.iter().any(|(n, _)| n == "IPV6") {
         if let Some(original) = replaced.take() {
@@ -419,9 +440,9 @@ mod tests {
             back.params,
             vec![
                 p("IP", "192.0.2.21"),
+                p("IP", "192.0.2.101"),
                 p("MAC", "52:54:00:00:00:21"),
-                p("MAC", "42:00:c0:00:02:65"),
-                p("IP", "192.0.2.101")
+                p("MAC", "42:00:c0:00:02:65")
             ]
         );
         let (back, left) = reverted(&back, &left, &b, own());
@@ -433,5 +454,34 @@ mod tests {
         assert_eq!(g.added, vec![p("MAC", "42:00:c0:00:02:64"), p("IP", "192.0.2.100")]);
         let (back, _) = reverted(&g.filter, &Record { added: g.added, ..Record::default() }, &a, own());
         assert_eq!(back, listed);
+    }
+
+    #[test]
+    fn the_nics_own_mac_stays_while_another_mac_is_listed_and_order_is_libvirts() {
+        let p = |k: &str, v: &str| (k.to_string(), v.to_string());
+        let a =
+            Need::VirtualMac { mac: "42:00:c0:00:02:64".parse().unwrap(), ips: vec!["192.0.2.100".parse().unwrap()] };
+        let g = granted(&ct(&["192.0.2.21"]), &a, false, own());
+        // A second virtual MAC landed but its answer was lost: the record does not know it.
+        let mut lost = g.filter.clone();
+        lost.params.push(p("MAC", "42:00:c0:00:02:65"));
+        let rec = Record { added: g.added.clone(), ..Record::default() };
+        let (back, left) = reverted(&lost, &rec, &a, own());
+        assert!(
+            back.params.contains(&p("MAC", "52:54:00:00:00:21")),
+            "the NIC's own MAC stays while another MAC is listed: {back:?}"
+        );
+        assert!(left.added.contains(&p("MAC", "52:54:00:00:00:21")), "and stays ours to take back later");
+        // Parameters come out grouped by name, sorted, as libvirt writes them back.
+        let with_mac = Filter { params: vec![p("IP", "192.0.2.21"), p("MAC", "52:54:00:00:00:21")], ..ct(&[]) };
+        let g = granted(&with_mac, &announce(&["192.0.2.100"]), false, own());
+        assert_eq!(g.filter.params, vec![p("IP", "192.0.2.21"), p("IP", "192.0.2.100"), p("MAC", "52:54:00:00:00:21")]);
+        // The operator's capitals are the same MAC.
+        let caps = Filter { params: vec![p("MAC", "52:54:00:00:00:21"), p("MAC", "42:00:C0:00:02:64")], ..ct(&[]) };
+        assert!(granted(&caps, &a, false, own()).added.iter().all(|(n, _)| n != "MAC"), "nothing to add");
+        assert!(
+            !diagnose(&r(), &nic(Some(caps)), &a, &BTreeMap::new()).iter().any(|f| f.what.contains("virtual MAC")),
+            "listed in capitals: not blocked"
+        );
     }
 }

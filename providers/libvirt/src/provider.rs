@@ -172,7 +172,13 @@ impl Libvirt {
         };
         let back =
             self.inactive_xml(&dom, &nic.vm).and_then(|x| self.find_nic(&x, nic)).map_err(|e| lost(e.to_string()))?;
-        if back.nic.filter.as_ref() != Some(want) {
+        // libvirt writes parameters back grouped by name: compare in its order.
+        let ordered = |f: &vipvisor_provider::Filter| {
+            let mut f = f.clone();
+            grant::libvirt_order(&mut f);
+            f
+        };
+        if back.nic.filter.as_ref().map(ordered) != Some(ordered(want)) {
             return Err(lost(format!("the filter read back is {:?}, expected {want:?}", back.nic.filter)));
         }
         info!(provider = %self.cfg.name, nic = %nic, live = active, filter = %want.name, "updated the NIC's filter");

@@ -363,8 +363,9 @@ impl Hypervisors {
     }
 
     /// After the NIC's VIPs are granted (`o`): each wanted VIP in virtual-MAC mode also
-    /// gets its MAC ([`Need::VirtualMac`]); a VIP whose MAC changed, or that is no longer
-    /// in virtual-MAC mode, gives its old MAC back first. On a failure, the error and the
+    /// gets its MAC ([`Need::VirtualMac`]); a recorded MAC that is no longer wanted for its
+    /// VIP (the MAC changed, the VIP left virtual-MAC mode or is not wanted at all) is given
+    /// back first. On a failure, the error and the
     /// record as far as it got.
     async fn grant_virtual_macs(
         &self,
@@ -375,13 +376,8 @@ impl Hypervisors {
         vmacs: &VirtualMacs,
     ) -> std::result::Result<Outcome, (ProviderError, Record)> {
         let wanted: VirtualMacs = want.iter().filter_map(|v| vmacs.get(v).map(|m| (*v, *m))).collect();
-        let stale: Vec<(IpAddr, Mac)> = o
-            .record
-            .virtual_macs
-            .iter()
-            .filter(|(v, m)| want.contains(v) && wanted.get(v) != Some(m))
-            .map(|(v, m)| (*v, *m))
-            .collect();
+        let stale: Vec<(IpAddr, Mac)> =
+            o.record.virtual_macs.iter().filter(|(v, m)| wanted.get(v) != Some(m)).map(|(v, m)| (*v, *m)).collect();
         for (vip, mac) in stale {
             // Only the MAC (the VIP itself stays granted): a VirtualMac need without IPs.
             let g = Grant { nic: nic.clone(), need: Need::VirtualMac { mac, ips: vec![] } };

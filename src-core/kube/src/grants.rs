@@ -85,7 +85,9 @@ pub fn wanted(
         allocations.iter().flat_map(|(k, a)| a.iter().map(move |ip| (*ip, k.clone()))).collect();
     let vips: BTreeSet<IpAddr> = services.keys().copied().collect();
     let desired = candidates.keys().map(|n| (n.clone(), vips.clone())).collect();
-    let vmacs = vmacs.into_iter().filter(|(v, _)| vips.contains(v)).collect();
+    // Never a node's own MAC: granting it to the other candidates would let them send as it.
+    let node_macs: BTreeSet<&Mac> = candidates.values().flatten().collect();
+    let vmacs = vmacs.into_iter().filter(|(v, m)| vips.contains(v) && !node_macs.contains(m)).collect();
     Wanted { desired, macs: candidates, services, vmacs }
 }
 
@@ -284,5 +286,13 @@ mod tests {
         assert_eq!(w.services[&ips[1]], web);
         let none = wanted(&[], candidates(&reports, &nodes), Default::default());
         assert!(none.desired["n1"].is_empty(), "no allocation: nothing to grant (and what was granted goes)");
+        // Virtual MACs: only the allocated VIPs', and never a node's own MAC.
+        let vmacs = [
+            (ips[0], "42:00:c0:00:02:0a".parse::<Mac>().unwrap()),
+            (ips[1], "52:54:00:00:00:01".parse::<Mac>().unwrap()),
+            ("192.0.2.99".parse().unwrap(), "42:00:c0:00:02:63".parse::<Mac>().unwrap()),
+        ];
+        let w = wanted(&[(web, ips.clone())], candidates(&reports, &nodes), vmacs.into_iter().collect());
+        assert_eq!(w.vmacs.keys().collect::<Vec<_>>(), [&ips[0]], "{:?}", w.vmacs);
     }
 }

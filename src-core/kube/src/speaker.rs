@@ -360,7 +360,21 @@ impl Facts for KubeFacts {
         let slice_list: Vec<SliceInfo> = lock_slices(&self.slices).values().cloned().collect();
         let vips = vip_facts(services.iter().map(|s| s.as_ref()), &slice_list, &self.policy);
         self.vips = vips.keys().copied().collect();
-        let (vmacs, clashes) = virtual_macs(services.iter().map(|s| s.as_ref()), &self.policy);
+        let (mut vmacs, clashes) = virtual_macs(services.iter().map(|s| s.as_ref()), &self.policy);
+        // A virtual MAC must not be a node's own: a Service's author could otherwise pull a
+        // node's traffic to the VIP's owner.
+        let node_macs: BTreeSet<wire::Mac> = members
+            .values()
+            .flat_map(|m| m.macs.iter().map(|b| wire::Mac(*b)))
+            .chain(self.links.iter().map(|l| l.mac))
+            .collect();
+        vmacs.retain(|vip, mac| {
+            let ok = !node_macs.contains(mac);
+            if !ok && self.vmac_warned.insert(*mac) {
+                warn!(%vip, %mac, "a VIP is marked with a node's own MAC; announcing it with this node's MAC instead");
+            }
+            ok
+        });
         for (mac, first, second) in clashes {
             if self.vmac_warned.insert(mac) {
                 warn!(%mac, %first, %second, "two VIPs are given one virtual MAC; announcing the second with the node's MAC");
