@@ -368,7 +368,7 @@ pub struct SpeakerArgs {
     pub virtual_mac_group: u8,
     /// Virtual-MAC mode: VIP=MAC gives a VIP its own MAC instead of the derived one
     /// (repeat).
-    #[arg(long = "virtual-mac-for", value_parser = parse_vip_mac, requires = "virtual_mac")]
+    #[arg(long = "virtual-mac-for", value_parser = vipvisor_l2::vmac::parse_pair, requires = "virtual_mac")]
     pub virtual_mac_for: Vec<(IpAddr, vipvisor_l2::wire::Mac)>,
     /// Virtual-MAC mode: how often the owner sends a frame from each virtual MAC, so
     /// switches keep it on its port (shorter than their FDB ageing, 300 s by default).
@@ -488,20 +488,6 @@ pub enum FamilyArg {
 pub enum SinceArg {
     Ago(Duration),
     At(Timestamp),
-}
-
-/// `VIP=MAC` (`--virtual-mac-for`).
-pub fn parse_vip_mac(s: &str) -> Result<(IpAddr, vipvisor_l2::wire::Mac), String> {
-    let (vip, mac) = s
-        .split_once('=')
-        .ok_or_else(|| format!("invalid {s:?}; expected VIP=MAC such as 192.0.2.100=42:00:c0:00:02:64"))?;
-    let vip: IpAddr =
-        vip.trim().parse().map_err(|_| format!("invalid VIP {vip:?} in {s:?}; expected an IP address"))?;
-    let mac: vipvisor_l2::wire::Mac = mac.parse()?;
-    if let Some(why) = vipvisor_l2::vmac::unusable(mac) {
-        return Err(format!("invalid virtual MAC {mac} for {vip}: {why}"));
-    }
-    Ok((vip, mac))
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -467,15 +467,15 @@ impl Ctx {
             Ok(m) => m.unwrap_or_default(),
             Err(e) => return Err(ReconcileError::Store(e.into())),
         };
-        let explicit = match decide::annotation(svc, decide::ANN_VIRTUAL_MAC).map(decide::parse_vip_macs) {
+        let given = decide::annotation(svc, decide::ANN_VIRTUAL_MAC);
+        let explicit = match given.map(|v| (v, decide::parse_vip_macs(v))) {
             None => Default::default(),
-            Some(Ok(m)) => {
+            Some((_, Ok(m))) => {
                 self.forget_if_reported(svc, "vmac");
                 m
             }
-            Some(Err(expected)) => {
-                let value = decide::annotation(svc, decide::ANN_VIRTUAL_MAC).unwrap_or_default().to_owned();
-                let w = decide::Warning { key: decide::ANN_VIRTUAL_MAC.into(), value, expected };
+            Some((value, Err(expected))) => {
+                let w = decide::Warning { key: decide::ANN_VIRTUAL_MAC.into(), value: value.to_owned(), expected };
                 self.once(svc, "vmac", EventType::Warning, "InvalidAnnotation", w.to_string()).await;
                 Default::default()
             }

@@ -72,18 +72,14 @@ pub enum Decision {
     Invalid(String),
 }
 
-/// Parses `IP=MAC[,IP=MAC]` (the virtual-MAC annotations); each MAC must be usable as a
-/// virtual MAC ([`vipvisor_l2::vmac::unusable`]). The error says what was expected.
+/// Parses `IP=MAC[,IP=MAC]` (the virtual-MAC annotations), each pair as
+/// [`vipvisor_l2::vmac::parse_pair`] reads it. The error says what was expected.
 pub fn parse_vip_macs(v: &str) -> Result<BTreeMap<IpAddr, Mac>, String> {
     let mut out = BTreeMap::new();
     for item in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let bad = || format!("IP=MAC pairs separated by commas, e.g. 192.0.2.100=42:00:c0:00:02:64 (not {item:?})");
-        let (ip, mac) = item.split_once('=').ok_or_else(bad)?;
-        let ip: IpAddr = ip.trim().parse().map_err(|_| bad())?;
-        let mac: Mac = mac.trim().parse().map_err(|_| bad())?;
-        if let Some(why) = vipvisor_l2::vmac::unusable(mac) {
-            return Err(format!("a usable virtual MAC for {ip}: {mac} cannot be one, {why}"));
-        }
+        let (ip, mac) = vipvisor_l2::vmac::parse_pair(item).map_err(|why| {
+            format!("IP=MAC pairs separated by commas, e.g. 192.0.2.100=42:00:c0:00:02:64 (not {item:?}: {why})")
+        })?;
         if out.insert(ip, mac).is_some() {
             return Err(format!("one MAC per address ({ip} is given twice)"));
         }

@@ -60,15 +60,34 @@ pub fn unusable(mac: Mac) -> Option<&'static str> {
     }
 }
 
+/// `Err` naming the MAC and the VIP when `mac` cannot be `vip`'s virtual MAC.
+pub fn check(vip: IpAddr, mac: Mac) -> Result<(), String> {
+    match unusable(mac) {
+        Some(why) => Err(format!("invalid virtual MAC {mac} for {vip}: {why}")),
+        None => Ok(()),
+    }
+}
+
+/// Reads `VIP=MAC` (`--virtual-mac-for`, and each pair of the Kubernetes annotations),
+/// with the MAC [`check`]ed; spaces around either side are allowed.
+pub fn parse_pair(s: &str) -> Result<(IpAddr, Mac), String> {
+    let (vip, mac) = s
+        .split_once('=')
+        .ok_or_else(|| format!("invalid {s:?}; expected VIP=MAC such as 192.0.2.100=42:00:c0:00:02:64"))?;
+    let vip: IpAddr =
+        vip.trim().parse().map_err(|_| format!("invalid VIP {vip:?} in {s:?}; expected an IP address"))?;
+    let mac: Mac = mac.trim().parse()?;
+    check(vip, mac)?;
+    Ok((vip, mac))
+}
+
 /// The VIPs' virtual MACs: derived, or given, and never two VIPs with one MAC.
 pub fn plan(vips: &[IpAddr], group: u8, explicit: &HashMap<IpAddr, Mac>) -> Result<HashMap<IpAddr, Mac>, String> {
     let mut out = HashMap::new();
     let mut by_mac: HashMap<Mac, IpAddr> = HashMap::new();
     for vip in vips {
         let mac = explicit.get(vip).copied().unwrap_or_else(|| derive(*vip, group));
-        if let Some(why) = unusable(mac) {
-            return Err(format!("invalid virtual MAC {mac} for {vip}: {why}"));
-        }
+        check(*vip, mac)?;
         if let Some(other) = by_mac.insert(mac, *vip) {
             if other != *vip {
                 return Err(format!(
